@@ -1,0 +1,56 @@
+"""Small validators shared by the hyperparameter parsers."""
+
+import math
+from collections.abc import Mapping, Sequence
+from numbers import Real
+
+from optim_core.errors import InvalidHyperparameterError
+
+
+def is_number(value: object) -> bool:
+    """True for ints and floats (numpy scalars included), false for bools."""
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def finite_float(value: object) -> float | None:
+    """The value as a float when it is a finite real number, else None."""
+    if not is_number(value):
+        return None
+    number = float(value)  # type: ignore[arg-type]
+    return number if math.isfinite(number) else None
+
+
+def number_at_least_zero(group: Mapping[str, object], key: str, message: str) -> float:
+    """``group[key]`` as a float in ``[0, inf)``; otherwise torch's ``message: value``."""
+    value = group[key]
+    number = finite_float(value)
+    if number is None or not number >= 0.0:
+        raise InvalidHyperparameterError(f"{message}: {value}", loc=(key,))
+    return number
+
+
+def number_pair(group: Mapping[str, object], key: str, message: str) -> tuple[float, float]:
+    """``group[key]`` as a pair of finite floats; otherwise ``message: a, b``."""
+    value = group[key]
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise InvalidHyperparameterError(f"{key} must be a pair of numbers, got {value!r}", loc=(key,))
+    first, second = finite_float(value[0]), finite_float(value[1])
+    if first is None or second is None:
+        raise InvalidHyperparameterError(f"{message}: {value[0]}, {value[1]}", loc=(key,))
+    return first, second
+
+
+def flag(group: Mapping[str, object], key: str) -> bool:
+    """``group[key]`` when it is a bool."""
+    value = group[key]
+    if not isinstance(value, bool):
+        raise InvalidHyperparameterError(f"{key} must be a bool, got {value!r}", loc=(key,))
+    return value
+
+
+def optional_flag(group: Mapping[str, object], key: str) -> bool | None:
+    """``group[key]`` when it is a bool or None (torch's ``foreach``)."""
+    value = group[key]
+    if value is not None and not isinstance(value, bool):
+        raise InvalidHyperparameterError(f"{key} must be a bool or null, got {value!r}", loc=(key,))
+    return value

@@ -1,0 +1,542 @@
+"""The stateful optimizers: param groups, per-parameter state and torch's state_dict.
+
+The arithmetic lives in ``rprop_update`` and ``rmsprop_update``; this module keeps
+the books around them: which parameters exist, their groups and hyperparameters,
+their state, and the torch-layout ``state_dict`` that saves and restores it all.
+Every public method validates its whole input before it changes anything.
+"""
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar, Generic, Protocol, TypeGuard, TypeVar
+
+import numpy as np
+
+from optim_core import rmsprop, rprop
+from optim_core.checks import is_number
+from optim_core.errors import (
+    InvalidGradientError,
+    InvalidHyperparameterError,
+    InvalidParameterError,
+    InvalidStateDictError,
+    Loc,
+    OptimCoreError,
+)
+from optim_core.rmsprop import RMSpropHyperparams, RMSpropState, rmsprop_complete, rmsprop_init, rmsprop_update
+from optim_core.rprop import RpropHyperparams, RpropState, rprop_init, rprop_update
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+Params = Mapping[str, np.ndarray]
+ParamGroupSpec = Mapping[str, Any]
+"""A group as given to a constructor: ``{"params": {name: array}, **hyperparameters}``."""
+
+
+class Hyperparams(Protocol):
+    def to_group(self) -> dict[str, object]: ...
+
+
+class State(Protocol):
+    @property
+    def step(self) -> int: ...
+
+
+H = TypeVar("H", bound=Hyperparams)
+S = TypeVar("S", bound=State)
+
+
+@contextmanager
+def _located(*prefix: str | int, as_type: type[OptimCoreError] | None = None) -> Iterator[None]:
+    """Re-raise core errors with ``prefix`` in front of their ``loc``."""
+    try:
+        yield
+    except OptimCoreError as error:
+        raise (as_type or type(error))(error.message, loc=(*prefix, *error.loc)) from None
+
+
+class Optimizer(ABC, Generic[H, S]):
+    """Bookkeeping shared by the optimizers; subclasses name the algorithm."""
+
+    defaults: ClassVar[Mapping[str, object]]
+    """torch's group keys, in torch's order, with its defaults."""
+    state_arrays: ClassVar[tuple[str, ...]]
+    """State arrays in torch's key order."""
+
+    def __init__(self, params: Params | Sequence[ParamGroupSpec], hyperparameters: Mapping[str, object]) -> None:
+        with _located():
+            self._parse_hyperparams(hyperparameters)
+        group_specs = _group_specs(params)
+        self._params: dict[str, np.ndarray] = {}
+        self._group_names: list[list[str]] = []
+        self.param_groups: list[dict[str, Any]] = []
+        """torch-style groups: hyperparameters and ``params`` (names). Editable between steps."""
+        for index, spec in enumerate(group_specs):
+            overrides = {key: value for key, value in spec.items() if key != "params"}
+            for key in overrides:
+                if key not in self.defaults:
+                    raise InvalidHyperparameterError(
+                        f"unknown hyperparameter {key!r} in param_groups[{index}]",
+                        loc=("param_groups", index, key),
+                    )
+            with _located("param_groups", index):
+                hyperparams = self._parse_hyperparams({**hyperparameters, **overrides})
+            names = self._adopt_params(spec["params"], index)
+            self._group_names.append(names)
+            self.param_groups.append({**hyperparams.to_group(), "params": list(names)})
+        self._state: dict[str, S] = {}
+
+    # The algorithm, supplied by each optimizer.
+
+    @classmethod
+    @abstractmethod
+    def _parse_hyperparams(cls, group: Mapping[str, object]) -> H: ...
+
+    @abstractmethod
+    def _init_state(self, param: np.ndarray, hyperparams: H) -> S: ...
+
+    @abstractmethod
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: S, hyperparams: H) -> S: ...
+
+    @abstractmethod
+    def _make_state(self, step: int, arrays: Mapping[str, np.ndarray]) -> S: ...
+
+    def _required_state_arrays(self, hyperparams: H) -> set[str]:
+        """The state arrays a param of a group with ``hyperparams`` must have."""
+        return set(self.state_arrays)
+
+    def _completed_state(self, param: np.ndarray, state: S, hyperparams: H) -> S:
+        """``state`` with whatever the current ``hyperparams`` need and it lacks."""
+        return state
+
+    # The public API.
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The current parameter values, as read-only views of the optimizer's own arrays."""
+        views = {}
+        for name, value in self._params.items():
+            view = value.view()
+            view.flags.writeable = False
+            views[name] = view
+        return views
+
+    def step(self, grads: Mapping[str, Any]) -> None:
+        """Apply one step. Params absent from ``grads`` are skipped, like torch's ``grad=None``."""
+        hyperparams = self._validated_groups()
+        prepared = self._prepared_grads(grads)
+        for names, group_hyperparams in zip(self._group_names, hyperparams, strict=True):
+            for name in names:
+                grad = prepared.get(name)
+                if grad is None:
+                    continue
+                param = self._params[name]
+                state = self._state.get(name)
+                if state is None:
+                    state = self._init_state(param, group_hyperparams)
+                self._state[name] = self._update(param, grad, state, group_hyperparams)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state in torch's layout, with arrays as nested lists: ``json.dumps`` takes it."""
+        lists: dict[str, Any] = _to_lists(self.state_dict_arrays())
+        return lists
+
+    def state_dict_arrays(self) -> dict[str, Any]:
+        """The same layout as ``state_dict``, holding copies of the arrays instead of lists."""
+        hyperparams = self._validated_groups()
+        indices = {name: index for index, name in enumerate(self._ordered_names())}
+        groups = [
+            {**group_hyperparams.to_group(), "params": [indices[name] for name in names], "param_names": list(names)}
+            for names, group_hyperparams in zip(self._group_names, hyperparams, strict=True)
+        ]
+        hyperparams_by_name = {
+            name: group_hyperparams
+            for names, group_hyperparams in zip(self._group_names, hyperparams, strict=True)
+            for name in names
+        }
+        state: dict[str, dict[str, Any]] = {}
+        for name in self._ordered_names():
+            param_state = self._state.get(name)
+            if param_state is None:
+                continue
+            param_state = self._completed_state(self._params[name], param_state, hyperparams_by_name[name])
+            entry: dict[str, Any] = {"step": float(param_state.step)}
+            for key in self.state_arrays:
+                array = getattr(param_state, key)
+                if array is not None:
+                    entry[key] = array.copy()
+            state[str(indices[name])] = entry
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Replace the hyperparameters and state with those of ``state_dict`` (torch layout).
+
+        Arrays may be nested lists or numpy arrays; state keys may be strings or ints.
+        Stricter than torch: every key, size and shape is checked, and a failed
+        load leaves the optimizer as it was.
+        """
+        with _located(as_type=InvalidStateDictError):
+            _require_keys(state_dict, required={"state", "param_groups"}, allowed={"state", "param_groups"}, loc=())
+            groups, names_by_id, hyperparams_by_name = self._loaded_groups(state_dict["param_groups"])
+            states = self._loaded_states(state_dict["state"], names_by_id, hyperparams_by_name)
+        self.param_groups = groups
+        self._state = states
+
+    # Helpers.
+
+    def _ordered_names(self) -> Iterator[str]:
+        for names in self._group_names:
+            yield from names
+
+    def _adopt_params(self, params: object, group_index: int) -> list[str]:
+        if not isinstance(params, Mapping):
+            raise InvalidParameterError(
+                f"param_groups[{group_index}]['params'] must map names to arrays, got {type(params).__name__}",
+                loc=("param_groups", group_index, "params"),
+            )
+        names = []
+        for name, value in params.items():
+            loc: Loc = ("params", name) if isinstance(name, str) else ("params",)
+            if not isinstance(name, str) or not name:
+                raise InvalidParameterError(f"param names must be non-empty strings, got {name!r}", loc=loc)
+            if name in self._params:
+                raise InvalidParameterError(f"param {name!r} appears in more than one parameter group", loc=loc)
+            if not isinstance(value, np.ndarray):
+                raise InvalidParameterError(
+                    f"param {name!r} must be a numpy array, got {type(value).__name__}", loc=loc
+                )
+            if value.dtype not in SUPPORTED_DTYPES:
+                raise InvalidParameterError(
+                    f"param {name!r} has dtype {value.dtype}; only float32 and float64 are supported", loc=loc
+                )
+            self._params[name] = np.array(value, order="C", copy=True)
+            names.append(name)
+        return names
+
+    def _validated_groups(self) -> list[H]:
+        """Parse the live groups, which users may have edited since the last step."""
+        parsed = []
+        for index, (group, names) in enumerate(zip(self.param_groups, self._group_names, strict=True)):
+            _require_keys(
+                group,
+                required={*self.defaults, "params"},
+                allowed={*self.defaults, "params"},
+                loc=("param_groups", index),
+            )
+            if list(group["params"]) != names:
+                raise InvalidHyperparameterError(
+                    f"param_groups[{index}]['params'] cannot change; it must stay {names}",
+                    loc=("param_groups", index, "params"),
+                )
+            with _located("param_groups", index):
+                parsed.append(self._parse_hyperparams(group))
+        return parsed
+
+    def _prepared_grads(self, grads: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The gradients as C-contiguous arrays of their param's dtype, all checked."""
+        if not isinstance(grads, Mapping):
+            raise InvalidGradientError(
+                f"grads must map param names to arrays, got {type(grads).__name__}", loc=("grads",)
+            )
+        if not grads:
+            raise InvalidGradientError("grads is empty; a step needs at least one gradient", loc=("grads",))
+        prepared = {}
+        for name, value in grads.items():
+            loc: Loc = ("grads", name) if isinstance(name, str) else ("grads",)
+            param = self._params.get(name) if isinstance(name, str) else None
+            if param is None:
+                raise InvalidGradientError(f"grads names unknown param {name!r}", loc=loc)
+            prepared[name] = _checked_array(
+                value, like=param, what=f"grad for {name!r}", loc=loc, error=InvalidGradientError
+            )
+        return prepared
+
+    def _loaded_groups(self, saved_groups: object) -> tuple[list[dict[str, Any]], dict[int, str], dict[str, H]]:
+        if not _is_list(saved_groups):
+            raise InvalidStateDictError("param_groups must be a list", loc=("param_groups",))
+        if len(saved_groups) != len(self._group_names):
+            raise InvalidStateDictError(
+                "loaded state dict has a different number of parameter groups", loc=("param_groups",)
+            )
+        groups, names_by_id, hyperparams_by_name = [], {}, {}
+        for index, (saved, names) in enumerate(zip(saved_groups, self._group_names, strict=True)):
+            loc: Loc = ("param_groups", index)
+            _require_keys(
+                saved, required={*self.defaults, "params"}, allowed={*self.defaults, "params", "param_names"}, loc=loc
+            )
+            ids = saved["params"]
+            if not _is_list(ids) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise InvalidStateDictError("params must be a list of integer indices", loc=(*loc, "params"))
+            if len(ids) != len(names):
+                raise InvalidStateDictError(
+                    "loaded state dict contains a parameter group that doesn't match the size of optimizer's group",
+                    loc=(*loc, "params"),
+                )
+            if "param_names" in saved and list(saved["param_names"]) != names:
+                raise InvalidStateDictError(
+                    f"param_names {saved['param_names']!r} do not match this optimizer's {names!r}",
+                    loc=(*loc, "param_names"),
+                )
+            for param_id, name in zip(ids, names, strict=True):
+                if param_id in names_by_id:
+                    raise InvalidStateDictError(f"param index {param_id} is listed twice", loc=(*loc, "params"))
+                names_by_id[param_id] = name
+            filled = {**self.defaults, **{key: value for key, value in saved.items() if key != "param_names"}}
+            with _located(*loc):
+                hyperparams = self._parse_hyperparams(filled)
+            groups.append({**hyperparams.to_group(), "params": list(names)})
+            hyperparams_by_name.update(dict.fromkeys(names, hyperparams))
+        return groups, names_by_id, hyperparams_by_name
+
+    def _loaded_states(
+        self, saved_state: object, names_by_id: Mapping[int, str], hyperparams_by_name: Mapping[str, H]
+    ) -> dict[str, S]:
+        if not isinstance(saved_state, Mapping):
+            raise InvalidStateDictError("state must map param indices to their state", loc=("state",))
+        states: dict[str, S] = {}
+        for key, entry in saved_state.items():
+            param_id = _param_index(key)
+            name = names_by_id.get(param_id) if param_id is not None else None
+            if name is None:
+                raise InvalidStateDictError(
+                    f"state has key {key!r}, which names no param of the param_groups", loc=("state", str(key))
+                )
+            loc: Loc = ("state", str(key))
+            _require_keys(
+                entry,
+                required={"step", *self._required_state_arrays(hyperparams_by_name[name])},
+                allowed={"step", *self.state_arrays},
+                loc=loc,
+            )
+            step = entry["step"]
+            if not is_number(step) or not math.isfinite(step) or step < 0 or step != int(step):
+                raise InvalidStateDictError(f"step must be a whole number >= 0, got {step!r}", loc=(*loc, "step"))
+            arrays = {
+                array_key: _checked_array(
+                    entry[array_key],
+                    like=self._params[name],
+                    what=f"state {array_key!r} of param {name!r}",
+                    loc=(*loc, array_key),
+                    error=InvalidStateDictError,
+                )
+                for array_key in self.state_arrays
+                if array_key in entry
+            }
+            states[name] = self._make_state(int(step), arrays)
+        return states
+
+
+def _group_specs(params: object) -> list[ParamGroupSpec]:
+    if isinstance(params, Mapping):
+        specs: list[ParamGroupSpec] = [{"params": params}]
+    elif _is_list(params) and all(isinstance(spec, Mapping) and "params" in spec for spec in params):
+        specs = list(params)
+    else:
+        raise InvalidParameterError(
+            "params must be a dict of name -> array, or a list of groups {'params': {...}, ...}", loc=("params",)
+        )
+    if not specs or all(isinstance(spec["params"], Mapping) and not spec["params"] for spec in specs):
+        raise InvalidParameterError("optimizer got an empty parameter list", loc=("params",))
+    return specs
+
+
+def _is_list(value: object) -> TypeGuard[Sequence[Any]]:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def _param_index(key: object) -> int | None:
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key
+    if isinstance(key, str) and key.isdecimal():
+        return int(key)
+    return None
+
+
+def _require_keys(mapping: object, *, required: set[str], allowed: set[str], loc: Loc) -> None:
+    if not isinstance(mapping, Mapping):
+        raise InvalidStateDictError(f"expected an object, got {type(mapping).__name__}", loc=loc)
+    unknown = sorted(str(key) for key in mapping if key not in allowed)
+    if unknown:
+        raise InvalidStateDictError(f"unknown key {unknown[0]!r}", loc=(*loc, unknown[0]))
+    missing = sorted(required - set(mapping))
+    if missing:
+        raise InvalidStateDictError(f"missing key {missing[0]!r}", loc=(*loc, missing[0]))
+
+
+def _checked_array(value: object, *, like: np.ndarray, what: str, loc: Loc, error: type[OptimCoreError]) -> np.ndarray:
+    """``value`` as a finite C-contiguous array of ``like``'s dtype and shape."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise error(f"{what} is not a rectangular array of numbers: {exc}", loc=loc) from None
+    if array.dtype.kind != "f":
+        raise error(f"{what} must hold floats, got dtype {array.dtype}", loc=loc)
+    if array.shape != like.shape:
+        raise error(f"{what} has shape {list(array.shape)}, expected {list(like.shape)}", loc=loc)
+    array = np.asarray(array, dtype=like.dtype, order="C")
+    # A sum is finite exactly when no element is NaN or infinite, unless finite
+    # values overflow it; only then is the element-wise check needed.
+    if not np.isfinite(array.sum()) and not np.isfinite(array).all():
+        raise error(f"{what} holds NaN or infinite values", loc=loc)
+    return array
+
+
+def _to_lists(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {key: _to_lists(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_to_lists(item) for item in value]
+    return value
+
+
+class Rprop(Optimizer[RpropHyperparams, RpropState]):
+    """Resilient backpropagation with torch's semantics (iRprop-); see ``optim_core.rprop``.
+
+    >>> import numpy as np
+    >>> opt = Rprop({"w": np.array([1.0, 2.0])}, lr=0.1)
+    >>> opt.step({"w": np.array([1.0, -1.0])})
+    >>> opt.params["w"].tolist()
+    [0.9, 2.1]
+    """
+
+    defaults = rprop.DEFAULTS
+    state_arrays = rprop.STATE_ARRAYS
+
+    def __init__(
+        self,
+        params: Params | Sequence[ParamGroupSpec],
+        lr: float = 1e-2,
+        etas: tuple[float, float] = (0.5, 1.2),
+        step_sizes: tuple[float, float] = (1e-6, 50.0),
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        capturable: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "etas": etas,
+                "step_sizes": step_sizes,
+                "foreach": foreach,
+                "maximize": maximize,
+                "differentiable": differentiable,
+                "capturable": capturable,
+            },
+        )
+
+    @classmethod
+    def _parse_hyperparams(cls, group: Mapping[str, object]) -> RpropHyperparams:
+        return RpropHyperparams.from_group(group)
+
+    def _init_state(self, param: np.ndarray, hyperparams: RpropHyperparams) -> RpropState:
+        return rprop_init(param, lr=hyperparams.lr)
+
+    def _update(
+        self, param: np.ndarray, grad: np.ndarray, state: RpropState, hyperparams: RpropHyperparams
+    ) -> RpropState:
+        return rprop_update(
+            param,
+            grad,
+            state,
+            etaminus=hyperparams.etaminus,
+            etaplus=hyperparams.etaplus,
+            step_size_min=hyperparams.step_size_min,
+            step_size_max=hyperparams.step_size_max,
+            maximize=hyperparams.maximize,
+        )
+
+    def _make_state(self, step: int, arrays: Mapping[str, np.ndarray]) -> RpropState:
+        return RpropState(step=step, prev=arrays["prev"], step_size=arrays["step_size"])
+
+
+class RMSprop(Optimizer[RMSpropHyperparams, RMSpropState]):
+    """RMSprop with torch's semantics (eps outside the square root); see ``optim_core.rmsprop``.
+
+    >>> import numpy as np
+    >>> opt = RMSprop({"w": np.array([1.0])}, lr=0.01)
+    >>> opt.step({"w": np.array([2.0])})
+    >>> round(float(opt.params["w"][0]), 6)
+    0.9
+    """
+
+    defaults = rmsprop.DEFAULTS
+    state_arrays = rmsprop.STATE_ARRAYS
+
+    def __init__(
+        self,
+        params: Params | Sequence[ParamGroupSpec],
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        capturable: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "alpha": alpha,
+                "eps": eps,
+                "centered": centered,
+                "weight_decay": weight_decay,
+                "capturable": capturable,
+                "foreach": foreach,
+                "maximize": maximize,
+                "differentiable": differentiable,
+            },
+        )
+
+    @classmethod
+    def _parse_hyperparams(cls, group: Mapping[str, object]) -> RMSpropHyperparams:
+        return RMSpropHyperparams.from_group(group)
+
+    def _init_state(self, param: np.ndarray, hyperparams: RMSpropHyperparams) -> RMSpropState:
+        return rmsprop_init(param, momentum=hyperparams.momentum, centered=hyperparams.centered)
+
+    def _update(
+        self, param: np.ndarray, grad: np.ndarray, state: RMSpropState, hyperparams: RMSpropHyperparams
+    ) -> RMSpropState:
+        return rmsprop_update(
+            param,
+            grad,
+            state,
+            lr=hyperparams.lr,
+            alpha=hyperparams.alpha,
+            eps=hyperparams.eps,
+            weight_decay=hyperparams.weight_decay,
+            momentum=hyperparams.momentum,
+            centered=hyperparams.centered,
+            maximize=hyperparams.maximize,
+        )
+
+    def _required_state_arrays(self, hyperparams: RMSpropHyperparams) -> set[str]:
+        required = {"square_avg"}
+        if hyperparams.momentum > 0:
+            required.add("momentum_buffer")
+        if hyperparams.centered:
+            required.add("grad_avg")
+        return required
+
+    def _completed_state(self, param: np.ndarray, state: RMSpropState, hyperparams: RMSpropHyperparams) -> RMSpropState:
+        return rmsprop_complete(param, state, momentum=hyperparams.momentum, centered=hyperparams.centered)
+
+    def _make_state(self, step: int, arrays: Mapping[str, np.ndarray]) -> RMSpropState:
+        return RMSpropState(
+            step=step,
+            square_avg=arrays["square_avg"],
+            momentum_buffer=arrays.get("momentum_buffer"),
+            grad_avg=arrays.get("grad_avg"),
+        )

@@ -1,0 +1,215 @@
+r"""RMSprop, as torch computes it, as a pure update function.
+
+With :math:`g_t` the gradient (negated under ``maximize``, then plus
+``weight_decay`` times the parameter):
+
+.. math::
+
+    v_t = \alpha v_{t-1} + (1 - \alpha) g_t^2
+
+    \bar g_t = \operatorname{lerp}(\bar g_{t-1}, g_t, 1 - \alpha)
+    \text{ and } \tilde v_t = \sqrt{v_t - \bar g_t^2} \text{ if centered, else } \tilde v_t = \sqrt{v_t}
+
+    b_t = \mu b_{t-1} + g_t / (\tilde v_t + \epsilon), \quad \theta_t = \theta_{t-1} - \gamma b_t
+    \text{ if } \mu > 0, \text{ else } \theta_t = \theta_{t-1} - \gamma g_t / (\tilde v_t + \epsilon)
+
+``eps`` is added outside the square root. Defaults: ``lr=0.01, alpha=0.99,
+eps=1e-8, weight_decay=0, momentum=0, centered=False``.
+
+>>> import numpy as np
+>>> param = np.array([1.0])
+>>> state = rmsprop_init(param, momentum=0.0, centered=False)
+>>> state = rmsprop_update(param, np.array([2.0]), state, lr=0.01, alpha=0.99,
+...                        eps=1e-8, weight_decay=0.0, momentum=0.0,
+...                        centered=False, maximize=False)
+>>> round(float(param[0]), 6), state.step
+(0.9, 1)
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from optim_core.checks import flag, number_at_least_zero, optional_flag
+from optim_core.chunks import chunk_bounds, scratch
+
+DEFAULTS: Mapping[str, object] = {
+    "lr": 1e-2,
+    "momentum": 0.0,
+    "alpha": 0.99,
+    "eps": 1e-8,
+    "centered": False,
+    "weight_decay": 0.0,
+    "capturable": False,
+    "foreach": None,
+    "maximize": False,
+    "differentiable": False,
+}
+"""torch's group keys for RMSprop, in torch's order, with its defaults."""
+
+
+@dataclass(frozen=True)
+class RMSpropHyperparams:
+    lr: float
+    momentum: float
+    alpha: float
+    eps: float
+    centered: bool
+    weight_decay: float
+    capturable: bool
+    foreach: bool | None
+    maximize: bool
+    differentiable: bool
+
+    @classmethod
+    def from_group(cls, group: Mapping[str, object]) -> "RMSpropHyperparams":
+        """Validate a torch-style group (all of ``DEFAULTS``' keys) as torch does, and more."""
+        return cls(
+            lr=number_at_least_zero(group, "lr", "Invalid learning rate"),
+            eps=number_at_least_zero(group, "eps", "Invalid epsilon value"),
+            momentum=number_at_least_zero(group, "momentum", "Invalid momentum value"),
+            weight_decay=number_at_least_zero(group, "weight_decay", "Invalid weight_decay value"),
+            alpha=number_at_least_zero(group, "alpha", "Invalid alpha value"),
+            centered=flag(group, "centered"),
+            capturable=flag(group, "capturable"),
+            foreach=optional_flag(group, "foreach"),
+            maximize=flag(group, "maximize"),
+            differentiable=flag(group, "differentiable"),
+        )
+
+    def to_group(self) -> dict[str, object]:
+        """The torch-style group, keys in torch's order."""
+        return {
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "alpha": self.alpha,
+            "eps": self.eps,
+            "centered": self.centered,
+            "weight_decay": self.weight_decay,
+            "capturable": self.capturable,
+            "foreach": self.foreach,
+            "maximize": self.maximize,
+            "differentiable": self.differentiable,
+        }
+
+
+class RMSpropState(NamedTuple):
+    """Per-parameter state. The optional buffers exist only while their option is on."""
+
+    step: int
+    square_avg: np.ndarray
+    momentum_buffer: np.ndarray | None
+    grad_avg: np.ndarray | None
+
+
+STATE_ARRAYS = ("square_avg", "momentum_buffer", "grad_avg")
+"""The state's array fields, which are also torch's state_dict keys."""
+
+
+def rmsprop_init(param: np.ndarray, *, momentum: float, centered: bool) -> RMSpropState:
+    """Fresh state for ``param``: zero averages, and the buffers its options need."""
+    return RMSpropState(
+        step=0,
+        square_avg=np.zeros_like(param, order="C"),
+        momentum_buffer=np.zeros_like(param, order="C") if momentum > 0 else None,
+        grad_avg=np.zeros_like(param, order="C") if centered else None,
+    )
+
+
+def rmsprop_complete(param: np.ndarray, state: RMSpropState, *, momentum: float, centered: bool) -> RMSpropState:
+    """``state`` with zero buffers added for options switched on after it was made.
+
+    torch fails on such a step; a zero buffer is what the option would have
+    started from on a first step, and what a torch optimizer loading the
+    completed state continues from.
+    """
+    if momentum > 0 and state.momentum_buffer is None:
+        state = state._replace(momentum_buffer=np.zeros_like(param, order="C"))
+    if centered and state.grad_avg is None:
+        state = state._replace(grad_avg=np.zeros_like(param, order="C"))
+    return state
+
+
+def rmsprop_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    state: RMSpropState,
+    *,
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+    maximize: bool,
+) -> RMSpropState:
+    """One RMSprop step. Updates ``param`` and the state's buffers in place.
+
+    ``param`` and the state buffers must be C-contiguous arrays of one float
+    dtype, owned by the caller's optimizer; ``grad`` has the same shape and dtype
+    and is only read. Buffers that an option needs but the state lacks start
+    from zeros (see ``rmsprop_complete``). Returns the state with ``step`` advanced.
+    """
+    state = rmsprop_complete(param, state, momentum=momentum, centered=centered)
+
+    dtype = param.dtype
+    typed = dtype.type
+    # torch casts each scalar to the tensor's dtype before using it.
+    alpha_, one_minus_alpha, eps_ = typed(alpha), typed(1 - alpha), typed(eps)
+    decay, momentum_, minus_lr = typed(weight_decay), typed(momentum), typed(-lr)
+    # torch's lerp uses a + w (b - a) for |w| < 0.5 and b - (b - a)(1 - w) otherwise.
+    lerp_from_start = abs(one_minus_alpha) < 0.5
+    lerp_back_weight = typed(1) - one_minus_alpha
+
+    flat_param, flat_grad = param.reshape(-1), grad.reshape(-1)
+    flat_square_avg = state.square_avg.reshape(-1)
+    flat_buffer = None if momentum <= 0 or state.momentum_buffer is None else state.momentum_buffer.reshape(-1)
+    flat_grad_avg = None if not centered or state.grad_avg is None else state.grad_avg.reshape(-1)
+    size = flat_param.size
+    grad_work, avg_work = scratch(size, dtype), scratch(size, dtype)
+    for start, stop in chunk_bounds(size):
+        n = stop - start
+        g = flat_grad[start:stop]
+        p, square_avg = flat_param[start:stop], flat_square_avg[start:stop]
+        own_grad, avg = grad_work[:n], avg_work[:n]
+        if maximize:
+            g = np.negative(g, out=own_grad)
+        if weight_decay != 0:
+            np.multiply(p, decay, out=avg)
+            g = np.add(g, avg, out=own_grad)
+
+        np.multiply(square_avg, alpha_, out=square_avg)
+        np.multiply(g, one_minus_alpha, out=avg)
+        np.multiply(avg, g, out=avg)
+        np.add(square_avg, avg, out=square_avg)
+
+        if flat_grad_avg is not None:
+            grad_avg = flat_grad_avg[start:stop]
+            np.subtract(g, grad_avg, out=avg)
+            if lerp_from_start:
+                np.multiply(avg, one_minus_alpha, out=avg)
+                np.add(grad_avg, avg, out=grad_avg)
+            else:
+                np.multiply(avg, lerp_back_weight, out=avg)
+                np.subtract(g, avg, out=grad_avg)
+            np.multiply(grad_avg, grad_avg, out=avg)
+            np.subtract(square_avg, avg, out=avg)
+            np.sqrt(avg, out=avg)
+        else:
+            np.sqrt(square_avg, out=avg)
+        np.add(avg, eps_, out=avg)
+
+        if flat_buffer is not None:
+            buffer = flat_buffer[start:stop]
+            np.multiply(buffer, momentum_, out=buffer)
+            np.divide(g, avg, out=avg)
+            np.add(buffer, avg, out=buffer)
+            np.multiply(buffer, minus_lr, out=avg)
+        else:
+            # torch's addcdiv computes (value * t1) / t2.
+            np.multiply(g, minus_lr, out=own_grad)
+            np.divide(own_grad, avg, out=avg)
+        np.add(p, avg, out=p)
+    return state._replace(step=state.step + 1)

@@ -1,0 +1,15 @@
+"""The examples in optim_core's docstrings run and print what they say."""
+
+import doctest
+from types import ModuleType
+
+import pytest
+
+from optim_core import optimizer, rmsprop, rprop
+
+
+@pytest.mark.parametrize("module", [rprop, rmsprop, optimizer], ids=lambda module: module.__name__)
+def test_docstring_examples_hold(module: ModuleType) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0
+    assert result.failed == 0
