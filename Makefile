@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint
+.PHONY: install serve test lint
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	touch $@
 
 install: $(VENV)/.installed
+
+serve: install
+	$(BIN)/optim-service serve --host $(or $(HOST),127.0.0.1) --port $(or $(PORT),8000)
 
 test: install
 	$(BIN)/python -m pytest

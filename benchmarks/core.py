@@ -99,8 +99,10 @@ def main() -> None:
 
     print(f"numpy {np.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, ")
     print(f"torch threads {torch.get_num_threads()}, median of {args.repeats} steps, float32\n")
-    print("| optimizer | elements | ours ms | torch ms (foreach=False) | torch ms (foreach=True) | floor ms "
-          "| ours ÷ torch (False) | ours ÷ torch (True) | ours ÷ floor |")
+    print(
+        "| optimizer | elements | ours ms | torch ms (foreach=False) | torch ms (foreach=True) | floor ms "
+        "| ours ÷ torch (False) | ours ÷ torch (True) | ours ÷ floor |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for case in CASES:
         for size in args.sizes:

@@ -1,0 +1,1 @@
+"""optim-service: the HTTP API around optim_core, with durable storage."""

@@ -1,0 +1,65 @@
+"""The app factory. Nothing happens at import time; the store is opened in the lifespan."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service.cache import OptimizerCache
+from service.config import Settings
+from service.errors import install_error_handlers
+from service.routes import health, sessions
+from service.schemas import CreateSessionRequest, PatchSessionRequest, StateDict, StepRequest
+from service.sessions import Sessions
+from service.store import SqlSessionStore
+
+REQUEST_MODELS = (CreateSessionRequest, PatchSessionRequest, StepRequest, StateDict)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = SqlSessionStore(
+            settings.database_url,
+            idempotency_keys_kept=settings.idempotency_keys_kept,
+            sqlite_synchronous=settings.sqlite_synchronous,
+        )
+        app.state.settings = settings
+        app.state.store = store
+        app.state.sessions = Sessions(
+            store=store,
+            cache=OptimizerCache(settings.cache_bytes),
+            idempotency_keys_kept=settings.idempotency_keys_kept,
+        )
+        try:
+            yield
+        finally:
+            store.close()
+
+    app = FastAPI(
+        title="optim-service",
+        version="1",
+        summary="Rprop and RMSprop with torch.optim's exact numbers, kept on the server.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(sessions.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in REQUEST_MODELS:
+                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

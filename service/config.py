@@ -1,0 +1,29 @@
+"""Settings, read from the environment with the prefix ``OPTIM_``."""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("data")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPTIM_", extra="forbid")
+
+    database_url: str = Field(
+        default=f"sqlite:///{DEFAULT_DATA_DIR / 'optim.sqlite3'}",
+        description="SQLAlchemy URL: sqlite:///path (the default, under ./data) or postgresql+psycopg://...",
+    )
+    max_body_bytes: int = Field(
+        default=1 << 30, gt=0, description="Larger request bodies are refused with 413 before they are read."
+    )
+    idempotency_keys_kept: int = Field(
+        default=1000, gt=0, description="Idempotency-Key responses kept per session; older ones are forgotten."
+    )
+    cache_bytes: int = Field(
+        default=1 << 30, ge=0, description="Memory for optimizers kept between requests (validated against storage)."
+    )
+    sqlite_synchronous: str = Field(
+        default="FULL", pattern="^(FULL|EXTRA|NORMAL)$", description="SQLite's synchronous pragma (WAL mode)."
+    )

@@ -1,0 +1,143 @@
+"""Every error leaves as RFC 9457 problem+json; domain errors are mapped here, and only here."""
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from optim_core import OptimCoreError
+
+PROBLEM_JSON = "application/problem+json"
+logger = logging.getLogger("service")
+
+Loc = Sequence[str | int]
+
+
+class ProblemError(Exception):
+    """A client-facing failure with its HTTP status; ``errors`` name the offending fields."""
+
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+    def __init__(
+        self, detail: str, *, errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+
+class MalformedBody(ProblemError):
+    status, slug, title = 400, "malformed-body", "Malformed request body"
+
+
+class ValidationFailed(ProblemError):
+    status, slug, title = 422, "validation-error", "Invalid request"
+
+    @classmethod
+    def at(cls, loc: Loc, msg: str) -> "ValidationFailed":
+        return cls(msg, errors=[{"loc": list(loc), "msg": msg}])
+
+
+class IdempotencyKeyReused(ProblemError):
+    status, slug, title = 422, "idempotency-key-reused", "Idempotency-Key reused with a different request"
+
+
+class SessionNotFound(ProblemError):
+    status, slug, title = 404, "session-not-found", "No such session"
+
+
+class NotFound(ProblemError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class PreconditionFailed(ProblemError):
+    status, slug, title = 412, "precondition-failed", "The session has moved on"
+
+
+class BodyTooLarge(ProblemError):
+    status, slug, title = 413, "body-too-large", "Request body too large"
+
+
+class UnsupportedMediaType(ProblemError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported request media type"
+
+
+class NotAcceptable(ProblemError):
+    status, slug, title = 406, "not-acceptable", "No acceptable response media type"
+
+
+class StorageUnavailable(ProblemError):
+    status, slug, title = 503, "storage-unavailable", "Storage is not answering"
+
+
+def core_error(error: OptimCoreError, *prefix: str | int) -> ValidationFailed:
+    """A core rejection as a 422 naming the field under ``prefix``."""
+    return ValidationFailed.at((*prefix, *error.loc), error.message)
+
+
+def problem_response(
+    *,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {"type": f"/problems/{slug}", "title": title, "status": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def on_problem(request: Request, error: ProblemError) -> Response:
+        return problem_response(
+            status=error.status,
+            slug=error.slug,
+            title=error.title,
+            detail=error.detail,
+            errors=error.errors,
+            headers=error.headers,
+        )
+
+    @app.exception_handler(OptimCoreError)
+    async def on_core_error(request: Request, error: OptimCoreError) -> Response:
+        return await on_problem(request, core_error(error, "body"))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_request_validation(request: Request, error: RequestValidationError) -> Response:
+        errors = [{"loc": list(item["loc"]), "msg": item["msg"]} for item in error.errors()]
+        detail = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in errors)
+        return await on_problem(request, ValidationFailed(detail, errors=errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, error: StarletteHTTPException) -> Response:
+        return problem_response(
+            status=error.status_code,
+            slug="http-error",
+            title=str(error.detail),
+            detail=str(error.detail),
+            headers=dict(error.headers or {}),
+        )
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, error: Exception) -> Response:
+        request_id = uuid.uuid4().hex
+        logger.exception("unhandled error, request id %s", request_id, exc_info=error)
+        return problem_response(
+            status=500,
+            slug="internal-error",
+            title="Internal server error",
+            detail=f"An unexpected error occurred; request id {request_id}.",
+        )

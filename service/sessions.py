@@ -1,0 +1,301 @@
+"""The service logic: sessions, steps and snapshots, between the routes and the store."""
+
+import base64
+import binascii
+import secrets
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from optim_core import OptimCoreError, Optimizer
+from service.cache import OptimizerCache
+from service.codecs import arrays_from_json, state_dict_from_json
+from service.errors import (
+    IdempotencyKeyReused,
+    PreconditionFailed,
+    SessionNotFound,
+    ValidationFailed,
+    core_error,
+)
+from service.optimizers import DTYPES, HYPERPARAMS, OPTIMIZERS, build_optimizer, summary_groups
+from service.schemas import CreateSessionRequest, PatchSessionRequest
+from service.snapshot import pack, unpack
+from service.store import IdempotencyRecord, SessionMeta, SessionStore
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    step: int
+    version: int
+    params: dict[str, np.ndarray]
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _require_match(if_match: str | None, version: int) -> None:
+    if if_match is None:
+        return
+    tags = {tag.strip() for tag in if_match.split(",")}
+    if "*" not in tags and etag(version) not in tags:
+        raise PreconditionFailed(f"If-Match {if_match} does not match the session's ETag {etag(version)}")
+
+
+def _packed(optimizer: Optimizer[Any, Any]) -> bytes:
+    return pack(optimizer.params, optimizer.state_dict_arrays()["state"])
+
+
+def _torch_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Summary groups (names) as state_dict groups (indices, and names as param_names)."""
+    torch_groups, index = [], 0
+    for group in groups:
+        names = list(group["params"])
+        torch_groups.append({**group, "params": list(range(index, index + len(names))), "param_names": names})
+        index += len(names)
+    return torch_groups
+
+
+def _restore(meta: SessionMeta, arrays: bytes) -> Optimizer[Any, Any]:
+    params, state = unpack(arrays)
+    optimizer = build_optimizer(meta.optimizer, params, meta.param_groups, {})
+    optimizer.load_state_dict({"state": state, "param_groups": _torch_groups(meta.param_groups)})
+    return optimizer
+
+
+def _merged_groups(meta: SessionMeta, request: PatchSessionRequest) -> list[dict[str, Any]]:
+    """The session's groups with the patch applied, each validated like creation."""
+    parse = HYPERPARAMS[meta.optimizer]
+    allowed = set(OPTIMIZERS[meta.optimizer].defaults)
+    changes: list[tuple[tuple[str | int, ...], dict[str, Any]]]
+    if request.hyperparameters is not None:
+        changes = [(("body", "hyperparameters"), request.hyperparameters)] * len(meta.param_groups)
+    else:
+        assert request.param_groups is not None
+        if len(request.param_groups) != len(meta.param_groups):
+            raise ValidationFailed.at(
+                ("body", "param_groups"),
+                f"the session has {len(meta.param_groups)} param groups; give one entry for each",
+            )
+        changes = [(("body", "param_groups", index), entry) for index, entry in enumerate(request.param_groups)]
+    merged = []
+    for group, (loc, change) in zip(meta.param_groups, changes, strict=True):
+        for key in change:
+            if key == "params" and change[key] == group["params"]:
+                continue
+            if key not in allowed:
+                reason = "param groups cannot change" if key == "params" else "unknown hyperparameter"
+                raise ValidationFailed.at((*loc, key), f"{reason}: {key!r}")
+        candidate = {**group, **{key: value for key, value in change.items() if key != "params"}}
+        try:
+            hyperparams = parse.from_group(candidate)
+        except OptimCoreError as error:
+            raise core_error(error, *loc) from None
+        merged.append({**hyperparams.to_group(), "params": list(group["params"])})
+    return merged
+
+
+def _encode_cursor(meta: SessionMeta) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([meta.created_at.isoformat(), meta.id])).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created_at, session_id = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created_at), str(session_id)
+    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError):
+        raise ValidationFailed.at(("query", "cursor"), "not a cursor this service issued") from None
+
+
+class Sessions:
+    """Session operations; each validates fully before it changes anything."""
+
+    def __init__(self, *, store: SessionStore, cache: OptimizerCache, idempotency_keys_kept: int) -> None:
+        self._store = store
+        self._cache = cache
+        self._kept = idempotency_keys_kept
+
+    def create(self, *, request: CreateSessionRequest) -> tuple[SessionMeta, dict[str, np.ndarray]]:
+        optimizer_class = OPTIMIZERS[request.optimizer]
+        params = arrays_from_json(request.params, loc=("body", "params"), dtype=DTYPES[request.dtype])
+        for key in request.hyperparameters:
+            if key not in optimizer_class.defaults:
+                raise ValidationFailed.at(("body", "hyperparameters", key), f"unknown hyperparameter {key!r}")
+        groups = self._checked_groups(request, params)
+        try:
+            optimizer = build_optimizer(request.optimizer, params, groups, request.hyperparameters)
+        except OptimCoreError as error:
+            in_body = error.loc[:1] in (("params",), ("param_groups",))
+            raise core_error(error, *(("body",) if in_body else ("body", "hyperparameters"))) from None
+        if request.state_dict is not None:
+            state_dict = state_dict_from_json(request.state_dict, loc=("body", "state_dict"))
+            try:
+                optimizer.load_state_dict(state_dict)  # type: ignore[arg-type]
+            except OptimCoreError as error:
+                raise core_error(error, "body", "state_dict") from None
+        now = _now()
+        meta = SessionMeta(
+            id=secrets.token_urlsafe(18),
+            optimizer=request.optimizer,
+            dtype=request.dtype,
+            step=request.step,
+            version=1,
+            param_groups=summary_groups(optimizer),
+            shapes={name: list(value.shape) for name, value in params.items()},
+            created_at=now,
+            updated_at=now,
+        )
+        self._store.create(meta, _packed(optimizer))
+        self._cache.put(meta.id, meta.version, optimizer)
+        return meta, optimizer.params
+
+    @staticmethod
+    def _checked_groups(request: CreateSessionRequest, params: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        if request.param_groups is None:
+            return [{"params": list(params)}]
+        seen: set[str] = set()
+        for index, group in enumerate(request.param_groups):
+            for name in group.params:
+                loc = ("body", "param_groups", index, "params")
+                if name not in params:
+                    raise ValidationFailed.at(loc, f"unknown param {name!r}")
+                if name in seen:
+                    raise ValidationFailed.at(loc, f"param {name!r} is in more than one group")
+                seen.add(name)
+        missing = [name for name in params if name not in seen]
+        if missing:
+            raise ValidationFailed.at(("body", "param_groups"), f"params in no group: {missing}")
+        return [{**(group.model_extra or {}), "params": group.params} for group in request.param_groups]
+
+    def summary(self, *, session_id: str) -> SessionMeta:
+        found = self._store.get(session_id, with_arrays=False)
+        if found is None:
+            raise SessionNotFound(f"no session {session_id!r}")
+        return found[0]
+
+    def page(self, *, limit: int, cursor: str | None) -> tuple[list[SessionMeta], str | None]:
+        after = _decode_cursor(cursor) if cursor else None
+        metas = self._store.list(limit=limit + 1, after=after)
+        if len(metas) > limit:
+            return metas[:limit], _encode_cursor(metas[limit - 1])
+        return metas, None
+
+    def patch(self, *, session_id: str, request: PatchSessionRequest, if_match: str | None) -> SessionMeta:
+        with self._store.locked(session_id, need_arrays=False) as locked:
+            _require_match(if_match, locked.meta.version)
+            groups = _merged_groups(locked.meta, request)
+            meta = replace(locked.meta, param_groups=groups, version=locked.meta.version + 1, updated_at=_now())
+            locked.save(meta, None)
+        optimizer = self._cache.take(session_id, meta.version - 1)
+        if optimizer is not None:
+            optimizer.param_groups = [dict(group) for group in groups]
+            self._cache.put(session_id, meta.version, optimizer)
+        return meta
+
+    def delete(self, *, session_id: str, if_match: str | None) -> None:
+        expected = None
+        if if_match is not None:
+            expected = self.summary(session_id=session_id).version
+            _require_match(if_match, expected)
+        self._cache.discard(session_id)
+        if not self._store.delete(session_id, expected_version=expected):
+            raise SessionNotFound(f"no session {session_id!r}")
+
+    def step(
+        self,
+        *,
+        session_id: str,
+        grads: dict[str, np.ndarray],
+        request_hash: str,
+        idempotency_key: str | None,
+        if_match: str | None,
+    ) -> StepOutcome:
+        with self._store.locked(session_id, need_arrays=True, known_version=self._cache.version(session_id)) as locked:
+            if idempotency_key is not None:
+                record = locked.idempotency_record(idempotency_key)
+                if record is not None:
+                    if record.request_hash != request_hash:
+                        raise IdempotencyKeyReused(
+                            f"Idempotency-Key {idempotency_key!r} was used with a different request body"
+                        )
+                    return StepOutcome(step=record.step, version=record.version, params=unpack(record.params)[0])
+            _require_match(if_match, locked.meta.version)
+            optimizer = self._optimizer(locked.meta, locked.arrays)
+            try:
+                optimizer.step(grads)
+            except OptimCoreError as error:
+                raise core_error(error, "body") from None
+            meta = replace(locked.meta, step=locked.meta.step + 1, version=locked.meta.version + 1, updated_at=_now())
+            params = optimizer.params
+            record = None
+            if idempotency_key is not None:
+                record = IdempotencyRecord(
+                    key=idempotency_key,
+                    request_hash=request_hash,
+                    step=meta.step,
+                    version=meta.version,
+                    params=pack(params),
+                )
+            locked.save(meta, _packed(optimizer), record)
+        self._cache.put(session_id, meta.version, optimizer)
+        return StepOutcome(step=meta.step, version=meta.version, params=params)
+
+    def _optimizer(self, meta: SessionMeta, arrays: bytes | None) -> Optimizer[Any, Any]:
+        cached = self._cache.take(meta.id, meta.version)
+        if cached is not None:
+            return cached
+        if arrays is None:
+            raise RuntimeError(f"session {meta.id} has no cached optimizer at version {meta.version}, nor arrays")
+        return _restore(meta, arrays)
+
+    def _stored(self, session_id: str) -> tuple[SessionMeta, bytes]:
+        found = self._store.get(session_id, with_arrays=True)
+        if found is None or found[1] is None:
+            raise SessionNotFound(f"no session {session_id!r}")
+        return found[0], found[1]
+
+    def params(self, *, session_id: str) -> tuple[SessionMeta, dict[str, np.ndarray]]:
+        meta, arrays = self._stored(session_id)
+        return meta, unpack(arrays)[0]
+
+    def state_dict(self, *, session_id: str) -> tuple[SessionMeta, dict[str, Any]]:
+        meta, arrays = self._stored(session_id)
+        return meta, _restore(meta, arrays).state_dict_arrays()
+
+    def checkpoint(self, *, session_id: str) -> tuple[SessionMeta, dict[str, Any]]:
+        meta, arrays = self._stored(session_id)
+        optimizer = _restore(meta, arrays)
+        return meta, {
+            "optimizer": meta.optimizer,
+            "dtype": meta.dtype,
+            "params": optimizer.params,
+            "param_groups": meta.param_groups,
+            "state_dict": optimizer.state_dict_arrays(),
+            "step": meta.step,
+        }
+
+    def load_state_dict(self, *, session_id: str, state_dict: dict[str, Any], if_match: str | None) -> SessionMeta:
+        converted = state_dict_from_json(state_dict, loc=("body",))
+        with self._store.locked(session_id, need_arrays=True, known_version=self._cache.version(session_id)) as locked:
+            _require_match(if_match, locked.meta.version)
+            optimizer = self._optimizer(locked.meta, locked.arrays)
+            try:
+                optimizer.load_state_dict(converted)  # type: ignore[arg-type]
+            except OptimCoreError as error:
+                raise core_error(error, "body") from None
+            meta = replace(
+                locked.meta,
+                param_groups=summary_groups(optimizer),
+                version=locked.meta.version + 1,
+                updated_at=_now(),
+            )
+            locked.save(meta, _packed(optimizer))
+        self._cache.put(session_id, meta.version, optimizer)
+        return meta

@@ -1,0 +1,47 @@
+"""A session's arrays as one binary blob: a safetensors file.
+
+Tensors are named ``params/<name>`` and ``state/<index>/<key>``, where ``<index>``
+is the param's index in torch's state_dict; each state entry's ``step`` travels
+in the metadata. Params and state together restore the optimizer exactly.
+"""
+
+from typing import Any
+
+import numpy as np
+import orjson
+from safetensors.numpy import load, save
+
+PARAMS = "params/"
+STATE = "state/"
+
+
+def pack(params: dict[str, np.ndarray], state: dict[str, dict[str, Any]] | None = None) -> bytes:
+    """Params and (optionally) the ``state`` of a state_dict holding arrays, as safetensors bytes."""
+    tensors = {f"{PARAMS}{name}": np.asarray(value, order="C") for name, value in params.items()}
+    steps = {}
+    for index, entry in (state or {}).items():
+        steps[index] = entry["step"]
+        for key, value in entry.items():
+            if key != "step":
+                tensors[f"{STATE}{index}/{key}"] = np.asarray(value, order="C")
+    return save(tensors, metadata={"steps": orjson.dumps(steps).decode()})
+
+
+def unpack(blob: bytes) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """The params and the state_dict ``state`` that ``pack`` stored."""
+    tensors = load(blob)
+    params = {name.removeprefix(PARAMS): value for name, value in tensors.items() if name.startswith(PARAMS)}
+    steps = orjson.loads(_metadata(blob).get("steps", "{}"))
+    state: dict[str, dict[str, Any]] = {index: {"step": step} for index, step in steps.items()}
+    for name, value in tensors.items():
+        if name.startswith(STATE):
+            index, key = name.removeprefix(STATE).split("/", 1)
+            state[index][key] = value
+    return params, state
+
+
+def _metadata(blob: bytes) -> dict[str, str]:
+    header_size = int.from_bytes(blob[:8], "little")
+    header = orjson.loads(blob[8 : 8 + header_size])
+    metadata: dict[str, str] = header.get("__metadata__", {})
+    return metadata
