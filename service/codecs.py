@@ -9,8 +9,6 @@ import orjson
 
 from service.errors import Loc, MalformedBody, ValidationFailed
 
-JSON = "application/json"
-
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or a 400."""
@@ -31,8 +29,9 @@ def array_from_json(value: object, *, loc: Loc, dtype: np.dtype[Any] | None = No
         raise ValidationFailed.at(loc, "must be a number or rectangular nested lists of numbers") from None
     if array.dtype.kind not in "fiu":
         raise ValidationFailed.at(loc, "must be a number or rectangular nested lists of numbers")
+    target = dtype or (array.dtype if array.dtype in (np.float32, np.float64) else np.dtype(np.float64))
     try:
-        array = array.astype(dtype or np.float64, copy=False)
+        array = array.astype(target, copy=False)
     except OverflowError:
         raise ValidationFailed.at(loc, "holds a number out of range") from None
     if not np.isfinite(array.sum()) and not np.isfinite(array).all():

@@ -1,6 +1,7 @@
 """What routes share: the typed dependencies, request bodies, validation and JSON responses."""
 
 import hashlib
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -9,9 +10,11 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
-from service.codecs import JSON, dump_json, parse_json_object
+from service.binary import document_from_safetensors, safetensors_from_document
+from service.codecs import dump_json, parse_json_object
 from service.config import Settings
-from service.errors import BodyTooLarge, UnsupportedMediaType, ValidationFailed
+from service.errors import BodyTooLarge, ValidationFailed
+from service.media import ARRAY_TYPES, JSON, SAFETENSORS, body_media_type
 from service.sessions import Sessions, etag
 from service.store import SessionMeta
 
@@ -32,11 +35,9 @@ SessionsDep = Annotated[Sessions, Depends(get_sessions)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing anything over ``limit`` bytes (413) or not JSON (415)."""
-    media_type = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
-    if media_type != JSON:
-        raise UnsupportedMediaType(f"the body must be {JSON}, got {media_type!r}")
+async def read_body(request: Request, limit: int, allowed: Sequence[str] = ARRAY_TYPES) -> tuple[str, bytes]:
+    """The body and its media type; 415 for a type not ``allowed``, 413 past ``limit`` bytes."""
+    media_type = body_media_type(request.headers.get("content-type"), allowed)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"the body is {declared} bytes; the limit is {limit}")
@@ -46,25 +47,44 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise BodyTooLarge(f"the body is over the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return media_type, b"".join(chunks)
 
 
-def parse(model: type[Model], body: bytes) -> Model:
-    """The body parsed by orjson and its envelope validated by ``model`` (400 or 422)."""
+def document(media_type: str, body: bytes, *, root: str | None = None) -> dict[str, Any]:
+    """The body as a JSON-style document; a binary body's arrays stay numpy arrays."""
+    if media_type == SAFETENSORS:
+        return document_from_safetensors(body, root=root)
+    return parse_json_object(body)
+
+
+def parse(model: type[Model], value: dict[str, Any]) -> Model:
+    """The document's envelope validated by ``model`` (422 naming the field)."""
     try:
-        return model.model_validate(parse_json_object(body))
+        return model.model_validate(value)
     except ValidationError as error:
         errors = [{"loc": ["body", *item["loc"]], "msg": item["msg"]} for item in error.errors()]
         detail = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in errors)
         raise ValidationFailed(detail, errors=errors) from None
 
 
-def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` for a route that parses its own JSON body."""
+BINARY_SCHEMA = {"type": "string", "format": "binary", "description": "a safetensors file; see docs/binary.md"}
+
+
+def body_schema(model: type[BaseModel], *, binary: bool = True) -> dict[str, Any]:
+    """``openapi_extra`` for a route that parses its own body (JSON, and safetensors when ``binary``)."""
+    content: dict[str, Any] = {JSON: {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+    if binary:
+        content[SAFETENSORS] = {"schema": BINARY_SCHEMA}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def array_responses(model: type[BaseModel], status: int = 200) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for a route that answers in JSON or safetensors, as Accept asks."""
     return {
-        "requestBody": {
-            "required": True,
-            "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        status: {
+            "model": model,
+            "content": {SAFETENSORS: {"schema": BINARY_SCHEMA}},
+            "description": "JSON, or safetensors with Accept: application/vnd.safetensors",
         }
     }
 
@@ -86,10 +106,20 @@ def summary(meta: SessionMeta) -> dict[str, Any]:
     }
 
 
-def json_response(value: Any, *, status: int = 200, version: int | None = None, **headers: str) -> Response:
+def respond(
+    value: dict[str, Any],
+    *,
+    media_type: str = JSON,
+    root: str | None = None,
+    status: int = 200,
+    version: int | None = None,
+    **headers: str,
+) -> Response:
+    """``value`` as JSON or safetensors (arrays under ``root`` named by param name alone)."""
     if version is not None:
         headers["ETag"] = etag(version)
-    return Response(dump_json(value), status_code=status, media_type=JSON, headers=headers)
+    body = safetensors_from_document(value, root=root) if media_type == SAFETENSORS else dump_json(value)
+    return Response(body, status_code=status, media_type=media_type, headers=headers)
 
 
 def hash_request(media_type: str, body: bytes) -> str:

@@ -5,14 +5,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from service.errors import StorageUnavailable
-from service.routes.deps import json_response
+from service.routes.deps import respond
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
 async def healthz() -> Response:
-    return json_response({"status": "ok"})
+    return respond({"status": "ok"})
 
 
 @router.get("/readyz", summary="Readiness: storage answers", responses={503: {"description": "storage is down"}})
@@ -21,4 +21,4 @@ async def readyz(request: Request) -> Response:
         await run_in_threadpool(request.app.state.store.ping)
     except Exception as error:
         raise StorageUnavailable(f"storage did not answer: {type(error).__name__}") from None
-    return json_response({"status": "ready"})
+    return respond({"status": "ready"})

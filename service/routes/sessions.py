@@ -1,7 +1,8 @@
 """/v1/sessions: create, read, change, step and snapshot optimizer sessions.
 
-Handlers read the body on the event loop, then parse, compute, store and encode
-in a worker thread, so a large step never stalls other requests.
+Array endpoints speak JSON and safetensors both ways (Content-Type, Accept).
+Handlers read the body on the event loop, then decode, compute, store and
+encode in a worker thread, so a large step never stalls other requests.
 """
 
 from typing import Annotated, Any
@@ -10,15 +11,18 @@ from fastapi import APIRouter, Header, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from service.codecs import JSON, arrays_from_json, parse_json_object
+from service.codecs import arrays_from_json
+from service.media import JSON, negotiate
 from service.routes.deps import (
     SessionsDep,
     SettingsDep,
+    array_responses,
+    body_schema,
+    document,
     hash_request,
-    json_body_schema,
-    json_response,
     parse,
     read_body,
+    respond,
     summary,
 )
 from service.schemas import (
@@ -40,33 +44,41 @@ IdempotencyKey = Annotated[
     str | None,
     Header(max_length=255, description="Retries with the same key and body return the first response."),
 ]
+Accept = Annotated[str | None, Header(description="application/json (default) or application/vnd.safetensors")]
 PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"description": text, **PROBLEM}
     for status, text in {
-        400: "malformed JSON",
+        400: "malformed body",
         404: "no such session",
+        406: "no acceptable media type",
         413: "body too large",
-        415: "body is not JSON",
+        415: "unsupported body media type",
         422: "invalid request",
     }.items()
 }
+STALE: dict[int | str, dict[str, Any]] = {412: {"description": "If-Match failed", **PROBLEM}}
 
 
 @router.post(
     "",
     status_code=201,
     summary="Create a session (also from a checkpoint)",
-    openapi_extra=json_body_schema(CreateSessionRequest),
-    responses={201: {"model": SessionWithParams}, **ERRORS},
+    openapi_extra=body_schema(CreateSessionRequest),
+    responses={**array_responses(SessionWithParams, 201), **ERRORS},
 )
-async def create_session(request: Request, sessions: SessionsDep, settings: SettingsDep) -> Response:
-    body = await read_body(request, settings.max_body_bytes)
+async def create_session(
+    request: Request, sessions: SessionsDep, settings: SettingsDep, accept: Accept = None
+) -> Response:
+    answer_as = negotiate(accept)
+    media_type, body = await read_body(request, settings.max_body_bytes)
 
     def run() -> Response:
-        meta, params = sessions.create(request=parse(CreateSessionRequest, body))
-        return json_response(
+        meta, params = sessions.create(request=parse(CreateSessionRequest, document(media_type, body)))
+        return respond(
             {**summary(meta), "params": params},
+            media_type=answer_as,
+            root="params",
             status=201,
             version=meta.version,
             Location=f"/v1/sessions/{meta.id}",
@@ -80,41 +92,46 @@ async def list_sessions(
     sessions: SessionsDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    accept: Accept = None,
 ) -> Response:
+    negotiate(accept, (JSON,))
     metas, next_cursor = await run_in_threadpool(lambda: sessions.page(limit=limit, cursor=cursor))
-    return json_response({"items": [summary(meta) for meta in metas], "next_cursor": next_cursor})
+    return respond({"items": [summary(meta) for meta in metas], "next_cursor": next_cursor})
 
 
 @router.get("/{session_id}", summary="A session's summary", responses={200: {"model": SessionSummary}, **ERRORS})
-async def get_session(session_id: str, sessions: SessionsDep) -> Response:
+async def get_session(session_id: str, sessions: SessionsDep, accept: Accept = None) -> Response:
+    negotiate(accept, (JSON,))
     meta = await run_in_threadpool(lambda: sessions.summary(session_id=session_id))
-    return json_response(summary(meta), version=meta.version)
+    return respond(summary(meta), version=meta.version)
 
 
 @router.patch(
     "/{session_id}",
     summary="Change hyperparameters between steps",
-    openapi_extra=json_body_schema(PatchSessionRequest),
-    responses={200: {"model": SessionSummary}, 412: {"description": "If-Match failed", **PROBLEM}, **ERRORS},
+    openapi_extra=body_schema(PatchSessionRequest, binary=False),
+    responses={200: {"model": SessionSummary}, **STALE, **ERRORS},
 )
 async def patch_session(
-    session_id: str, request: Request, sessions: SessionsDep, settings: SettingsDep, if_match: IfMatch = None
+    session_id: str,
+    request: Request,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    if_match: IfMatch = None,
+    accept: Accept = None,
 ) -> Response:
-    body = await read_body(request, settings.max_body_bytes)
+    negotiate(accept, (JSON,))
+    media_type, body = await read_body(request, settings.max_body_bytes, (JSON,))
 
     def run() -> Response:
-        meta = sessions.patch(session_id=session_id, request=parse(PatchSessionRequest, body), if_match=if_match)
-        return json_response(summary(meta), version=meta.version)
+        patch = parse(PatchSessionRequest, document(media_type, body))
+        meta = sessions.patch(session_id=session_id, request=patch, if_match=if_match)
+        return respond(summary(meta), version=meta.version)
 
     return await run_in_threadpool(run)
 
 
-@router.delete(
-    "/{session_id}",
-    status_code=204,
-    summary="Delete a session",
-    responses={412: {"description": "If-Match failed", **PROBLEM}, **ERRORS},
-)
+@router.delete("/{session_id}", status_code=204, summary="Delete a session", responses={**STALE, **ERRORS})
 async def delete_session(session_id: str, sessions: SessionsDep, if_match: IfMatch = None) -> Response:
     await run_in_threadpool(lambda: sessions.delete(session_id=session_id, if_match=if_match))
     return Response(status_code=204)
@@ -123,8 +140,8 @@ async def delete_session(session_id: str, sessions: SessionsDep, if_match: IfMat
 @router.post(
     "/{session_id}/step",
     summary="Apply one step of gradients",
-    openapi_extra=json_body_schema(StepRequest),
-    responses={200: {"model": StepResponse}, 412: {"description": "If-Match failed", **PROBLEM}, **ERRORS},
+    openapi_extra=body_schema(StepRequest),
+    responses={**array_responses(StepResponse), **STALE, **ERRORS},
 )
 async def step_session(
     session_id: str,
@@ -133,28 +150,37 @@ async def step_session(
     settings: SettingsDep,
     if_match: IfMatch = None,
     idempotency_key: IdempotencyKey = None,
+    accept: Accept = None,
 ) -> Response:
-    body = await read_body(request, settings.max_body_bytes)
+    answer_as = negotiate(accept)
+    media_type, body = await read_body(request, settings.max_body_bytes)
 
     def run() -> Response:
-        step_request = parse(StepRequest, body)
+        step_request = parse(StepRequest, document(media_type, body, root="grads"))
         outcome = sessions.step(
             session_id=session_id,
             grads=arrays_from_json(step_request.grads, loc=("body", "grads")),
-            request_hash=hash_request(JSON, body),
+            request_hash=hash_request(media_type, body),
             idempotency_key=idempotency_key,
             if_match=if_match,
         )
-        return json_response({"step": outcome.step, "params": outcome.params}, version=outcome.version)
+        return respond(
+            {"step": outcome.step, "params": outcome.params},
+            media_type=answer_as,
+            root="params",
+            version=outcome.version,
+        )
 
     return await run_in_threadpool(run)
 
 
-@router.get("/{session_id}/params", summary="Current params", responses={200: {"model": StepResponse}, **ERRORS})
-async def get_params(session_id: str, sessions: SessionsDep) -> Response:
+@router.get("/{session_id}/params", summary="Current params", responses={**array_responses(StepResponse), **ERRORS})
+async def get_params(session_id: str, sessions: SessionsDep, accept: Accept = None) -> Response:
+    answer_as = negotiate(accept)
+
     def run() -> Response:
         meta, params = sessions.params(session_id=session_id)
-        return json_response({"step": meta.step, "params": params}, version=meta.version)
+        return respond({"step": meta.step, "params": params}, media_type=answer_as, root="params", version=meta.version)
 
     return await run_in_threadpool(run)
 
@@ -162,12 +188,14 @@ async def get_params(session_id: str, sessions: SessionsDep) -> Response:
 @router.get(
     "/{session_id}/state_dict",
     summary="The optimizer state in torch's layout",
-    responses={200: {"model": StateDict}, **ERRORS},
+    responses={**array_responses(StateDict), **ERRORS},
 )
-async def get_state_dict(session_id: str, sessions: SessionsDep) -> Response:
+async def get_state_dict(session_id: str, sessions: SessionsDep, accept: Accept = None) -> Response:
+    answer_as = negotiate(accept)
+
     def run() -> Response:
         meta, state_dict = sessions.state_dict(session_id=session_id)
-        return json_response(state_dict, version=meta.version)
+        return respond(state_dict, media_type=answer_as, version=meta.version)
 
     return await run_in_threadpool(run)
 
@@ -175,17 +203,24 @@ async def get_state_dict(session_id: str, sessions: SessionsDep) -> Response:
 @router.put(
     "/{session_id}/state_dict",
     summary="Load optimizer state (torch layout); params are unchanged",
-    openapi_extra=json_body_schema(StateDict),
-    responses={200: {"model": SessionSummary}, 412: {"description": "If-Match failed", **PROBLEM}, **ERRORS},
+    openapi_extra=body_schema(StateDict),
+    responses={200: {"model": SessionSummary}, **STALE, **ERRORS},
 )
 async def put_state_dict(
-    session_id: str, request: Request, sessions: SessionsDep, settings: SettingsDep, if_match: IfMatch = None
+    session_id: str,
+    request: Request,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    if_match: IfMatch = None,
+    accept: Accept = None,
 ) -> Response:
-    body = await read_body(request, settings.max_body_bytes)
+    negotiate(accept, (JSON,))
+    media_type, body = await read_body(request, settings.max_body_bytes)
 
     def run() -> Response:
-        meta = sessions.load_state_dict(session_id=session_id, state_dict=parse_json_object(body), if_match=if_match)
-        return json_response(summary(meta), version=meta.version)
+        state_dict = document(media_type, body)
+        meta = sessions.load_state_dict(session_id=session_id, state_dict=state_dict, if_match=if_match)
+        return respond(summary(meta), version=meta.version)
 
     return await run_in_threadpool(run)
 
@@ -193,11 +228,13 @@ async def put_state_dict(
 @router.get(
     "/{session_id}/checkpoint",
     summary="Everything needed to continue elsewhere; POST it to /v1/sessions",
-    responses={200: {"model": Checkpoint}, **ERRORS},
+    responses={**array_responses(Checkpoint), **ERRORS},
 )
-async def get_checkpoint(session_id: str, sessions: SessionsDep) -> Response:
+async def get_checkpoint(session_id: str, sessions: SessionsDep, accept: Accept = None) -> Response:
+    answer_as = negotiate(accept)
+
     def run() -> Response:
         meta, checkpoint = sessions.checkpoint(session_id=session_id)
-        return json_response(checkpoint, version=meta.version)
+        return respond(checkpoint, media_type=answer_as, version=meta.version)
 
     return await run_in_threadpool(run)
