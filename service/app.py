@@ -27,6 +27,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.database_url,
             idempotency_keys_kept=settings.idempotency_keys_kept,
             sqlite_synchronous=settings.sqlite_synchronous,
+            pool_size=settings.pool_size,
+            auto_migrate=settings.auto_migrate,
         )
         app.state.settings = settings
         app.state.store = store

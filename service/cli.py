@@ -5,6 +5,10 @@ import os
 
 import uvicorn
 
+from service.config import Settings
+from service.store.schema import ensure_schema, head_revision
+from service.store.sql import build_engine
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="optim-service", description="Training as a service: the HTTP API.")
@@ -14,9 +18,20 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--database-url", help="overrides OPTIM_DATABASE_URL (default: SQLite under ./data)")
     serve.add_argument("--log-level", default="info")
+    migrate = commands.add_parser("migrate", help="upgrade the database schema to this version's, then exit")
+    migrate.add_argument("--database-url", help="overrides OPTIM_DATABASE_URL")
     args = parser.parse_args(argv)
     if args.database_url:
         os.environ["OPTIM_DATABASE_URL"] = args.database_url
+    if args.command == "migrate":
+        settings = Settings()
+        engine = build_engine(settings.database_url)
+        try:
+            ensure_schema(engine, upgrade=True)
+        finally:
+            engine.dispose()
+        print(f"schema at revision {head_revision()}")
+        return
     uvicorn.run(
         "service.main:app",
         host=args.host,

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     cache_bytes: int = Field(
         default=1 << 30, ge=0, description="Memory for optimizers kept between requests (validated against storage)."
     )
+    auto_migrate: bool = Field(
+        default=True, description="Upgrade an older database schema on start; if false, refuse to start."
+    )
+    pool_size: int = Field(default=10, gt=0, description="Database connections kept per process (and as many more).")
     sqlite_synchronous: str = Field(
         default="FULL", pattern="^(FULL|EXTRA|NORMAL)$", description="SQLite's synchronous pragma (WAL mode)."
     )

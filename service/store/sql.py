@@ -17,8 +17,10 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from service.errors import PreconditionFailed, SessionNotFound
 from service.store.base import IdempotencyRecord, SessionMeta
+from service.store.schema import ensure_schema
 
 metadata = sa.MetaData()
+"""The tables as the queries see them; migrations/ creates them, and a test checks the two agree."""
 
 sessions = sa.Table(
     "sessions",
@@ -53,13 +55,15 @@ idempotency_records = sa.Table(
 META_COLUMNS = [column for column in sessions.c if column.name != "arrays"]
 
 
-def build_engine(database_url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
+def build_engine(database_url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Engine:
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=20)
+    engine = sa.create_engine(
+        url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=pool_size, max_overflow=pool_size
+    )
 
     @sa.event.listens_for(engine, "connect")
     def configure(dbapi_connection: Any, _record: Any) -> None:
@@ -158,10 +162,22 @@ class _Locked:
 
 
 class SqlSessionStore:
-    def __init__(self, database_url: str, *, idempotency_keys_kept: int = 1000, sqlite_synchronous: str = "FULL"):
-        self._engine = build_engine(database_url, sqlite_synchronous=sqlite_synchronous)
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        idempotency_keys_kept: int = 1000,
+        sqlite_synchronous: str = "FULL",
+        pool_size: int = 10,
+        auto_migrate: bool = True,
+    ) -> None:
+        self._engine = build_engine(database_url, sqlite_synchronous=sqlite_synchronous, pool_size=pool_size)
         self._kept = idempotency_keys_kept
-        metadata.create_all(self._engine)
+        try:
+            ensure_schema(self._engine, upgrade=auto_migrate)
+        except BaseException:
+            self._engine.dispose()
+            raise
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
