@@ -4,6 +4,8 @@ import math
 from collections.abc import Mapping, Sequence
 from numbers import Real
 
+import numpy as np
+
 from optim_core.errors import InvalidHyperparameterError
 
 
@@ -54,3 +56,14 @@ def optional_flag(group: Mapping[str, object], key: str) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise InvalidHyperparameterError(f"{key} must be a bool or null, got {value!r}", loc=(key,))
     return value
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """True when no element is NaN or infinite.
+
+    A sum is finite exactly when no element is NaN or infinite, unless finite
+    values overflow it; only then is the element-wise check needed. The sum is
+    one pass with no temporary array.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(array.sum()) or np.isfinite(array).all())

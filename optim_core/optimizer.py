@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeGuard, TypeVar
 import numpy as np
 
 from optim_core import rmsprop, rprop
-from optim_core.checks import is_number
+from optim_core.checks import all_finite, is_number
 from optim_core.errors import (
     InvalidGradientError,
     InvalidHyperparameterError,
@@ -319,6 +319,7 @@ class Optimizer(ABC, Generic[H, S]):
                     what=f"state {array_key!r} of param {name!r}",
                     loc=(*loc, array_key),
                     error=InvalidStateDictError,
+                    copy=True,
                 )
                 for array_key in self.state_arrays
                 if array_key in entry
@@ -364,8 +365,10 @@ def _require_keys(mapping: object, *, required: set[str], allowed: set[str], loc
         raise InvalidStateDictError(f"missing key {missing[0]!r}", loc=(*loc, missing[0]))
 
 
-def _checked_array(value: object, *, like: np.ndarray, what: str, loc: Loc, error: type[OptimCoreError]) -> np.ndarray:
-    """``value`` as a finite C-contiguous array of ``like``'s dtype and shape."""
+def _checked_array(
+    value: object, *, like: np.ndarray, what: str, loc: Loc, error: type[OptimCoreError], copy: bool = False
+) -> np.ndarray:
+    """``value`` as a finite C-contiguous array of ``like``'s dtype and shape; a new one if ``copy``."""
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:
@@ -374,11 +377,11 @@ def _checked_array(value: object, *, like: np.ndarray, what: str, loc: Loc, erro
         raise error(f"{what} must hold floats, got dtype {array.dtype}", loc=loc)
     if array.shape != like.shape:
         raise error(f"{what} has shape {list(array.shape)}, expected {list(like.shape)}", loc=loc)
-    array = np.asarray(array, dtype=like.dtype, order="C")
-    # A sum is finite exactly when no element is NaN or infinite, unless finite
-    # values overflow it; only then is the element-wise check needed.
-    if not np.isfinite(array.sum()) and not np.isfinite(array).all():
-        raise error(f"{what} holds NaN or infinite values", loc=loc)
+    with np.errstate(over="ignore"):
+        # Values beyond the range of like's dtype become infinite here, and are refused below.
+        array = np.array(array, dtype=like.dtype, order="C", copy=True if copy else None)
+    if not all_finite(array):
+        raise error(f"{what} holds NaN or infinite values (or values beyond {like.dtype}'s range)", loc=loc)
     return array
 
 

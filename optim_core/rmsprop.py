@@ -132,6 +132,7 @@ def rmsprop_complete(param: np.ndarray, state: RMSpropState, *, momentum: float,
     return state
 
 
+@np.errstate(all="ignore")  # like torch: overflow gives inf or NaN, not warnings
 def rmsprop_update(
     param: np.ndarray,
     grad: np.ndarray,
@@ -179,12 +180,10 @@ def rmsprop_update(
         if weight_decay != 0:
             np.multiply(p, decay, out=avg)
             g = np.add(g, avg, out=own_grad)
-
         np.multiply(square_avg, alpha_, out=square_avg)
         np.multiply(g, one_minus_alpha, out=avg)
         np.multiply(avg, g, out=avg)
         np.add(square_avg, avg, out=square_avg)
-
         if flat_grad_avg is not None:
             grad_avg = flat_grad_avg[start:stop]
             np.subtract(g, grad_avg, out=avg)
@@ -200,7 +199,6 @@ def rmsprop_update(
         else:
             np.sqrt(square_avg, out=avg)
         np.add(avg, eps_, out=avg)
-
         if flat_buffer is not None:
             buffer = flat_buffer[start:stop]
             np.multiply(buffer, momentum_, out=buffer)

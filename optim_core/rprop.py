@@ -119,6 +119,7 @@ def rprop_init(param: np.ndarray, *, lr: float) -> RpropState:
     )
 
 
+@np.errstate(all="ignore")  # like torch: overflow gives inf or NaN, not warnings
 def rprop_update(
     param: np.ndarray,
     grad: np.ndarray,
@@ -171,7 +172,6 @@ def rprop_update(
         positive, negative = positive_work[:n], negative_work[:n]
         if negated is not None:
             g = np.negative(g, out=negated[:n])
-
         np.multiply(g, prev, out=product)
         np.greater(product, 0, out=positive)
         np.less(product, 0, out=negative)
@@ -181,7 +181,6 @@ def rprop_update(
         np.add(factor, one_bits, out=factor)
         np.multiply(step_size, factor.view(dtype), out=step_size)
         np.clip(step_size, low, high, out=step_size)
-
         # prev = g, with +0 where zeroed: an AND with all-ones or all-zeros bits.
         if zeroed == "negative":
             np.copyto(keep, negative)
@@ -195,7 +194,6 @@ def rprop_update(
             prev.fill(0)
         else:
             np.copyto(prev, g)
-
         np.sign(prev, out=product)
         np.multiply(product, step_size, out=product)
         np.subtract(p, product, out=p)

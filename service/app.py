@@ -10,7 +10,9 @@ from fastapi.openapi.utils import get_openapi
 from service.cache import OptimizerCache
 from service.config import Settings
 from service.errors import install_error_handlers
+from service.json_workers import JsonWorkers
 from service.routes import health, sessions
+from service.routes.deps import Wire
 from service.schemas import CreateSessionRequest, PatchSessionRequest, StateDict, StepRequest
 from service.sessions import Sessions
 from service.store import SqlSessionStore
@@ -37,9 +39,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cache=OptimizerCache(settings.cache_bytes),
             idempotency_keys_kept=settings.idempotency_keys_kept,
         )
+        json_workers = JsonWorkers(
+            processes=settings.json_workers, threshold_bytes=settings.json_worker_threshold_bytes
+        )
+        app.state.wire = Wire(json_workers)
         try:
             yield
         finally:
+            json_workers.close()
             store.close()
 
     app = FastAPI(

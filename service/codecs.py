@@ -1,13 +1,16 @@
 """Arrays in and out of JSON: orjson into numpy, bypassing per-element validation."""
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 
+from optim_core.checks import all_finite
 from service.errors import Loc, MalformedBody, ValidationFailed
+
+NUMBER_TYPES = {int, float}
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -22,7 +25,12 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 
 def array_from_json(value: object, *, loc: Loc, dtype: np.dtype[Any] | None = None) -> np.ndarray:
-    """A number or nested lists of numbers as a float array (``dtype``, else float64), all finite."""
+    """A number or nested lists of numbers (or a float array) as a finite float array.
+
+    The result has ``dtype``, else the array's own float dtype, else float64.
+    """
+    if isinstance(value, bool) or (isinstance(value, list) and _holds_non_numbers(value)):
+        raise ValidationFailed.at(loc, "must be a number or rectangular nested lists of numbers")
     try:
         array = np.asarray(value)
     except (ValueError, TypeError):
@@ -30,13 +38,46 @@ def array_from_json(value: object, *, loc: Loc, dtype: np.dtype[Any] | None = No
     if array.dtype.kind not in "fiu":
         raise ValidationFailed.at(loc, "must be a number or rectangular nested lists of numbers")
     target = dtype or (array.dtype if array.dtype in (np.float32, np.float64) else np.dtype(np.float64))
-    try:
+    with np.errstate(over="ignore"):
+        # Numbers beyond the target's range become infinite here, and are refused below.
         array = array.astype(target, copy=False)
-    except OverflowError:
-        raise ValidationFailed.at(loc, "holds a number out of range") from None
-    if not np.isfinite(array.sum()) and not np.isfinite(array).all():
-        raise ValidationFailed.at(loc, "holds NaN or infinite values")
+    if not all_finite(array):
+        raise ValidationFailed.at(loc, f"holds NaN or infinite values, or numbers beyond {target}'s range")
     return array
+
+
+def _holds_non_numbers(rows: list[Any]) -> bool:
+    """True when a leaf of the nested lists is not an int or float (numpy would read true as 1.0)."""
+    if rows and isinstance(rows[0], list):
+        return any(not isinstance(row, list) or _holds_non_numbers(row) for row in rows)
+    return not set(map(type, rows)) <= NUMBER_TYPES
+
+
+ArrayPath = tuple[str, ...]
+"""Where a document holds arrays: keys, with ``*`` for any key (``("grads", "*")``)."""
+
+
+def parse_json_with_arrays(body: bytes, array_paths: Sequence[ArrayPath]) -> dict[str, Any]:
+    """The JSON object in ``body`` with the arrays at ``array_paths`` converted to numpy.
+
+    A ``step`` key at an array path is left alone: it is a state entry's counter.
+    """
+    document = parse_json_object(body)
+    for path in array_paths:
+        _convert_at(document, path, [])
+    return document
+
+
+def _convert_at(node: Any, path: ArrayPath, loc: list[str]) -> None:
+    if not isinstance(node, dict):
+        return
+    head, rest = path[0], path[1:]
+    keys = [key for key in node if key != "step" or rest] if head == "*" else [head] if head in node else []
+    for key in keys:
+        if rest:
+            _convert_at(node[key], rest, [*loc, key])
+        else:
+            node[key] = array_from_json(node[key], loc=("body", *loc, key))
 
 
 def arrays_from_json(

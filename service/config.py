@@ -28,6 +28,12 @@ class Settings(BaseSettings):
         default=True, description="Upgrade an older database schema on start; if false, refuse to start."
     )
     pool_size: int = Field(default=10, gt=0, description="Database connections kept per process (and as many more).")
+    json_workers: int = Field(
+        default=2, ge=0, description="Processes that decode and encode large JSON bodies; 0 does it in-thread."
+    )
+    json_worker_threshold_bytes: int = Field(
+        default=1 << 20, ge=0, description="JSON bodies (and responses' arrays) larger than this use the workers."
+    )
     sqlite_synchronous: str = Field(
         default="FULL", pattern="^(FULL|EXTRA|NORMAL)$", description="SQLite's synchronous pragma (WAL mode)."
     )

@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 
 from optim_core import OptimCoreError, Optimizer
+from optim_core.checks import all_finite
 from service.cache import OptimizerCache
 from service.codecs import arrays_from_json, state_dict_from_json
 from service.errors import (
@@ -51,6 +52,11 @@ def _require_match(if_match: str | None, version: int) -> None:
 
 def _packed(optimizer: Optimizer[Any, Any]) -> bytes:
     return pack(optimizer.params, optimizer.state_dict_arrays()["state"])
+
+
+def _finite(params: dict[str, np.ndarray], state: dict[str, dict[str, Any]]) -> bool:
+    arrays = [*params.values(), *(value for entry in state.values() for key, value in entry.items() if key != "step")]
+    return all(all_finite(array) for array in arrays)
 
 
 def _torch_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -232,8 +238,15 @@ class Sessions:
                 optimizer.step(grads)
             except OptimCoreError as error:
                 raise core_error(error, "body") from None
-            meta = replace(locked.meta, step=locked.meta.step + 1, version=locked.meta.version + 1, updated_at=_now())
+            state_dict = optimizer.state_dict_arrays()
             params = optimizer.params
+            if not _finite(params, state_dict["state"]):
+                # The optimizer is dropped and the transaction rolled back: nothing was applied.
+                raise ValidationFailed.at(
+                    ("body", "grads"),
+                    "this step would make params or optimizer state infinite or NaN (an overflow); it was not applied",
+                )
+            meta = replace(locked.meta, step=locked.meta.step + 1, version=locked.meta.version + 1, updated_at=_now())
             record = None
             if idempotency_key is not None:
                 record = IdempotencyRecord(
@@ -243,7 +256,7 @@ class Sessions:
                     version=meta.version,
                     params=pack(params),
                 )
-            locked.save(meta, _packed(optimizer), record)
+            locked.save(meta, pack(params, state_dict["state"]), record)
         self._cache.put(session_id, meta.version, optimizer)
         return StepOutcome(step=meta.step, version=meta.version, params=params)
 

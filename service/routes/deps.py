@@ -11,9 +11,10 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from service.binary import document_from_safetensors, safetensors_from_document
-from service.codecs import dump_json, parse_json_object
+from service.codecs import ArrayPath
 from service.config import Settings
 from service.errors import BodyTooLarge, ValidationFailed
+from service.json_workers import JsonWorkers
 from service.media import ARRAY_TYPES, JSON, SAFETENSORS, body_media_type
 from service.sessions import Sessions, etag
 from service.store import SessionMeta
@@ -48,13 +49,6 @@ async def read_body(request: Request, limit: int, allowed: Sequence[str] = ARRAY
             raise BodyTooLarge(f"the body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return media_type, b"".join(chunks)
-
-
-def document(media_type: str, body: bytes, *, root: str | None = None) -> dict[str, Any]:
-    """The body as a JSON-style document; a binary body's arrays stay numpy arrays."""
-    if media_type == SAFETENSORS:
-        return document_from_safetensors(body, root=root)
-    return parse_json_object(body)
 
 
 def parse(model: type[Model], value: dict[str, Any]) -> Model:
@@ -106,20 +100,46 @@ def summary(meta: SessionMeta) -> dict[str, Any]:
     }
 
 
-def respond(
-    value: dict[str, Any],
-    *,
-    media_type: str = JSON,
-    root: str | None = None,
-    status: int = 200,
-    version: int | None = None,
-    **headers: str,
-) -> Response:
-    """``value`` as JSON or safetensors (arrays under ``root`` named by param name alone)."""
-    if version is not None:
-        headers["ETag"] = etag(version)
-    body = safetensors_from_document(value, root=root) if media_type == SAFETENSORS else dump_json(value)
-    return Response(body, status_code=status, media_type=media_type, headers=headers)
+class Wire:
+    """Bodies in and responses out, in JSON or safetensors; large JSON goes through worker processes."""
+
+    def __init__(self, json_workers: JsonWorkers) -> None:
+        self._json_workers = json_workers
+
+    def document(
+        self, media_type: str, body: bytes, *, root: str | None = None, array_paths: Sequence[ArrayPath] = ()
+    ) -> dict[str, Any]:
+        """The body as a JSON-style document whose arrays (at ``array_paths``, or all in binary) are numpy."""
+        if media_type == SAFETENSORS:
+            return document_from_safetensors(body, root=root)
+        return self._json_workers.decode(body, array_paths)
+
+    def respond(
+        self,
+        value: dict[str, Any],
+        *,
+        media_type: str = JSON,
+        root: str | None = None,
+        status: int = 200,
+        version: int | None = None,
+        **headers: str,
+    ) -> Response:
+        """``value`` as JSON or safetensors (arrays under ``root`` named by param name alone)."""
+        if version is not None:
+            headers["ETag"] = etag(version)
+        if media_type == SAFETENSORS:
+            body = safetensors_from_document(value, root=root)
+        else:
+            body = self._json_workers.encode(value)
+        return Response(body, status_code=status, media_type=media_type, headers=headers)
+
+
+def get_wire(request: Request) -> Wire:
+    wire: Wire = request.app.state.wire
+    return wire
+
+
+WireDep = Annotated[Wire, Depends(get_wire)]
 
 
 def hash_request(media_type: str, body: bytes) -> str:

@@ -16,13 +16,12 @@ from service.media import JSON, negotiate
 from service.routes.deps import (
     SessionsDep,
     SettingsDep,
+    WireDep,
     array_responses,
     body_schema,
-    document,
     hash_request,
     parse,
     read_body,
-    respond,
     summary,
 )
 from service.schemas import (
@@ -57,6 +56,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         422: "invalid request",
     }.items()
 }
+STEP_ARRAYS = [("grads", "*")]
+CREATE_ARRAYS = [("params", "*"), ("state_dict", "state", "*", "*")]
+STATE_DICT_ARRAYS = [("state", "*", "*")]
 STALE: dict[int | str, dict[str, Any]] = {412: {"description": "If-Match failed", **PROBLEM}}
 
 
@@ -68,14 +70,16 @@ STALE: dict[int | str, dict[str, Any]] = {412: {"description": "If-Match failed"
     responses={**array_responses(SessionWithParams, 201), **ERRORS},
 )
 async def create_session(
-    request: Request, sessions: SessionsDep, settings: SettingsDep, accept: Accept = None
+    request: Request, sessions: SessionsDep, wire: WireDep, settings: SettingsDep, accept: Accept = None
 ) -> Response:
     answer_as = negotiate(accept)
     media_type, body = await read_body(request, settings.max_body_bytes)
 
     def run() -> Response:
-        meta, params = sessions.create(request=parse(CreateSessionRequest, document(media_type, body)))
-        return respond(
+        meta, params = sessions.create(
+            request=parse(CreateSessionRequest, wire.document(media_type, body, array_paths=CREATE_ARRAYS))
+        )
+        return wire.respond(
             {**summary(meta), "params": params},
             media_type=answer_as,
             root="params",
@@ -90,20 +94,21 @@ async def create_session(
 @router.get("", summary="List sessions, oldest first", responses={200: {"model": SessionPage}, **ERRORS})
 async def list_sessions(
     sessions: SessionsDep,
+    wire: WireDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     accept: Accept = None,
 ) -> Response:
     negotiate(accept, (JSON,))
     metas, next_cursor = await run_in_threadpool(lambda: sessions.page(limit=limit, cursor=cursor))
-    return respond({"items": [summary(meta) for meta in metas], "next_cursor": next_cursor})
+    return wire.respond({"items": [summary(meta) for meta in metas], "next_cursor": next_cursor})
 
 
 @router.get("/{session_id}", summary="A session's summary", responses={200: {"model": SessionSummary}, **ERRORS})
-async def get_session(session_id: str, sessions: SessionsDep, accept: Accept = None) -> Response:
+async def get_session(session_id: str, sessions: SessionsDep, wire: WireDep, accept: Accept = None) -> Response:
     negotiate(accept, (JSON,))
     meta = await run_in_threadpool(lambda: sessions.summary(session_id=session_id))
-    return respond(summary(meta), version=meta.version)
+    return wire.respond(summary(meta), version=meta.version)
 
 
 @router.patch(
@@ -116,6 +121,7 @@ async def patch_session(
     session_id: str,
     request: Request,
     sessions: SessionsDep,
+    wire: WireDep,
     settings: SettingsDep,
     if_match: IfMatch = None,
     accept: Accept = None,
@@ -124,9 +130,9 @@ async def patch_session(
     media_type, body = await read_body(request, settings.max_body_bytes, (JSON,))
 
     def run() -> Response:
-        patch = parse(PatchSessionRequest, document(media_type, body))
+        patch = parse(PatchSessionRequest, wire.document(media_type, body))
         meta = sessions.patch(session_id=session_id, request=patch, if_match=if_match)
-        return respond(summary(meta), version=meta.version)
+        return wire.respond(summary(meta), version=meta.version)
 
     return await run_in_threadpool(run)
 
@@ -147,6 +153,7 @@ async def step_session(
     session_id: str,
     request: Request,
     sessions: SessionsDep,
+    wire: WireDep,
     settings: SettingsDep,
     if_match: IfMatch = None,
     idempotency_key: IdempotencyKey = None,
@@ -156,7 +163,7 @@ async def step_session(
     media_type, body = await read_body(request, settings.max_body_bytes)
 
     def run() -> Response:
-        step_request = parse(StepRequest, document(media_type, body, root="grads"))
+        step_request = parse(StepRequest, wire.document(media_type, body, root="grads", array_paths=STEP_ARRAYS))
         outcome = sessions.step(
             session_id=session_id,
             grads=arrays_from_json(step_request.grads, loc=("body", "grads")),
@@ -164,7 +171,7 @@ async def step_session(
             idempotency_key=idempotency_key,
             if_match=if_match,
         )
-        return respond(
+        return wire.respond(
             {"step": outcome.step, "params": outcome.params},
             media_type=answer_as,
             root="params",
@@ -175,12 +182,14 @@ async def step_session(
 
 
 @router.get("/{session_id}/params", summary="Current params", responses={**array_responses(StepResponse), **ERRORS})
-async def get_params(session_id: str, sessions: SessionsDep, accept: Accept = None) -> Response:
+async def get_params(session_id: str, sessions: SessionsDep, wire: WireDep, accept: Accept = None) -> Response:
     answer_as = negotiate(accept)
 
     def run() -> Response:
         meta, params = sessions.params(session_id=session_id)
-        return respond({"step": meta.step, "params": params}, media_type=answer_as, root="params", version=meta.version)
+        return wire.respond(
+            {"step": meta.step, "params": params}, media_type=answer_as, root="params", version=meta.version
+        )
 
     return await run_in_threadpool(run)
 
@@ -190,12 +199,12 @@ async def get_params(session_id: str, sessions: SessionsDep, accept: Accept = No
     summary="The optimizer state in torch's layout",
     responses={**array_responses(StateDict), **ERRORS},
 )
-async def get_state_dict(session_id: str, sessions: SessionsDep, accept: Accept = None) -> Response:
+async def get_state_dict(session_id: str, sessions: SessionsDep, wire: WireDep, accept: Accept = None) -> Response:
     answer_as = negotiate(accept)
 
     def run() -> Response:
         meta, state_dict = sessions.state_dict(session_id=session_id)
-        return respond(state_dict, media_type=answer_as, version=meta.version)
+        return wire.respond(state_dict, media_type=answer_as, version=meta.version)
 
     return await run_in_threadpool(run)
 
@@ -210,6 +219,7 @@ async def put_state_dict(
     session_id: str,
     request: Request,
     sessions: SessionsDep,
+    wire: WireDep,
     settings: SettingsDep,
     if_match: IfMatch = None,
     accept: Accept = None,
@@ -218,9 +228,9 @@ async def put_state_dict(
     media_type, body = await read_body(request, settings.max_body_bytes)
 
     def run() -> Response:
-        state_dict = document(media_type, body)
+        state_dict = wire.document(media_type, body, array_paths=STATE_DICT_ARRAYS)
         meta = sessions.load_state_dict(session_id=session_id, state_dict=state_dict, if_match=if_match)
-        return respond(summary(meta), version=meta.version)
+        return wire.respond(summary(meta), version=meta.version)
 
     return await run_in_threadpool(run)
 
@@ -230,11 +240,11 @@ async def put_state_dict(
     summary="Everything needed to continue elsewhere; POST it to /v1/sessions",
     responses={**array_responses(Checkpoint), **ERRORS},
 )
-async def get_checkpoint(session_id: str, sessions: SessionsDep, accept: Accept = None) -> Response:
+async def get_checkpoint(session_id: str, sessions: SessionsDep, wire: WireDep, accept: Accept = None) -> Response:
     answer_as = negotiate(accept)
 
     def run() -> Response:
         meta, checkpoint = sessions.checkpoint(session_id=session_id)
-        return respond(checkpoint, media_type=answer_as, version=meta.version)
+        return wire.respond(checkpoint, media_type=answer_as, version=meta.version)
 
     return await run_in_threadpool(run)

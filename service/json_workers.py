@@ -1,0 +1,62 @@
+"""Large JSON bodies are decoded and encoded in worker processes.
+
+orjson and numpy's list conversion hold the GIL for the whole call: for a
+million-parameter step, hundreds of milliseconds in which the event loop of the
+server process could not answer anyone. Above a size threshold the work moves
+to a small process pool, which also lets two large requests use two cores.
+Small bodies, the common case, stay in-thread: a round trip to another process
+would cost more than the parse.
+"""
+
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from service.codecs import ArrayPath, dump_json, parse_json_with_arrays
+
+
+def _array_bytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_array_bytes(item) for item in value.values())
+    if isinstance(value, list):
+        return sum(_array_bytes(item) for item in value)
+    return 0
+
+
+class JsonWorkers:
+    def __init__(self, *, processes: int, threshold_bytes: int) -> None:
+        self._processes = processes
+        self._threshold = threshold_bytes
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor | None:
+        if self._processes <= 0:
+            return None
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def decode(self, body: bytes, array_paths: Sequence[ArrayPath]) -> dict[str, Any]:
+        """The JSON object in ``body``, with the arrays at ``array_paths`` as numpy arrays."""
+        pool = self._executor() if len(body) > self._threshold else None
+        if pool is None:
+            return parse_json_with_arrays(body, array_paths)
+        decoded: dict[str, Any] = pool.submit(parse_json_with_arrays, body, array_paths).result()
+        return decoded
+
+    def encode(self, value: dict[str, Any]) -> bytes:
+        pool = self._executor() if _array_bytes(value) > self._threshold else None
+        if pool is None:
+            return dump_json(value)
+        encoded: bytes = pool.submit(dump_json, value).result()
+        return encoded
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
