@@ -54,6 +54,26 @@ idempotency_records = sa.Table(
 
 META_COLUMNS = [column for column in sessions.c if column.name != "arrays"]
 
+# The hot path's statements, built once: building a statement costs more than running a small one.
+LOCK_SESSION = sa.select(*META_COLUMNS).where(sessions.c.id == sa.bindparam("session_id")).with_for_update()
+READ_ARRAYS = sa.select(sessions.c.arrays).where(sessions.c.id == sa.bindparam("session_id"))
+READ_RECORD = sa.select(idempotency_records).where(
+    idempotency_records.c.session_id == sa.bindparam("session_id"), idempotency_records.c.key == sa.bindparam("key")
+)
+_SAVE_VALUES = {
+    "step": sa.bindparam("new_step"),
+    "version": sa.bindparam("new_version"),
+    "param_groups": sa.bindparam("new_param_groups", type_=sa.JSON),
+    "updated_at": sa.bindparam("new_updated_at", type_=sa.DateTime),
+}
+_SAVE_WHERE = (sessions.c.id == sa.bindparam("session_id"), sessions.c.version == sa.bindparam("old_version"))
+SAVE_META = sa.update(sessions).where(*_SAVE_WHERE).values(**_SAVE_VALUES)
+SAVE_META_AND_ARRAYS = (
+    sa.update(sessions)
+    .where(*_SAVE_WHERE)
+    .values(**_SAVE_VALUES, arrays=sa.bindparam("new_arrays", type_=sa.LargeBinary))
+)
+
 
 def build_engine(database_url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Engine:
     url = make_url(database_url)
@@ -104,11 +124,7 @@ class _Locked:
         self.arrays = arrays
 
     def idempotency_record(self, key: str) -> IdempotencyRecord | None:
-        row = self._connection.execute(
-            sa.select(idempotency_records).where(
-                idempotency_records.c.session_id == self.meta.id, idempotency_records.c.key == key
-            )
-        ).first()
+        row = self._connection.execute(READ_RECORD, {"session_id": self.meta.id, "key": key}).first()
         if row is None:
             return None
         return IdempotencyRecord(
@@ -117,18 +133,16 @@ class _Locked:
 
     def save(self, meta: SessionMeta, arrays: bytes | None, record: IdempotencyRecord | None = None) -> None:
         values: dict[str, Any] = {
-            "step": meta.step,
-            "version": meta.version,
-            "param_groups": meta.param_groups,
-            "updated_at": meta.updated_at,
+            "session_id": meta.id,
+            "old_version": self.meta.version,
+            "new_step": meta.step,
+            "new_version": meta.version,
+            "new_param_groups": meta.param_groups,
+            "new_updated_at": meta.updated_at,
         }
         if arrays is not None:
-            values["arrays"] = arrays
-        result = self._connection.execute(
-            sa.update(sessions)
-            .where(sessions.c.id == meta.id, sessions.c.version == self.meta.version)
-            .values(**values)
-        )
+            values["new_arrays"] = arrays
+        result = self._connection.execute(SAVE_META if arrays is None else SAVE_META_AND_ARRAYS, values)
         if result.rowcount != 1:
             raise RuntimeError(f"session {meta.id} changed while it was locked")
         if record is not None:
@@ -228,17 +242,13 @@ class SqlSessionStore:
     @contextmanager
     def locked(self, session_id: str, *, need_arrays: bool, known_version: int | None = None) -> Iterator[_Locked]:
         with self._writing() as connection:
-            row = connection.execute(
-                sa.select(*META_COLUMNS).where(sessions.c.id == session_id).with_for_update()
-            ).first()
+            row = connection.execute(LOCK_SESSION, {"session_id": session_id}).first()
             if row is None:
                 raise SessionNotFound(f"no session {session_id!r}")
             meta = _meta(row)
             arrays = None
             if need_arrays and known_version != meta.version:
-                arrays = connection.execute(
-                    sa.select(sessions.c.arrays).where(sessions.c.id == session_id)
-                ).scalar_one()
+                arrays = connection.execute(READ_ARRAYS, {"session_id": session_id}).scalar_one()
             yield _Locked(connection, meta, arrays, self._kept)
 
     def close(self) -> None:
