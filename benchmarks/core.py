@@ -7,7 +7,7 @@ Every row runs in this one process, on float32 params of the given sizes:
 - floor: ``np.copyto`` moving as many bytes as the update must read and write
   (a copy of B bytes reads B and writes B, so it copies half the update's traffic).
 
-Run: ``python benchmarks/core.py`` (needs torch: ``pip install torch==2.13.0``).
+Run: ``python -m benchmarks.core`` (needs torch: ``pip install torch==2.13.0``).
 """
 
 import argparse

@@ -88,16 +88,26 @@ def _place(document: dict[str, Any], path: list[str], tensor: np.ndarray, name: 
     node[path[-1]] = tensor
 
 
+def _only_arrays(value: Any) -> bool:
+    """A non-empty map holding nothing but arrays (and such maps): it travels whole as tensors."""
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(item, np.ndarray) or _only_arrays(item) for item in value.values())
+    )
+
+
 def _without_arrays(value: Any, path: list[str], tensors: dict[str, np.ndarray]) -> Any:
-    """``value`` with its arrays moved into ``tensors``, keyed by their path."""
-    if isinstance(value, np.ndarray):
-        tensors["/".join(path)] = np.asarray(value, order="C")
-        return None
-    if isinstance(value, dict):
-        kept = {}
-        for key, item in value.items():
-            stripped = _without_arrays(item, [*path, str(key)], tensors)
-            if stripped is not None or not isinstance(item, np.ndarray):
-                kept[key] = stripped
-        return kept
-    return value
+    """``value`` with its arrays moved into ``tensors`` by path; maps that held only arrays are dropped."""
+    if not isinstance(value, dict):
+        return value
+    kept = {}
+    for key, item in value.items():
+        item_path = [*path, str(key)]
+        if isinstance(item, np.ndarray):
+            tensors["/".join(item_path)] = np.asarray(item, order="C")
+        elif _only_arrays(item):
+            _without_arrays(item, item_path, tensors)
+        else:
+            kept[key] = _without_arrays(item, item_path, tensors)
+    return kept

@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import re
 import secrets
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -32,6 +33,16 @@ class StepOutcome:
     step: int
     version: int
     params: dict[str, np.ndarray]
+
+
+MAX_NAME_LENGTH = 256
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What ids this service issues look like; anything else names no session, without asking storage."""
+
+
+def _require_well_formed(session_id: str) -> None:
+    if not SESSION_ID.fullmatch(session_id):
+        raise SessionNotFound(f"no session {session_id!r}")
 
 
 def etag(version: int) -> str:
@@ -115,7 +126,9 @@ def _encode_cursor(meta: SessionMeta) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         created_at, session_id = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created_at), str(session_id)
+        if not SESSION_ID.fullmatch(session_id):
+            raise ValueError(session_id)
+        return datetime.fromisoformat(created_at), session_id
     except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError):
         raise ValidationFailed.at(("query", "cursor"), "not a cursor this service issued") from None
 
@@ -130,6 +143,11 @@ class Sessions:
 
     def create(self, *, request: CreateSessionRequest) -> tuple[SessionMeta, dict[str, np.ndarray]]:
         optimizer_class = OPTIMIZERS[request.optimizer]
+        for name in request.params:
+            if not name.isprintable() or len(name) > MAX_NAME_LENGTH:
+                raise ValidationFailed.at(
+                    ("body", "params", name), f"param names are printable and at most {MAX_NAME_LENGTH} characters"
+                )
         params = arrays_from_json(request.params, loc=("body", "params"), dtype=DTYPES[request.dtype])
         for key in request.hyperparameters:
             if key not in optimizer_class.defaults:
@@ -181,6 +199,7 @@ class Sessions:
         return [{**(group.model_extra or {}), "params": group.params} for group in request.param_groups]
 
     def summary(self, *, session_id: str) -> SessionMeta:
+        _require_well_formed(session_id)
         found = self._store.get(session_id, with_arrays=False)
         if found is None:
             raise SessionNotFound(f"no session {session_id!r}")
@@ -194,6 +213,7 @@ class Sessions:
         return metas, None
 
     def patch(self, *, session_id: str, request: PatchSessionRequest, if_match: str | None) -> SessionMeta:
+        _require_well_formed(session_id)
         with self._store.locked(session_id, need_arrays=False) as locked:
             _require_match(if_match, locked.meta.version)
             groups = _merged_groups(locked.meta, request)
@@ -206,6 +226,7 @@ class Sessions:
         return meta
 
     def delete(self, *, session_id: str, if_match: str | None) -> None:
+        _require_well_formed(session_id)
         expected = None
         if if_match is not None:
             expected = self.summary(session_id=session_id).version
@@ -223,6 +244,7 @@ class Sessions:
         idempotency_key: str | None,
         if_match: str | None,
     ) -> StepOutcome:
+        _require_well_formed(session_id)
         with self._store.locked(session_id, need_arrays=True, known_version=self._cache.version(session_id)) as locked:
             if idempotency_key is not None:
                 record = locked.idempotency_record(idempotency_key)
@@ -275,14 +297,17 @@ class Sessions:
         return found[0], found[1]
 
     def params(self, *, session_id: str) -> tuple[SessionMeta, dict[str, np.ndarray]]:
+        _require_well_formed(session_id)
         meta, arrays = self._stored(session_id)
         return meta, unpack(arrays)[0]
 
     def state_dict(self, *, session_id: str) -> tuple[SessionMeta, dict[str, Any]]:
+        _require_well_formed(session_id)
         meta, arrays = self._stored(session_id)
         return meta, _restore(meta, arrays).state_dict_arrays()
 
     def checkpoint(self, *, session_id: str) -> tuple[SessionMeta, dict[str, Any]]:
+        _require_well_formed(session_id)
         meta, arrays = self._stored(session_id)
         optimizer = _restore(meta, arrays)
         return meta, {
@@ -295,6 +320,7 @@ class Sessions:
         }
 
     def load_state_dict(self, *, session_id: str, state_dict: dict[str, Any], if_match: str | None) -> SessionMeta:
+        _require_well_formed(session_id)
         converted = state_dict_from_json(state_dict, loc=("body",))
         with self._store.locked(session_id, need_arrays=True, known_version=self._cache.version(session_id)) as locked:
             _require_match(if_match, locked.meta.version)

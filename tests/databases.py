@@ -9,6 +9,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -36,6 +37,22 @@ def postgres_schema(base_url: str) -> Iterator[str]:
         with engine.begin() as connection:
             connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         engine.dispose()
+
+
+ENGINES = ("sqlite", "postgresql")
+
+
+@contextmanager
+def fresh_database(engine: str, directory: Path) -> Iterator[str]:
+    """The URL of a new, empty database: a SQLite file in ``directory``, or a PostgreSQL schema."""
+    if engine == "sqlite":
+        yield f"sqlite:///{directory / f'optim-{uuid.uuid4().hex[:12]}.sqlite3'}"
+        return
+    base_url = postgres_base_url()
+    if base_url is None:
+        pytest.skip(NO_POSTGRES)
+    with postgres_schema(base_url) as url:
+        yield url
 
 
 @pytest.fixture

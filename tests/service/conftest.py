@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from optim_core import RMSprop, Rprop
 from service.app import create_app
 from service.config import Settings
+from tests.databases import ENGINES, NO_POSTGRES, fresh_database, postgres_base_url
 
 PROBLEM_KEYS = ("type", "title", "status", "detail")
 
@@ -236,39 +237,58 @@ def core_optimizer(body: Mapping[str, Any]) -> Rprop | RMSprop:
 ClientFactory = Callable[..., TestClient]
 
 
-def service_client(database: Path, **settings: Any) -> TestClient:
-    app = create_app(Settings(database_url=f"sqlite:///{database}", **settings))
+def service_client(database_url: str, **settings: Any) -> TestClient:
+    app = create_app(Settings(database_url=database_url, **settings))
     # What a client sees: an unhandled server error is a 500 response, not an exception in the test.
     return TestClient(app, raise_server_exceptions=False)
 
 
+@pytest.fixture(params=ENGINES, scope="module")
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each test runs on SQLite, and again on PostgreSQL when OPTIM_TEST_POSTGRES_URL names one."""
+    name: str = request.param
+    if name == "postgresql" and postgres_base_url() is None:
+        pytest.skip(NO_POSTGRES)
+    return name
+
+
 @pytest.fixture
-def make_client(tmp_path: Path) -> Iterator[ClientFactory]:
+def new_database(engine: str, tmp_path: Path) -> Iterator[Callable[[], str]]:
+    """Makes fresh, empty databases of the test's engine: files under tmp_path, or schemas dropped at teardown."""
+    with ExitStack() as stack:
+
+        def make() -> str:
+            return stack.enter_context(fresh_database(engine, tmp_path))
+
+        yield make
+
+
+@pytest.fixture
+def make_client(new_database: Callable[[], str]) -> Iterator[ClientFactory]:
     """Builds services over a database of their own (or the one given) with the given Settings;
     all are shut down at teardown."""
     with ExitStack() as stack:
-        count = 0
 
-        def make(database: Path | None = None, **settings: Any) -> TestClient:
-            nonlocal count
-            count += 1
-            return stack.enter_context(service_client(database or tmp_path / f"optim-{count}.sqlite3", **settings))
+        def make(database_url: str | None = None, **settings: Any) -> TestClient:
+            return stack.enter_context(service_client(database_url or new_database(), **settings))
 
         yield make
 
 
 @pytest.fixture
 def client(make_client: ClientFactory) -> TestClient:
-    """A service with the default Settings over a fresh SQLite database."""
+    """A service with the default Settings over a fresh database."""
     return make_client()
 
 
 @pytest.fixture(scope="module")
-def module_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+def module_client(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """One service for a whole module (hypothesis examples and large tables of independent cases).
 
     SQLite's synchronous=NORMAL (a Settings choice; still WAL, still every commit) halves the
     time of a write, and these tests do not kill the process."""
-    database = tmp_path_factory.mktemp("service") / "optim.sqlite3"
-    with service_client(database, sqlite_synchronous="NORMAL") as test_client:
+    with (
+        fresh_database(engine, tmp_path_factory.mktemp("service")) as database_url,
+        service_client(database_url, sqlite_synchronous="NORMAL") as test_client,
+    ):
         yield test_client

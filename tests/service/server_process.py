@@ -32,7 +32,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -304,17 +304,18 @@ def _kill_leftovers() -> None:
 
 
 class ServerFactory:
-    """Starts servers, each on its own SQLite database under ``directory`` by default; close() stops them all."""
+    """Starts servers, each on a fresh database from ``new_database`` by default; close() stops them all."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, new_database: Callable[[], str]) -> None:
         self.directory = directory
+        self.new_database = new_database
         self.servers: list[ServerProcess] = []
 
     def __call__(
         self, database_url: str | None = None, *, env: Mapping[str, str] | None = None, start: bool = True
     ) -> ServerProcess:
         name = f"server-{len(self.servers) + 1}"
-        url = database_url if database_url is not None else sqlite_url(self.directory / f"{name}.sqlite3")
+        url = database_url if database_url is not None else self.new_database()
         server = ServerProcess(url, log_dir=self.directory, env=env, name=name)
         self.servers.append(server)
         if start:
@@ -335,9 +336,9 @@ class ServerFactory:
 
 
 @pytest.fixture(name="server_factory")
-def server_factory_fixture(tmp_path: Path) -> Iterator[ServerFactory]:
-    """Starts real server processes, each on a fresh SQLite database under tmp_path; all stopped at teardown."""
-    with ServerFactory(tmp_path) as factory:
+def server_factory_fixture(tmp_path: Path, new_database: Callable[[], str]) -> Iterator[ServerFactory]:
+    """Starts real server processes, each on a fresh database of the test's engine; all stopped at teardown."""
+    with ServerFactory(tmp_path, new_database) as factory:
         yield factory
 
 

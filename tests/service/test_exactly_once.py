@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from optim_core import RMSprop, Rprop
+from tests.databases import fresh_database
 from tests.service.server_process import (
     ServerFactory,
     ServerProcess,
@@ -125,9 +126,10 @@ def requests_of(thread: int) -> list[Request]:
 
 
 @pytest.fixture(scope="module")
-def concurrent_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConcurrentRun]:
+def concurrent_run(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConcurrentRun]:
     """16 threads x 20 steps, at once, on one Rprop session of a real server (which stays up for the module)."""
-    with ServerFactory(tmp_path_factory.mktemp("exactly-once")) as servers:
+    directory = tmp_path_factory.mktemp("exactly-once")
+    with fresh_database(engine, directory) as database_url, ServerFactory(directory, lambda: database_url) as servers:
         server = servers()
         initial = {"w": np.random.default_rng([SEED, THREADS]).standard_normal(SHAPE).astype(DTYPE)}
         with httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as client:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -334,8 +334,8 @@ def test_a_deleted_session_is_no_longer_listed_and_others_stay(client: TestClien
     assert ok(client.get(kept.url))["id"] == kept.id
 
 
-def test_sessions_survive_a_restart_over_the_same_database(tmp_path: Path) -> None:
-    database = tmp_path / "kept.sqlite3"
+def test_sessions_survive_a_restart_over_the_same_database(new_database: Callable[[], str]) -> None:
+    database = new_database()
     with service_client(database) as first:
         created = create_session(first, _rprop(dtype="float64"))
         stepped = ok(step(first, created.id, {"w": np.full((2, 3), 0.5), "s": -1.0}))

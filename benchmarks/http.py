@@ -1,0 +1,236 @@
+"""Step round trips through real uvicorn servers, durable commits included, against baselines run alongside.
+
+Starts ``python -m service serve`` (one or more replicas) on a fresh database and measures:
+- step latency p50/p95 for one RMSprop session of N float32 params, over JSON and over
+  safetensors, each step committed before it is acknowledged;
+- for context in the same run: the same step in-process (optim_core only); a raw loopback floor
+  (the same request and response bytes through a bare socket, to an echo process); and a
+  trivial endpoint (``GET /healthz``);
+- steps per second across concurrent sessions of 1k params (one client thread each, requests
+  spread over the replicas).
+
+Run as a module (a script named http.py would shadow the standard library):
+``python -m benchmarks.http`` — SQLite in a temporary directory;
+``python -m benchmarks.http --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test --replicas 1 2 3``.
+"""
+
+import argparse
+import multiprocessing
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from multiprocessing.connection import Connection
+
+import httpx
+import numpy as np
+import orjson
+import sqlalchemy as sa
+from safetensors.numpy import load, save
+
+from optim_core import RMSprop
+
+JSON = {"content-type": "application/json"}
+BINARY = {"content-type": "application/vnd.safetensors", "accept": "application/vnd.safetensors"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def server(database_url: str) -> Iterator[str]:
+    port = free_port()
+    command = [sys.executable, "-m", "service", "serve", "--port", str(port), "--database-url", database_url]
+    process = __import__("subprocess").Popen([*command, "--log-level", "warning"])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def echo_server(listener: socket.socket, sizes: Connection) -> None:
+    """Read a request of the announced size, answer with a response of the announced size."""
+    while True:
+        request_size, response_size = sizes.recv()
+        if request_size < 0:
+            return
+        connection, _ = listener.accept()
+        with connection:
+            received = 0
+            while received < request_size:
+                received += len(connection.recv(1 << 20))
+            connection.sendall(bytes(response_size))
+
+
+@contextmanager
+def echo_process() -> Iterator[Callable[[bytes, int], None]]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    ours, theirs = multiprocessing.Pipe()
+    process = multiprocessing.get_context("fork").Process(target=echo_server, args=(listener, theirs), daemon=True)
+    process.start()
+
+    def round_trip(request: bytes, response_size: int) -> None:
+        ours.send((len(request), response_size))
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(request)
+            received = 0
+            while received < response_size:
+                received += len(sock.recv(1 << 20))
+
+    try:
+        yield round_trip
+    finally:
+        ours.send((-1, -1))
+        process.join(timeout=5)
+        listener.close()
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+def timed(run: Callable[[], object], repeats: int) -> list[float]:
+    run()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def create(client: httpx.Client, initial: np.ndarray) -> str:
+    body = save({"params/w": initial}, metadata={"optimizer": "rmsprop"})
+    response = client.post("/v1/sessions", content=body, headers={"content-type": BINARY["content-type"]})
+    response.raise_for_status()
+    session_id: str = response.json()["id"]
+    return session_id
+
+
+def json_step(client: httpx.Client, session_id: str, grads: np.ndarray) -> bytes:
+    body = orjson.dumps({"grads": {"w": grads}}, option=orjson.OPT_SERIALIZE_NUMPY)
+    response = client.post(f"/v1/sessions/{session_id}/step", content=body, headers=JSON)
+    response.raise_for_status()
+    np.asarray(orjson.loads(response.content)["params"]["w"], dtype=np.float32)
+    return body
+
+
+def binary_step(client: httpx.Client, session_id: str, grads: np.ndarray) -> tuple[bytes, int]:
+    body = save({"w": grads})
+    response = client.post(f"/v1/sessions/{session_id}/step", content=body, headers=BINARY)
+    response.raise_for_status()
+    load(response.content)
+    return body, len(response.content)
+
+
+def latency_table(base: str, sizes: list[int], rng: np.random.Generator) -> None:
+    print(
+        "| params | JSON p50 ms | JSON p95 ms | binary p50 ms | binary p95 ms | JSON ÷ binary "
+        "| in-process step ms | loopback floor ms | binary ÷ floor | trivial endpoint ms |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    with httpx.Client(base_url=base, timeout=600) as client, echo_process() as echo:
+        trivial, _ = percentiles(timed(lambda: client.get("/healthz"), 200))
+        for size in sizes:
+            repeats = 200 if size <= 100_000 else 30 if size <= 1_000_000 else 8
+            json_repeats = repeats if size <= 1_000_000 else 3
+            grads = rng.standard_normal(size, dtype=np.float32)
+            session_id = create(client, rng.standard_normal(size, dtype=np.float32))
+            json_p50, json_p95 = percentiles(timed(lambda: json_step(client, session_id, grads), json_repeats))  # noqa: B023
+            body, response_size = binary_step(client, session_id, grads)
+            binary_p50, binary_p95 = percentiles(timed(lambda: binary_step(client, session_id, grads), repeats))  # noqa: B023
+            optimizer = RMSprop({"w": rng.standard_normal(size, dtype=np.float32)})
+            core, _ = percentiles(timed(lambda: optimizer.step({"w": grads}), repeats))  # noqa: B023
+            floor, _ = percentiles(timed(lambda: echo(body, response_size), repeats))  # noqa: B023
+            print(
+                f"| {size:,} | {json_p50 * 1e3:.2f} | {json_p95 * 1e3:.2f} | {binary_p50 * 1e3:.2f} "
+                f"| {binary_p95 * 1e3:.2f} | {json_p50 / binary_p50:.1f} | {core * 1e3:.3f} | {floor * 1e3:.2f} "
+                f"| {binary_p50 / floor:.2f} | {trivial * 1e3:.2f} |",
+                flush=True,
+            )
+
+
+def throughput(bases: list[str], sessions: int, seconds: float, transport: str, rng: np.random.Generator) -> float:
+    with httpx.Client(base_url=bases[0], timeout=60) as client:
+        ids = [create(client, rng.standard_normal(1000, dtype=np.float32)) for _ in range(sessions)]
+    grads = rng.standard_normal(1000, dtype=np.float32)
+    step = json_step if transport == "json" else binary_step
+    counts = [0] * sessions
+    stop = time.monotonic() + seconds
+
+    def drive(index: int) -> None:
+        with httpx.Client(base_url=bases[index % len(bases)], timeout=60) as client:
+            while time.monotonic() < stop:
+                step(client, ids[index], grads)
+                counts[index] += 1
+
+    threads = [threading.Thread(target=drive, args=(index,)) for index in range(sessions)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.monotonic() - start)
+
+
+def fresh_database(database_url: str | None, directory: str, label: str) -> str:
+    if database_url is None:
+        return f"sqlite:///{os.path.join(directory, label + '.sqlite3')}"
+    engine = sa.create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE IF EXISTS idempotency_records, sessions, alembic_version"))
+    engine.dispose()
+    return database_url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", help="default: SQLite in a temporary directory (PostgreSQL: it is emptied)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 100_000, 1_000_000, 10_000_000])
+    parser.add_argument("--sessions", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1], help="replica counts for the throughput rows")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    engine = (args.database_url or "sqlite").split(":")[0]
+    print(f"database: {engine}; RMSprop, float32; loopback; {os.cpu_count()} cores\n")
+    with tempfile.TemporaryDirectory() as directory:
+        if args.sizes:
+            with server(fresh_database(args.database_url, directory, "latency")) as base:
+                latency_table(base, args.sizes, rng)
+        print(f"\n| replicas | {args.sessions} sessions × 1k params, JSON steps/s | binary steps/s |")
+        print("|---:|---:|---:|")
+        for replicas in args.replicas:
+            rates = []
+            for transport in ("json", "binary"):
+                url = fresh_database(args.database_url, directory, f"throughput-{replicas}-{transport}")
+                with ExitStack() as stack:
+                    bases = [stack.enter_context(server(url)) for _ in range(replicas)]
+                    rates.append(throughput(bases, args.sessions, args.seconds, transport, rng))
+            print(f"| {replicas} | {rates[0]:.0f} | {rates[1]:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The Python SDK of optim-service: torch.optim's Rprop and RMSprop, with the optimizer on the service.
+
+    from optim_client import Client, RemoteRMSprop
+
+    client = Client("http://127.0.0.1:8000")
+    optimizer = RemoteRMSprop(model.named_parameters(), client=client, lr=0.01, momentum=0.9)
+    loss.backward()
+    optimizer.step()  # sends the grads, writes the new values into the params in place
+
+``Session`` is the lower level, with numpy arrays. torch is optional: it is used only when the
+params are tensors, and never imported otherwise.
+"""
+
+from optim_client.checkpoint import Checkpoint
+from optim_client.client import DEFAULT_URL, Client
+from optim_client.errors import (
+    BadRequestError,
+    ClientError,
+    NotFoundError,
+    OptimClientError,
+    OptimServiceError,
+    PreconditionFailedError,
+    RateLimitedError,
+    ServerError,
+    ServiceUnreachableError,
+    ValidationError,
+)
+from optim_client.optimizers import RemoteRMSprop, RemoteRprop
+from optim_client.remote_optimizer import RemoteOptimizer
+from optim_client.retry import RetryPolicy
+from optim_client.session import Session
+
+__all__ = [
+    "DEFAULT_URL",
+    "BadRequestError",
+    "Checkpoint",
+    "Client",
+    "ClientError",
+    "NotFoundError",
+    "OptimClientError",
+    "OptimServiceError",
+    "PreconditionFailedError",
+    "RateLimitedError",
+    "RemoteOptimizer",
+    "RemoteRMSprop",
+    "RemoteRprop",
+    "RetryPolicy",
+    "ServerError",
+    "ServiceUnreachableError",
+    "Session",
+    "ValidationError",
+]

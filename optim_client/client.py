@@ -1,0 +1,125 @@
+"""The connection to an optim-service: HTTP, retries, and the wire format of arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from optim_client.json_codec import MEDIA_TYPE as JSON
+from optim_client.json_codec import JsonCodec
+from optim_client.retry import RetryPolicy
+from optim_client.retrying import send_with_retries
+from optim_client.transports import Transport, codec_for, decode
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A successful response: its document (arrays as numpy arrays or nested lists) and ETag."""
+
+    document: dict[str, Any]
+    etag: str | None
+
+
+class Client:
+    """A connection to one optim-service; share it between sessions, close it when done.
+
+    ``transport`` is the format arrays travel in: ``"binary"`` (safetensors, the default: exact and
+    compact) or ``"json"`` (nested lists). ``timeout`` is in seconds or an ``httpx.Timeout``; ``retry``
+    says how often and how patiently connection errors, 5xx and 429 are retried (4xx never are).
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        transport: Transport = "binary",
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.transport: Transport = transport
+        self.retry = retry or RetryPolicy()
+        self._codec = codec_for(transport)
+        self._json = JsonCodec()
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=dict(headers or {}))
+
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url).rstrip("/")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.base_url!r}, transport={self.transport!r})"
+
+    def healthy(self) -> bool:
+        """Whether the service answers ``GET /healthz`` with 200 right now (one attempt, no retries)."""
+        try:
+            return self._http.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def sessions(self, *, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """Every session's summary, oldest first, fetched a page at a time."""
+        cursor: str | None = None
+        while True:
+            query = urlencode({"limit": page_size, **({"cursor": cursor} if cursor else {})})
+            page = self.call("GET", f"/v1/sessions?{query}").document
+            yield from page["items"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        document: Mapping[str, Any] | None = None,
+        root: str | None = None,
+        arrays_back: bool = False,
+        response_root: str | None = None,
+        json_only: bool = False,
+        headers: Mapping[str, str] | None = None,
+        replay_safe: bool = True,
+        done_on_retry: Collection[int] = (),
+    ) -> Reply:
+        """One API call, retried as the policy says; an error status raises the matching ``OptimServiceError``.
+
+        The body is ``document`` in the client's transport (JSON when ``json_only``), its arrays under
+        ``root`` named by name alone in a binary body; ``arrays_back`` asks for the response in the
+        client's transport (a binary response names the arrays under ``response_root`` by name alone).
+        ``replay_safe`` and ``done_on_retry`` are as ``send_with_retries`` takes them.
+        """
+        all_headers = dict(headers or {})
+        content = None
+        if document is not None:
+            codec = self._json if json_only else self._codec
+            content = codec.encode(document, root=root)
+            all_headers["Content-Type"] = codec.media_type
+        all_headers["Accept"] = self._codec.media_type if arrays_back else JSON
+        request = self._http.build_request(method, path, content=content, headers=all_headers)
+        response = send_with_retries(
+            self._http, request, self.retry, replay_safe=replay_safe, done_on_retry=frozenset(done_on_retry)
+        )
+        if response.status_code == 204 or not response.is_success:
+            return Reply({}, response.headers.get("etag"))
+        document = decode(response.content, response.headers.get("content-type"), root=response_root)
+        return Reply(document, response.headers.get("etag"))

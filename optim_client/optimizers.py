@@ -1,0 +1,82 @@
+"""RemoteRprop and RemoteRMSprop: torch.optim.Rprop and torch.optim.RMSprop, with the state on the service."""
+
+from __future__ import annotations
+
+from optim_client.client import Client
+from optim_client.remote_optimizer import RemoteOptimizer
+
+
+class RemoteRprop(RemoteOptimizer):
+    """torch.optim.Rprop (iRprop-, torch 2.13's numbers bit for bit), kept on the service.
+
+    Same signature and defaults as torch, plus the ``client``::
+
+        optimizer = RemoteRprop(model.named_parameters(), lr=0.01, etas=(0.5, 1.2), client=client)
+    """
+
+    optimizer_name = "rprop"
+
+    def __init__(
+        self,
+        params: object,
+        lr: float = 1e-2,
+        etas: tuple[float, float] = (0.5, 1.2),
+        step_sizes: tuple[float, float] = (1e-6, 50),
+        *,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        client: Client,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "etas": etas,
+            "step_sizes": step_sizes,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "capturable": capturable,
+        }
+        super().__init__(params, defaults, client=client)
+
+
+class RemoteRMSprop(RemoteOptimizer):
+    """torch.optim.RMSprop (torch 2.13's numbers, to the rounding of its fused multiply-adds), kept on the service.
+
+    Same signature and defaults as torch, plus the ``client``::
+
+        optimizer = RemoteRMSprop(model.named_parameters(), lr=0.01, momentum=0.9, client=client)
+    """
+
+    optimizer_name = "rmsprop"
+
+    def __init__(
+        self,
+        params: object,
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        *,
+        client: Client,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "alpha": alpha,
+            "eps": eps,
+            "centered": centered,
+            "weight_decay": weight_decay,
+            "capturable": capturable,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+        }
+        super().__init__(params, defaults, client=client)

@@ -1,0 +1,199 @@
+"""torch.optim's interface with the optimizer on the service: the base of RemoteRprop and RemoteRMSprop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Self
+
+from optim_client import torch_support
+from optim_client.checkpoint import Checkpoint
+from optim_client.client import Client
+from optim_client.params import BoundParams, Param, ParamGroup, bind_params
+from optim_client.session import ArrayLike, Session
+from optim_client.values import dtype_name, plain, torch_style
+
+NOT_HYPERPARAMETERS = ("params", "param_names")
+
+
+class RemoteOptimizer:
+    """An optimizer whose state lives in a session on the service; used like a torch.optim optimizer.
+
+    ``step()`` sends every param's ``.grad`` (params whose grad is None are skipped, as in torch) and
+    writes the new values into the tensors in place. ``param_groups`` is a list of dicts as in torch:
+    a changed hyperparameter is sent to the service before the next step, so it applies to that
+    step exactly as it would in torch. numpy arrays work too, with the gradients passed to
+    ``step(grads={name: array})``; the arrays are updated in place.
+
+    The service holds the authoritative params: change them through the optimizer only
+    (``step``, ``load_state_dict``, ``restore``), never by writing into the tensors.
+    """
+
+    optimizer_name: ClassVar[str]
+    session: Session
+    param_groups: list[dict[str, Any]]
+    defaults: dict[str, Any]
+
+    def __init__(self, params: object, defaults: Mapping[str, Any], *, client: Client) -> None:
+        bound = bind_params(params)
+        session = Session.create(
+            client,
+            optimizer=self.optimizer_name,
+            params={param.name: param.values() for param in bound.all},
+            hyperparameters=defaults,
+            param_groups=[
+                {"params": [param.name for param in group.params], **group.options} for group in bound.groups
+            ],
+            dtype=dtype_name(bound.dtype),
+        )
+        self.defaults = dict(defaults)
+        self._attach(session, bound)
+
+    @classmethod
+    def restore(cls, client: Client, checkpoint: Checkpoint, params: object = None) -> Self:
+        """An optimizer on a new session that continues exactly where ``checkpoint`` left off.
+
+        ``params`` (in any form the constructor takes) are overwritten in place with the checkpoint's
+        values; named params must have the checkpoint's names, unnamed ones are matched by position.
+        Without ``params``, the optimizer gets numpy arrays of its own.
+        """
+        if checkpoint.optimizer != cls.optimizer_name:
+            raise ValueError(f"{cls.__name__} cannot restore a {checkpoint.optimizer!r} checkpoint")
+        if params is None:
+            params = [
+                {"params": {name: checkpoint.params[name].copy() for name in group["params"]}}
+                for group in checkpoint.param_groups
+            ]
+        bound = _bound_like(bind_params(params), checkpoint)
+        session = Session.restore(client, checkpoint)
+        for param in bound.all:
+            param.assign(checkpoint.params[param.name])
+        optimizer = cls.__new__(cls)
+        optimizer.defaults = _hyperparameters(torch_style(checkpoint.param_groups[0]))
+        optimizer._attach(session, bound)
+        return optimizer
+
+    def step(self, closure: Callable[[], Any] | None = None, *, grads: Mapping[str, ArrayLike] | None = None) -> Any:
+        """One optimizer step; returns what ``closure`` (which recomputes the loss) returned, as torch does.
+
+        Without ``grads``, the gradients are the tensors' ``.grad``. When no param has one, nothing is
+        sent and nothing changes (torch's behaviour).
+        """
+        loss = None
+        if closure is not None:
+            with torch_support.enable_grad():
+                loss = closure()
+        self._push_hyperparameters()
+        if grads is None:
+            if not self._bound.are_tensors:
+                raise TypeError("numpy params carry no gradients; pass them: step(grads={name: array})")
+            grads = {param.name: grad for param in self._bound.all if (grad := param.grad()) is not None}
+        if not grads:
+            return loss
+        params = self.session.step(grads)
+        for param in self._bound.all:
+            param.assign(params[param.name])
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the tensors' gradients to None (or to zeros), as torch.optim does."""
+        for param in self._bound.all:
+            param.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state in torch's layout: tensors when the params are tensors (``torch.optim``'s
+        ``load_state_dict`` takes it), numpy arrays otherwise."""
+        self._push_hyperparameters()
+        state_dict = self.session.state_dict()
+        for group, local in zip(state_dict["param_groups"], self.param_groups, strict=True):
+            group.update({key: value for key, value in local.items() if key not in group and key != "params"})
+            if not self._bound.named:
+                group.pop("param_names", None)
+        if self._bound.are_tensors:
+            return torch_support.state_dict_to_torch(state_dict, [param.target for param in self._bound.all])
+        return state_dict
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load a state_dict in torch's layout (``torch.optim``'s own, or ours); params are unchanged.
+
+        As in torch, the loaded groups' hyperparameters replace the current ones. Group keys the service
+        does not know (an LR scheduler's ``initial_lr``) stay here, in ``param_groups``.
+        """
+        known = {*self._synced[0], *NOT_HYPERPARAMETERS}
+        groups = [dict(group) for group in state_dict["param_groups"]]
+        extras = [{key: value for key, value in group.items() if key not in known} for group in groups]
+        for group in groups:
+            for key in list(group):
+                if key not in known or (key == "param_names" and not self._bound.named):
+                    del group[key]
+        self.session.load_state_dict({**state_dict, "param_groups": groups})
+        self._reset_groups(extras)
+
+    def checkpoint(self) -> Checkpoint:
+        """Everything the session holds; ``restore`` continues from it bit for bit."""
+        self._push_hyperparameters()
+        return self.session.checkpoint()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(session={self.session.id!r}, step={self.session.step_count})"
+
+    def _attach(self, session: Session, bound: BoundParams) -> None:
+        self.session = session
+        self._bound = bound
+        self._reset_groups([{} for _ in bound.groups])
+
+    def _reset_groups(self, extras: list[dict[str, Any]]) -> None:
+        """Local param groups from the session's, as torch holds them (tensors in ``params``)."""
+        self.param_groups = []
+        self._synced = []
+        for group, remote, extra in zip(self._bound.groups, self.session.param_groups, extras, strict=True):
+            hyperparameters = _hyperparameters(remote)
+            local: dict[str, Any] = {"params": [param.target for param in group.params]}
+            if self._bound.named:
+                local["param_names"] = [param.name for param in group.params]
+            self.param_groups.append({**local, **torch_style(hyperparameters), **extra})
+            self._synced.append(hyperparameters)
+
+    def _push_hyperparameters(self) -> None:
+        """Send the hyperparameters changed in ``param_groups`` since the last call, if any."""
+        if len(self.param_groups) != len(self._bound.groups):
+            raise ValueError("param groups cannot be added or removed: a session's groups are fixed at creation")
+        changes = []
+        for index, (group, synced, bound) in enumerate(
+            zip(self.param_groups, self._synced, self._bound.groups, strict=True)
+        ):
+            if [id(value) for value in group["params"]] != [id(param.target) for param in bound.params]:
+                raise ValueError(f"param_groups[{index}]['params'] changed; a session's params are fixed at creation")
+            changes.append(
+                {key: plain(group[key]) for key in synced if key in group and plain(group[key]) != synced[key]}
+            )
+        if any(changes):
+            self.session.update(param_groups=changes)
+            self._synced = [_hyperparameters(remote) for remote in self.session.param_groups]
+
+
+def _hyperparameters(group: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in group.items() if key not in NOT_HYPERPARAMETERS}
+
+
+def _bound_like(bound: BoundParams, checkpoint: Checkpoint) -> BoundParams:
+    """``bound``'s params named and grouped as the checkpoint's (unnamed ones by position), shapes checked."""
+    names = checkpoint.param_names
+    params = bound.all
+    if len(params) != len(names):
+        raise ValueError(f"the checkpoint has {len(names)} params, {names}; {len(params)} were given")
+    if bound.named and [param.name for param in params] != names:
+        raise ValueError(f"the checkpoint's params are {names}; given {[param.name for param in params]}")
+    if dtype_name(bound.dtype) != checkpoint.dtype:
+        raise ValueError(f"the checkpoint's params are {checkpoint.dtype}; given {bound.dtype}")
+    renamed = [Param(name, param.target) for name, param in zip(names, params, strict=True)]
+    for param in renamed:
+        if param.values().shape != checkpoint.params[param.name].shape:
+            raise ValueError(
+                f"param {param.name!r} has shape {param.values().shape}; "
+                f"the checkpoint's has {checkpoint.params[param.name].shape}"
+            )
+    groups, start = [], 0
+    for group in checkpoint.param_groups:
+        groups.append(ParamGroup(renamed[start : start + len(group["params"])], {}))
+        start += len(group["params"])
+    return BoundParams(groups, bound.named, bound.dtype)

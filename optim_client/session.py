@@ -1,0 +1,228 @@
+"""A session: one optimizer kept on the service, driven with numpy arrays (the SDK's lower level)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from optim_client.checkpoint import Checkpoint
+from optim_client.client import Client, Reply
+from optim_client.state_dicts import state_dict_from_wire, state_dict_to_wire
+from optim_client.torch_support import is_tensor, tensor_to_numpy
+from optim_client.values import DTYPES, as_array, dtype_name, plain
+
+ArrayLike = Any
+"""A numpy array, a torch tensor, a number, or nested lists of numbers."""
+
+
+class Session:
+    """One optimizer session on the service.
+
+    Create one with ``Session.create`` (or ``Session.restore`` from a checkpoint, or ``Session.open``
+    by id), then ``step(grads)`` with a gradient per param name and get the updated params back::
+
+        session = Session.create(client, optimizer="rmsprop", params={"w": np.zeros(3)}, hyperparameters={"lr": 0.1})
+        params = session.step({"w": np.ones(3)})  # {"w": array([-1., -1., -1.])}
+
+    Every step carries an Idempotency-Key, so a step the client retries after a lost response is
+    applied once. Arrays travel as the client's transport says; both give the same numbers.
+    """
+
+    def __init__(self, client: Client, summary: Mapping[str, Any], etag: str | None = None) -> None:
+        self.client = client
+        self.id: str = summary["id"]
+        self.summary: dict[str, Any] = dict(summary)
+        self.etag = etag
+
+    # Creating and finding sessions.
+
+    @classmethod
+    def create(
+        cls,
+        client: Client,
+        *,
+        optimizer: str,
+        params: Mapping[str, ArrayLike],
+        hyperparameters: Mapping[str, Any] | None = None,
+        param_groups: Sequence[Mapping[str, Any]] | None = None,
+        dtype: str | None = None,
+        state_dict: Mapping[str, Any] | None = None,
+        step: int = 0,
+    ) -> Session:
+        """A new session over ``params`` (name -> initial values).
+
+        ``hyperparameters`` take torch's names and defaults; ``param_groups`` (``[{"params": [names],
+        **overrides}]``) put each param in one group. ``dtype`` is "float32" or "float64"; by default
+        float64 when every param is a float64 array or tensor, else float32. ``state_dict`` (torch's
+        layout) and ``step`` start from a saved state.
+        """
+        numpy_dtype = DTYPES[dtype] if dtype is not None else _inferred_dtype(list(params.values()))
+        document: dict[str, Any] = {
+            "optimizer": optimizer,
+            "dtype": dtype_name(numpy_dtype),
+            "params": {name: as_array(value, numpy_dtype, what=f"params[{name!r}]") for name, value in params.items()},
+            "hyperparameters": plain(dict(hyperparameters or {})),
+        }
+        # Always explicit: a safetensors file does not keep the order of its tensors, and the order of
+        # the params is what the state_dict's indices mean.
+        groups = param_groups if param_groups is not None else [{"params": list(params)}]
+        document["param_groups"] = plain([dict(group) for group in groups])
+        if state_dict is not None:
+            document["state_dict"] = state_dict_to_wire(state_dict, numpy_dtype)
+        if step:
+            document["step"] = step
+        return cls._created(client, document)
+
+    @classmethod
+    def restore(cls, client: Client, checkpoint: Checkpoint) -> Session:
+        """A new session that continues exactly where the checkpointed one was, step counter included."""
+        return cls._created(client, checkpoint.to_document())
+
+    @classmethod
+    def open(cls, client: Client, session_id: str) -> Session:
+        """The existing session ``session_id``; ``NotFoundError`` if there is none."""
+        reply = client.call("GET", f"/v1/sessions/{session_id}")
+        return cls(client, reply.document, reply.etag)
+
+    @classmethod
+    def _created(cls, client: Client, document: Mapping[str, Any]) -> Session:
+        # Creation has no Idempotency-Key: a retry after a lost response would leave a second session.
+        reply = client.call(
+            "POST", "/v1/sessions", document=document, arrays_back=True, response_root="params", replay_safe=False
+        )
+        summary = {key: value for key, value in reply.document.items() if key != "params"}
+        return cls(client, summary, reply.etag)
+
+    # What the session is.
+
+    @property
+    def url(self) -> str:
+        return f"/v1/sessions/{self.id}"
+
+    @property
+    def optimizer(self) -> str:
+        return str(self.summary["optimizer"])
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return DTYPES[self.summary["dtype"]]
+
+    @property
+    def step_count(self) -> int:
+        """The session's step counter as of the last call (``refresh()`` asks the service)."""
+        return int(self.summary["step"])
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Each group's hyperparameters and param names, as of the last call."""
+        groups: list[dict[str, Any]] = self.summary["param_groups"]
+        return groups
+
+    @property
+    def param_names(self) -> list[str]:
+        """Every param's name, in the order of the state_dict's indices."""
+        return [name for group in self.param_groups for name in group["params"]]
+
+    def refresh(self) -> dict[str, Any]:
+        """The session's summary, fresh from the service."""
+        reply = self.client.call("GET", self.url)
+        self._remember(reply, reply.document)
+        return self.summary
+
+    # Using it.
+
+    def step(self, grads: Mapping[str, ArrayLike], *, idempotency_key: str | None = None) -> dict[str, np.ndarray]:
+        """Apply one step of ``grads`` (a subset of the params is fine: the others are skipped, as torch
+        skips params whose grad is None) and return every param's new values.
+
+        The step is sent with ``idempotency_key`` (a fresh uuid4 by default), the same on every retry,
+        so it is applied exactly once however many attempts it takes.
+        """
+        dtype = self.dtype
+        document = {"grads": {name: as_array(value, dtype, what=f"grads[{name!r}]") for name, value in grads.items()}}
+        reply = self.client.call(
+            "POST",
+            f"{self.url}/step",
+            document=document,
+            root="grads",
+            arrays_back=True,
+            response_root="params",
+            headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
+        )
+        self._remember(reply, {**self.summary, "step": reply.document["step"]})
+        return self._arrays(reply.document["params"])
+
+    def params(self) -> dict[str, np.ndarray]:
+        """Every param's current values."""
+        reply = self.client.call("GET", f"{self.url}/params", arrays_back=True, response_root="params")
+        self._remember(reply, {**self.summary, "step": reply.document["step"]})
+        return self._arrays(reply.document["params"])
+
+    def update(
+        self,
+        *,
+        hyperparameters: Mapping[str, Any] | None = None,
+        param_groups: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Change hyperparameters from the next step on: ``hyperparameters`` for every group, or
+        ``param_groups`` with one mapping of changes per group (as editing torch's param_groups)."""
+        if (hyperparameters is None) == (param_groups is None):
+            raise TypeError("give exactly one of hyperparameters and param_groups")
+        document = (
+            {"hyperparameters": plain(dict(hyperparameters))}
+            if hyperparameters is not None
+            else {"param_groups": plain([dict(group) for group in param_groups or ()])}
+        )
+        reply = self.client.call("PATCH", self.url, document=document, json_only=True)
+        self._remember(reply, reply.document)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer state in torch's layout (int keys, numpy arrays, float steps)."""
+        reply = self.client.call("GET", f"{self.url}/state_dict", arrays_back=True)
+        self.etag = reply.etag
+        return state_dict_from_wire(reply.document, self.dtype)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load optimizer state (torch's layout, with tensors, numpy arrays or lists); params are unchanged.
+
+        The hyperparameters come from the loaded groups, as in torch. A bad state_dict raises
+        ``ValidationError`` and changes nothing.
+        """
+        document = state_dict_to_wire(state_dict, self.dtype)
+        reply = self.client.call("PUT", f"{self.url}/state_dict", document=document)
+        self._remember(reply, reply.document)
+
+    def checkpoint(self) -> Checkpoint:
+        """Everything the session holds; ``Session.restore`` continues from it bit for bit."""
+        reply = self.client.call("GET", f"{self.url}/checkpoint", arrays_back=True)
+        self.etag = reply.etag
+        return Checkpoint.from_document(reply.document)
+
+    def delete(self) -> None:
+        """Delete the session; afterwards every call on it raises ``NotFoundError``."""
+        self.client.call("DELETE", self.url, done_on_retry=(404,))
+
+    def __repr__(self) -> str:
+        return f"Session({self.id!r}, optimizer={self.optimizer!r}, step={self.step_count}, client={self.client!r})"
+
+    def _arrays(self, values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Arrays from the service, in the session's param order (a safetensors file has an order of its own)."""
+        return {name: np.asarray(values[name], dtype=self.dtype) for name in self.param_names if name in values}
+
+    def _remember(self, reply: Reply, summary: Mapping[str, Any]) -> None:
+        self.summary = dict(summary)
+        self.etag = reply.etag
+
+
+def _inferred_dtype(values: Sequence[object]) -> np.dtype[Any]:
+    """float64 when every value is a float64 array or tensor; else float32, the service's default."""
+    dtypes = [
+        tensor_to_numpy(value).dtype if is_tensor(value) else value.dtype if isinstance(value, np.ndarray) else None
+        for value in values
+    ]
+    # Not ``dtype == float64``: numpy reads None as float64 there.
+    every_one_float64 = dtypes and all(dtype is not None and dtype == DTYPES["float64"] for dtype in dtypes)
+    return DTYPES["float64"] if every_one_float64 else DTYPES["float32"]
