@@ -220,7 +220,7 @@ def main() -> None:
         if args.sizes:
             with server(fresh_database(args.database_url, directory, "latency")) as base:
                 latency_table(base, args.sizes, rng)
-        print(f"\n| replicas | {args.sessions} sessions × 1k params, JSON steps/s | binary steps/s |")
+        print(f"\n| replicas | {args.sessions} sessions x 1k params, JSON steps/s | binary steps/s |")
         print("|---:|---:|---:|")
         for replicas in args.replicas:
             rates = []
