@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import orjson
 from safetensors import SafetensorError
-from safetensors.numpy import load, save
+from safetensors.numpy import load
 
 from service.errors import MalformedBody, ValidationFailed
+from service.safetensors_writer import dump
 
 TENSOR_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 NAME_MAPS = ("params", "grads")
@@ -66,7 +67,7 @@ def safetensors_from_document(document: dict[str, Any], *, root: str | None = No
     else:
         rest = _without_arrays(document, [], tensors)
     metadata = {key: orjson.dumps(value).decode() for key, value in rest.items()}
-    return save(tensors, metadata=metadata)
+    return dump(tensors, metadata)
 
 
 def _metadata_value(text: str) -> Any:

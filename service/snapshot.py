@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from safetensors.numpy import load, save
+from safetensors.numpy import load
+
+from service.safetensors_writer import dump
 
 PARAMS = "params/"
 STATE = "state/"
@@ -24,7 +26,7 @@ def pack(params: dict[str, np.ndarray], state: dict[str, dict[str, Any]] | None 
         for key, value in entry.items():
             if key != "step":
                 tensors[f"{STATE}{index}/{key}"] = np.asarray(value, order="C")
-    return save(tensors, metadata={"steps": orjson.dumps(steps).decode()})
+    return dump(tensors, {"steps": orjson.dumps(steps).decode()})
 
 
 def unpack(blob: bytes) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:

@@ -22,12 +22,12 @@ from service.store import SessionMeta
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def get_sessions(request: Request) -> Sessions:
+async def get_sessions(request: Request) -> Sessions:
     sessions: Sessions = request.app.state.sessions
     return sessions
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -134,7 +134,7 @@ class Wire:
         return Response(body, status_code=status, media_type=media_type, headers=headers)
 
 
-def get_wire(request: Request) -> Wire:
+async def get_wire(request: Request) -> Wire:
     wire: Wire = request.app.state.wire
     return wire
 

@@ -90,6 +90,10 @@ def build_engine(database_url: str, *, sqlite_synchronous: str = "FULL", pool_si
         # Let SQLAlchemy's "begin" event below issue BEGIN, instead of pysqlite.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # Large pages: a session's arrays are one blob, and a blob of N bytes costs N / page_size page
+        # writes; 64 KiB pages commit a megabyte-sized blob several times faster than 4 KiB ones. It
+        # only takes effect on a new database, so it comes before WAL mode is set.
+        cursor.execute("PRAGMA page_size=65536")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
         cursor.execute("PRAGMA busy_timeout=60000")
