@@ -6,8 +6,9 @@ Starts ``python -m service serve`` (one or more replicas) on a fresh database an
 - for context in the same run: the same step in-process (optim_core only); a raw loopback floor
   (the same request and response bytes through a bare socket, to an echo process); and a
   trivial endpoint (``GET /healthz``);
-- steps per second across concurrent sessions of 1k params (one client thread each, requests
-  spread over the replicas).
+- steps per second across concurrent sessions of 1k params: one keep-alive connection per
+  session, driven by a raw asyncio client (cheap, so the server gets the CPU), spread over the
+  replicas.
 
 Run as a module (a script named http.py would shadow the standard library):
 ``python -m benchmarks.http`` — SQLite in a temporary directory;
@@ -15,13 +16,13 @@ Run as a module (a script named http.py would shadow the standard library):
 """
 
 import argparse
+import asyncio
 import multiprocessing
 import os
 import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -50,6 +51,7 @@ def free_port() -> int:
 def server(database_url: str) -> Iterator[str]:
     port = free_port()
     command = [sys.executable, "-m", "service", "serve", "--port", str(port), "--database-url", database_url]
+    command += ["--workers", os.environ.get("BENCH_WORKERS", "1")]
     process = __import__("subprocess").Popen([*command, "--log-level", "warning"])
     base = f"http://127.0.0.1:{port}"
     try:
@@ -172,27 +174,60 @@ def latency_table(base: str, sizes: list[int], rng: np.random.Generator) -> None
             )
 
 
+async def drive_connection(host: str, port: int, request: bytes, stop: float) -> int:
+    """Keep one HTTP/1.1 connection busy with ``request`` until ``stop``; the number of 200 answers.
+
+    A raw asyncio client, so that the load generator costs little of the CPU the server shares.
+    """
+    reader, writer = await asyncio.open_connection(host, port)
+    done = 0
+    try:
+        while time.monotonic() < stop:
+            writer.write(request)
+            status = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            if not status.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"step answered {status!r}")
+            done += 1
+    finally:
+        writer.close()
+    return done
+
+
+def step_request(base: str, session_id: str, grads: np.ndarray, transport: str) -> bytes:
+    if transport == "json":
+        body, headers = orjson.dumps({"grads": {"w": grads}}, option=orjson.OPT_SERIALIZE_NUMPY), JSON
+    else:
+        body, headers = save({"w": grads}), BINARY
+    host = base.removeprefix("http://")
+    lines = [f"POST /v1/sessions/{session_id}/step HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
 def throughput(bases: list[str], sessions: int, seconds: float, transport: str, rng: np.random.Generator) -> float:
     with httpx.Client(base_url=bases[0], timeout=60) as client:
         ids = [create(client, rng.standard_normal(1000, dtype=np.float32)) for _ in range(sessions)]
     grads = rng.standard_normal(1000, dtype=np.float32)
-    step = json_step if transport == "json" else binary_step
-    counts = [0] * sessions
-    stop = time.monotonic() + seconds
 
-    def drive(index: int) -> None:
-        with httpx.Client(base_url=bases[index % len(bases)], timeout=60) as client:
-            while time.monotonic() < stop:
-                step(client, ids[index], grads)
-                counts[index] += 1
+    async def run() -> int:
+        stop = time.monotonic() + seconds
+        drivers = []
+        for index, session_id in enumerate(ids):
+            base = bases[index % len(bases)]
+            host, port = base.removeprefix("http://").split(":")
+            request = step_request(base, session_id, grads, transport)
+            drivers.append(drive_connection(host, int(port), request, stop))
+        return sum(await asyncio.gather(*drivers))
 
-    threads = [threading.Thread(target=drive, args=(index,)) for index in range(sessions)]
     start = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(counts) / (time.monotonic() - start)
+    steps = asyncio.run(run())
+    return steps / (time.monotonic() - start)
 
 
 def fresh_database(database_url: str | None, directory: str, label: str) -> str:
@@ -208,7 +243,7 @@ def fresh_database(database_url: str | None, directory: str, label: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", help="default: SQLite in a temporary directory (PostgreSQL: it is emptied)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 100_000, 1_000_000, 10_000_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1_000, 100_000, 1_000_000, 10_000_000])
     parser.add_argument("--sessions", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--replicas", type=int, nargs="+", default=[1], help="replica counts for the throughput rows")

@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--database-url", help="overrides OPTIM_DATABASE_URL (default: SQLite under ./data)")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="server processes sharing the port (default 1: one per container)"
+    )
     migrate = commands.add_parser("migrate", help="upgrade the database schema to this version's, then exit")
     migrate.add_argument("--database-url", help="overrides OPTIM_DATABASE_URL")
     args = parser.parse_args(argv)
@@ -37,5 +40,6 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        workers=args.workers,
         timeout_graceful_shutdown=10,
     )

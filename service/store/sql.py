@@ -7,7 +7,7 @@ Either way the database serialises steps on a session, across processes.
 """
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from service.errors import PreconditionFailed, SessionNotFound
 from service.store.base import IdempotencyRecord, SessionMeta
+from service.store.group_commit import GroupCommit
 from service.store.schema import ensure_schema
 
 metadata = sa.MetaData()
@@ -190,6 +191,8 @@ class SqlSessionStore:
         auto_migrate: bool = True,
     ) -> None:
         self._engine = build_engine(database_url, sqlite_synchronous=sqlite_synchronous, pool_size=pool_size)
+        # SQLite has one writer at a time: writers that arrive together share a commit.
+        self._group_commit = GroupCommit(self._transaction) if self._engine.dialect.name == "sqlite" else None
         self._kept = idempotency_keys_kept
         try:
             ensure_schema(self._engine, upgrade=auto_migrate)
@@ -197,8 +200,14 @@ class SqlSessionStore:
             self._engine.dispose()
             raise
 
+    def _writing(self) -> AbstractContextManager[Connection]:
+        """A write transaction; on SQLite, one shared with the writers that arrive meanwhile."""
+        if self._group_commit is not None:
+            return self._group_commit.transaction()
+        return self._transaction()
+
     @contextmanager
-    def _writing(self) -> Iterator[Connection]:
+    def _transaction(self) -> Iterator[Connection]:
         with self._engine.connect() as connection:
             connection.info["writes"] = True
             try:
