@@ -51,7 +51,6 @@ def free_port() -> int:
 def server(database_url: str) -> Iterator[str]:
     port = free_port()
     command = [sys.executable, "-m", "service", "serve", "--port", str(port), "--database-url", database_url]
-    command += ["--workers", os.environ.get("BENCH_WORKERS", "1")]
     process = __import__("subprocess").Popen([*command, "--log-level", "warning"])
     base = f"http://127.0.0.1:{port}"
     try:

@@ -167,7 +167,7 @@ async def step_session(
         outcome = sessions.step(
             session_id=session_id,
             grads=arrays_from_json(step_request.grads, loc=("body", "grads")),
-            request_hash=hash_request(media_type, body),
+            request_hash=hash_request(media_type, body) if idempotency_key is not None else "",
             idempotency_key=idempotency_key,
             if_match=if_match,
         )
