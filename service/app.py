@@ -12,7 +12,7 @@ from service.config import Settings
 from service.errors import install_error_handlers
 from service.json_workers import JsonWorkers
 from service.routes import health, sessions
-from service.routes.deps import Wire
+from service.routes.deps import Service, Wire
 from service.schemas import CreateSessionRequest, PatchSessionRequest, StateDict, StepRequest
 from service.sessions import Sessions
 from service.store import SqlSessionStore
@@ -32,17 +32,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pool_size=settings.pool_size,
             auto_migrate=settings.auto_migrate,
         )
-        app.state.settings = settings
-        app.state.store = store
-        app.state.sessions = Sessions(
-            store=store,
-            cache=OptimizerCache(settings.cache_bytes),
-            idempotency_keys_kept=settings.idempotency_keys_kept,
-        )
         json_workers = JsonWorkers(
             processes=settings.json_workers, threshold_bytes=settings.json_worker_threshold_bytes
         )
-        app.state.wire = Wire(json_workers)
+        app.state.store = store
+        app.state.service = Service(
+            sessions=Sessions(
+                store=store,
+                cache=OptimizerCache(settings.cache_bytes),
+                idempotency_keys_kept=settings.idempotency_keys_kept,
+            ),
+            wire=Wire(json_workers),
+            settings=settings,
+        )
         try:
             yield
         finally:

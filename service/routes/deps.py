@@ -2,6 +2,7 @@
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -20,20 +21,6 @@ from service.sessions import Sessions, etag
 from service.store import SessionMeta
 
 Model = TypeVar("Model", bound=BaseModel)
-
-
-async def get_sessions(request: Request) -> Sessions:
-    sessions: Sessions = request.app.state.sessions
-    return sessions
-
-
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-SessionsDep = Annotated[Sessions, Depends(get_sessions)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 async def read_body(request: Request, limit: int, allowed: Sequence[str] = ARRAY_TYPES) -> tuple[str, bytes]:
@@ -134,12 +121,21 @@ class Wire:
         return Response(body, status_code=status, media_type=media_type, headers=headers)
 
 
-async def get_wire(request: Request) -> Wire:
-    wire: Wire = request.app.state.wire
-    return wire
+@dataclass(frozen=True)
+class Service:
+    """What the routes work with, built once in the app's lifespan."""
+
+    sessions: Sessions
+    wire: Wire
+    settings: Settings
 
 
-WireDep = Annotated[Wire, Depends(get_wire)]
+async def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
 
 
 def hash_request(media_type: str, body: bytes) -> str:

@@ -14,9 +14,7 @@ from starlette.responses import Response
 from service.codecs import arrays_from_json
 from service.media import JSON, negotiate
 from service.routes.deps import (
-    SessionsDep,
-    SettingsDep,
-    WireDep,
+    ServiceDep,
     array_responses,
     body_schema,
     hash_request,
@@ -69,17 +67,15 @@ STALE: dict[int | str, dict[str, Any]] = {412: {"description": "If-Match failed"
     openapi_extra=body_schema(CreateSessionRequest),
     responses={**array_responses(SessionWithParams, 201), **ERRORS},
 )
-async def create_session(
-    request: Request, sessions: SessionsDep, wire: WireDep, settings: SettingsDep, accept: Accept = None
-) -> Response:
+async def create_session(request: Request, service: ServiceDep, accept: Accept = None) -> Response:
     answer_as = negotiate(accept)
-    media_type, body = await read_body(request, settings.max_body_bytes)
+    media_type, body = await read_body(request, service.settings.max_body_bytes)
 
     def run() -> Response:
-        meta, params = sessions.create(
-            request=parse(CreateSessionRequest, wire.document(media_type, body, array_paths=CREATE_ARRAYS))
+        meta, params = service.sessions.create(
+            request=parse(CreateSessionRequest, service.wire.document(media_type, body, array_paths=CREATE_ARRAYS))
         )
-        return wire.respond(
+        return service.wire.respond(
             {**summary(meta), "params": params},
             media_type=answer_as,
             root="params",
@@ -93,22 +89,21 @@ async def create_session(
 
 @router.get("", summary="List sessions, oldest first", responses={200: {"model": SessionPage}, **ERRORS})
 async def list_sessions(
-    sessions: SessionsDep,
-    wire: WireDep,
+    service: ServiceDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     accept: Accept = None,
 ) -> Response:
     negotiate(accept, (JSON,))
-    metas, next_cursor = await run_in_threadpool(lambda: sessions.page(limit=limit, cursor=cursor))
-    return wire.respond({"items": [summary(meta) for meta in metas], "next_cursor": next_cursor})
+    metas, next_cursor = await run_in_threadpool(lambda: service.sessions.page(limit=limit, cursor=cursor))
+    return service.wire.respond({"items": [summary(meta) for meta in metas], "next_cursor": next_cursor})
 
 
 @router.get("/{session_id}", summary="A session's summary", responses={200: {"model": SessionSummary}, **ERRORS})
-async def get_session(session_id: str, sessions: SessionsDep, wire: WireDep, accept: Accept = None) -> Response:
+async def get_session(session_id: str, service: ServiceDep, accept: Accept = None) -> Response:
     negotiate(accept, (JSON,))
-    meta = await run_in_threadpool(lambda: sessions.summary(session_id=session_id))
-    return wire.respond(summary(meta), version=meta.version)
+    meta = await run_in_threadpool(lambda: service.sessions.summary(session_id=session_id))
+    return service.wire.respond(summary(meta), version=meta.version)
 
 
 @router.patch(
@@ -120,26 +115,24 @@ async def get_session(session_id: str, sessions: SessionsDep, wire: WireDep, acc
 async def patch_session(
     session_id: str,
     request: Request,
-    sessions: SessionsDep,
-    wire: WireDep,
-    settings: SettingsDep,
+    service: ServiceDep,
     if_match: IfMatch = None,
     accept: Accept = None,
 ) -> Response:
     negotiate(accept, (JSON,))
-    media_type, body = await read_body(request, settings.max_body_bytes, (JSON,))
+    media_type, body = await read_body(request, service.settings.max_body_bytes, (JSON,))
 
     def run() -> Response:
-        patch = parse(PatchSessionRequest, wire.document(media_type, body))
-        meta = sessions.patch(session_id=session_id, request=patch, if_match=if_match)
-        return wire.respond(summary(meta), version=meta.version)
+        patch = parse(PatchSessionRequest, service.wire.document(media_type, body))
+        meta = service.sessions.patch(session_id=session_id, request=patch, if_match=if_match)
+        return service.wire.respond(summary(meta), version=meta.version)
 
     return await run_in_threadpool(run)
 
 
 @router.delete("/{session_id}", status_code=204, summary="Delete a session", responses={**STALE, **ERRORS})
-async def delete_session(session_id: str, sessions: SessionsDep, if_match: IfMatch = None) -> Response:
-    await run_in_threadpool(lambda: sessions.delete(session_id=session_id, if_match=if_match))
+async def delete_session(session_id: str, service: ServiceDep, if_match: IfMatch = None) -> Response:
+    await run_in_threadpool(lambda: service.sessions.delete(session_id=session_id, if_match=if_match))
     return Response(status_code=204)
 
 
@@ -152,26 +145,26 @@ async def delete_session(session_id: str, sessions: SessionsDep, if_match: IfMat
 async def step_session(
     session_id: str,
     request: Request,
-    sessions: SessionsDep,
-    wire: WireDep,
-    settings: SettingsDep,
+    service: ServiceDep,
     if_match: IfMatch = None,
     idempotency_key: IdempotencyKey = None,
     accept: Accept = None,
 ) -> Response:
     answer_as = negotiate(accept)
-    media_type, body = await read_body(request, settings.max_body_bytes)
+    media_type, body = await read_body(request, service.settings.max_body_bytes)
 
     def run() -> Response:
-        step_request = parse(StepRequest, wire.document(media_type, body, root="grads", array_paths=STEP_ARRAYS))
-        outcome = sessions.step(
+        step_request = parse(
+            StepRequest, service.wire.document(media_type, body, root="grads", array_paths=STEP_ARRAYS)
+        )
+        outcome = service.sessions.step(
             session_id=session_id,
             grads=arrays_from_json(step_request.grads, loc=("body", "grads")),
             request_hash=hash_request(media_type, body) if idempotency_key is not None else "",
             idempotency_key=idempotency_key,
             if_match=if_match,
         )
-        return wire.respond(
+        return service.wire.respond(
             {"step": outcome.step, "params": outcome.params},
             media_type=answer_as,
             root="params",
@@ -182,12 +175,12 @@ async def step_session(
 
 
 @router.get("/{session_id}/params", summary="Current params", responses={**array_responses(StepResponse), **ERRORS})
-async def get_params(session_id: str, sessions: SessionsDep, wire: WireDep, accept: Accept = None) -> Response:
+async def get_params(session_id: str, service: ServiceDep, accept: Accept = None) -> Response:
     answer_as = negotiate(accept)
 
     def run() -> Response:
-        meta, params = sessions.params(session_id=session_id)
-        return wire.respond(
+        meta, params = service.sessions.params(session_id=session_id)
+        return service.wire.respond(
             {"step": meta.step, "params": params}, media_type=answer_as, root="params", version=meta.version
         )
 
@@ -199,12 +192,12 @@ async def get_params(session_id: str, sessions: SessionsDep, wire: WireDep, acce
     summary="The optimizer state in torch's layout",
     responses={**array_responses(StateDict), **ERRORS},
 )
-async def get_state_dict(session_id: str, sessions: SessionsDep, wire: WireDep, accept: Accept = None) -> Response:
+async def get_state_dict(session_id: str, service: ServiceDep, accept: Accept = None) -> Response:
     answer_as = negotiate(accept)
 
     def run() -> Response:
-        meta, state_dict = sessions.state_dict(session_id=session_id)
-        return wire.respond(state_dict, media_type=answer_as, version=meta.version)
+        meta, state_dict = service.sessions.state_dict(session_id=session_id)
+        return service.wire.respond(state_dict, media_type=answer_as, version=meta.version)
 
     return await run_in_threadpool(run)
 
@@ -218,19 +211,17 @@ async def get_state_dict(session_id: str, sessions: SessionsDep, wire: WireDep, 
 async def put_state_dict(
     session_id: str,
     request: Request,
-    sessions: SessionsDep,
-    wire: WireDep,
-    settings: SettingsDep,
+    service: ServiceDep,
     if_match: IfMatch = None,
     accept: Accept = None,
 ) -> Response:
     negotiate(accept, (JSON,))
-    media_type, body = await read_body(request, settings.max_body_bytes)
+    media_type, body = await read_body(request, service.settings.max_body_bytes)
 
     def run() -> Response:
-        state_dict = wire.document(media_type, body, array_paths=STATE_DICT_ARRAYS)
-        meta = sessions.load_state_dict(session_id=session_id, state_dict=state_dict, if_match=if_match)
-        return wire.respond(summary(meta), version=meta.version)
+        state_dict = service.wire.document(media_type, body, array_paths=STATE_DICT_ARRAYS)
+        meta = service.sessions.load_state_dict(session_id=session_id, state_dict=state_dict, if_match=if_match)
+        return service.wire.respond(summary(meta), version=meta.version)
 
     return await run_in_threadpool(run)
 
@@ -240,11 +231,11 @@ async def put_state_dict(
     summary="Everything needed to continue elsewhere; POST it to /v1/sessions",
     responses={**array_responses(Checkpoint), **ERRORS},
 )
-async def get_checkpoint(session_id: str, sessions: SessionsDep, wire: WireDep, accept: Accept = None) -> Response:
+async def get_checkpoint(session_id: str, service: ServiceDep, accept: Accept = None) -> Response:
     answer_as = negotiate(accept)
 
     def run() -> Response:
-        meta, checkpoint = sessions.checkpoint(session_id=session_id)
-        return wire.respond(checkpoint, media_type=answer_as, version=meta.version)
+        meta, checkpoint = service.sessions.checkpoint(session_id=session_id)
+        return service.wire.respond(checkpoint, media_type=answer_as, version=meta.version)
 
     return await run_in_threadpool(run)
