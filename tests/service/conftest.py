@@ -2,11 +2,19 @@
 
 The tests reach the service only through HTTP (fastapi's TestClient is an httpx.Client that
 calls the ASGI app in-process), so everything they check is what a real client would see.
+
+The helpers that carry arrays (create_session, step, get_params, get_state_dict,
+put_state_dict, checkpoint) speak the transport of the `transport` fixture: JSON, or
+safetensors (application/vnd.safetensors, docs/binary.md) both ways. A test that uses the
+fixture (or a module with `pytestmark = pytest.mark.usefixtures("transport")`) runs once per
+transport; `ok` turns a binary response back into the document the JSON one would be, with
+numpy arrays (of the file's dtype) where JSON has nested lists. Everything else speaks JSON.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -15,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors.numpy
 from fastapi.testclient import TestClient
 
 from optim_core import RMSprop, Rprop
@@ -23,6 +32,37 @@ from service.config import Settings
 from tests.databases import ENGINES, NO_POSTGRES, fresh_database, postgres_base_url
 
 PROBLEM_KEYS = ("type", "title", "status", "detail")
+JSON = "application/json"
+SAFETENSORS = "application/vnd.safetensors"
+TRANSPORTS = ("json", "binary")
+TENSOR_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@dataclass
+class _Transport:
+    """The transport the array helpers speak: set by the `transport` fixture, JSON otherwise.
+    (Module state, not a context variable: tests call the helpers from worker threads too.)"""
+
+    name: str = "json"
+
+
+_CURRENT = _Transport()
+
+
+def binary() -> bool:
+    """Whether the array helpers speak safetensors in this test."""
+    return _CURRENT.name == "binary"
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs the test once over JSON and once over safetensors (see the module docstring);
+    `@pytest.mark.parametrize("transport", ["binary"], indirect=True)` picks one."""
+    _CURRENT.name = request.param
+    try:
+        yield request.param
+    finally:
+        _CURRENT.name = "json"
 
 
 def strict_json(text: str | bytes) -> Any:
@@ -67,12 +107,21 @@ def send(
     return client.request(method, url, content=content, headers=all_headers)
 
 
+def media_type(response: Any) -> str:
+    return str(response.headers.get("content-type", "")).split(";")[0].strip()
+
+
 def ok(response: Any, status: int = 200) -> Any:
-    """The parsed body of a successful response (asserting its status and media type)."""
+    """The parsed body of a successful response (asserting its status and media type): JSON, or
+    when the request asked for exactly safetensors, a safetensors file read back as the document
+    the JSON response would be (see `document_from_safetensors`)."""
     assert response.status_code == status, f"{response.status_code} {response.text[:2000]}"
     if status == 204:
         return None
-    assert response.headers["content-type"].split(";")[0].strip() == "application/json", response.headers
+    if response.request.headers.get("accept") == SAFETENSORS:
+        assert media_type(response) == SAFETENSORS, response.headers
+        return response_document(response)
+    assert media_type(response) == JSON, response.headers
     return strict_json(response.content)
 
 
@@ -120,25 +169,215 @@ class Created:
         return f"/v1/sessions/{self.id}"
 
 
+# The array helpers: JSON, or in binary safetensors bodies (Content-Type) and answers (Accept).
+
+
+def _binary_headers(headers: Mapping[str, str], *, answer: bool = True) -> dict[str, str]:
+    return {"Content-Type": SAFETENSORS, **({"Accept": SAFETENSORS} if answer else {}), **headers}
+
+
+def post_session(client: TestClient, body: Mapping[str, Any], **headers: str) -> Any:
+    """POST /v1/sessions with `body` (a create body or a checkpoint)."""
+    if not binary():
+        return send(client, "POST", "/v1/sessions", body, headers=headers)
+    return client.post("/v1/sessions", content=create_safetensors(body), headers=_binary_headers(headers))
+
+
 def create_session(client: TestClient, body: Mapping[str, Any]) -> Created:
-    response = send(client, "POST", "/v1/sessions", body)
+    response = post_session(client, body)
     created = ok(response, 201)
     return Created(id=created["id"], body=created, etag=response.headers["etag"], location=response.headers["location"])
 
 
 def step(client: TestClient, session_id: str, grads: Mapping[str, Any], **headers: str) -> Any:
-    return send(client, "POST", f"/v1/sessions/{session_id}/step", {"grads": grads}, headers=headers)
+    url = f"/v1/sessions/{session_id}/step"
+    if not binary():
+        return send(client, "POST", url, {"grads": grads}, headers=headers)
+    return client.post(url, content=step_safetensors(grads), headers=_binary_headers(headers))
+
+
+def _get_arrays(client: TestClient, url: str) -> Any:
+    return client.get(url, headers={"Accept": SAFETENSORS}) if binary() else client.get(url)
+
+
+def get_params(client: TestClient, session_id: str) -> Any:
+    return _get_arrays(client, f"/v1/sessions/{session_id}/params")
+
+
+def get_state_dict(client: TestClient, session_id: str) -> Any:
+    return _get_arrays(client, f"/v1/sessions/{session_id}/state_dict")
+
+
+def get_checkpoint(client: TestClient, session_id: str) -> Any:
+    return _get_arrays(client, f"/v1/sessions/{session_id}/checkpoint")
+
+
+def put_state_dict(client: TestClient, session_id: str, state_dict: Mapping[str, Any], **headers: str) -> Any:
+    """PUT /state_dict; its answer is a summary, which is JSON in either transport."""
+    url = f"/v1/sessions/{session_id}/state_dict"
+    if not binary():
+        return send(client, "PUT", url, state_dict, headers=headers)
+    return client.put(url, content=state_dict_safetensors(state_dict), headers=_binary_headers(headers, answer=False))
 
 
 def checkpoint(client: TestClient, session_id: str) -> dict[str, Any]:
     """The session's checkpoint, parsed: a snapshot of everything the session holds."""
-    snapshot: dict[str, Any] = ok(client.get(f"/v1/sessions/{session_id}/checkpoint"))
+    snapshot: dict[str, Any] = ok(get_checkpoint(client, session_id))
     return snapshot
 
 
+# Safetensors bodies: the JSON document with its arrays moved into tensors (docs/binary.md).
+
+
+def tensor(value: Any) -> np.ndarray:
+    """An array as a request tensor: a float32 or float64 array as it is; JSON numbers (and any
+    other array) as float64, which holds every JSON number exactly and the server casts."""
+    array = np.asarray(value)
+    if array.dtype not in TENSOR_DTYPES:
+        array = np.asarray(value, dtype=np.float64)
+    return np.array(array, order="C")
+
+
+def to_safetensors(tensors: Mapping[str, Any], fields: Mapping[str, Any] | None = None) -> bytes:
+    """A safetensors file of `tensors` whose metadata holds `fields`, each as JSON text."""
+    metadata = {key: json.dumps(to_json(value), allow_nan=False) for key, value in (fields or {}).items()}
+    return safetensors.numpy.save({name: tensor(value) for name, value in tensors.items()}, metadata=metadata or None)
+
+
+def _split_state(state: Any, prefix: str, tensors: dict[str, Any]) -> Any:
+    """A state_dict's "state" without its arrays (every entry's keys but "step"), which go into
+    `tensors` as `{prefix}{index}/{key}`."""
+    if not isinstance(state, Mapping):
+        return state
+    kept: dict[str, Any] = {}
+    for index, entry in state.items():
+        if not isinstance(entry, Mapping):
+            kept[index] = entry
+            continue
+        kept[index] = {key: value for key, value in entry.items() if key == "step"}
+        tensors.update({f"{prefix}{index}/{key}": value for key, value in entry.items() if key != "step"})
+    return kept
+
+
+def step_safetensors(grads: Mapping[str, Any]) -> bytes:
+    """A step request: the grads by param name, no metadata."""
+    return to_safetensors(grads)
+
+
+def state_dict_safetensors(state_dict: Mapping[str, Any]) -> bytes:
+    """A PUT /state_dict body: tensors "state/<i>/<key>"; metadata "param_groups", "state" (the rest)."""
+    tensors: dict[str, Any] = {}
+    fields = {
+        key: _split_state(value, "state/", tensors) if key == "state" else value for key, value in state_dict.items()
+    }
+    return to_safetensors(tensors, fields)
+
+
+def create_safetensors(body: Mapping[str, Any]) -> bytes:
+    """A create body (or a checkpoint): tensors "params/<name>" and "state_dict/state/<i>/<key>";
+    the other fields, and the state_dict's non-array parts, in the metadata."""
+    tensors: dict[str, Any] = {}
+    fields: dict[str, Any] = {}
+    for key, value in body.items():
+        if key == "params" and isinstance(value, Mapping):
+            tensors.update({f"params/{name}": array for name, array in value.items()})
+        elif key == "state_dict" and isinstance(value, Mapping):
+            fields[key] = {
+                k: _split_state(v, "state_dict/state/", tensors) if k == "state" else v for k, v in value.items()
+            }
+        else:
+            fields[key] = value
+    params = body.get("params")
+    if "param_groups" not in body and isinstance(params, Mapping) and len(params) > 1:
+        # The params' order (their state_dict indices) is the body's order in JSON, and the file's
+        # order in binary, which safetensors.numpy.save chooses itself (by dtype, then name).
+        # Naming the body's order in one group makes both transports build the same optimizer.
+        fields["param_groups"] = [{"params": list(params)}]
+    return to_safetensors(tensors, fields)
+
+
+def read_safetensors(content: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors of a safetensors file, in the order its header lists them, and its metadata."""
+    loaded = safetensors.numpy.load(content)
+    header = strict_json(content[8 : 8 + int.from_bytes(content[:8], "little")])
+    metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+    return {name: loaded[name] for name in header}, metadata
+
+
+def document_from_safetensors(content: bytes, root: str | None = None) -> dict[str, Any]:
+    """The JSON document a binary body stands for: each metadata value parsed as (strict) JSON,
+    each tensor placed at its path (under `root` by name alone, if given), as a numpy array."""
+    tensors, metadata = read_safetensors(content)
+    document: dict[str, Any] = {key: strict_json(text) for key, text in metadata.items()}
+    if root is not None:
+        assert root not in document, f"{root!r} in the metadata: {metadata}"
+        document[root] = tensors
+        return document
+    for name, array in tensors.items():
+        head, _, rest = name.partition("/")
+        path = [head, rest] if head in ("params", "grads") else name.split("/")
+        node = document
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            assert isinstance(node, dict), f"tensor {name!r} under a metadata value: {metadata}"
+        assert path[-1] not in node, f"tensor {name!r} is in the metadata too: {metadata}"
+        node[path[-1]] = array
+    return document
+
+
+def _torch_layout(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A state_dict's keys in torch's order (a binary file's metadata and tensors have no order between them)."""
+    if not {"state", "param_groups"} <= set(state_dict):
+        return state_dict
+    return {"state": state_dict.pop("state"), "param_groups": state_dict.pop("param_groups"), **state_dict}
+
+
+_ROOTED = re.compile(r"/v1/sessions(/[^/]+/(step|params))?")
+
+
+def response_document(response: Any) -> dict[str, Any]:
+    """A binary response as the document its JSON twin is: the params by name (create, step,
+    GET /params), a state_dict, or a checkpoint."""
+    path = response.request.url.path
+    root = "params" if _ROOTED.fullmatch(path) else None
+    document = document_from_safetensors(response.content, root)
+    if path.endswith("/state_dict"):
+        document = _torch_layout(document)
+    elif path.endswith("/checkpoint") and isinstance(document.get("state_dict"), dict):
+        document["state_dict"] = _torch_layout(document["state_dict"])
+    return document
+
+
+def same(actual: Any, expected: Any) -> bool:
+    """`actual == expected`, where numpy arrays (read from binary answers) are equal when their
+    dtype, shape and bits are; for JSON values this is exactly `==`."""
+    if isinstance(actual, np.ndarray) or isinstance(expected, np.ndarray):
+        return (
+            isinstance(actual, np.ndarray)
+            and isinstance(expected, np.ndarray)
+            and actual.dtype == expected.dtype
+            and actual.shape == expected.shape
+            and actual.tobytes() == expected.tobytes()
+        )
+    if isinstance(actual, dict) and isinstance(expected, dict):
+        return actual.keys() == expected.keys() and all(same(actual[key], expected[key]) for key in actual)
+    if type(actual) is type(expected) and isinstance(actual, list | tuple):
+        return len(actual) == len(expected) and all(same(a, e) for a, e in zip(actual, expected, strict=True))
+    return bool(actual == expected)
+
+
+def held(value: Any, dtype: str) -> np.ndarray:
+    """An array as the client reads it: a JSON value parsed as the contract says,
+    np.asarray(value, dtype); a tensor as it is, which must be of the session's dtype."""
+    if isinstance(value, np.ndarray):
+        assert value.dtype == np.dtype(dtype), f"a {value.dtype} tensor where the session holds {dtype}"
+        return value
+    return np.asarray(value, dtype=np.dtype(dtype))
+
+
 def arrays(values: Mapping[str, Any], dtype: str) -> dict[str, np.ndarray]:
-    """JSON arrays read back as the contract says: np.asarray(value, dtype)."""
-    return {name: np.asarray(value, dtype=np.dtype(dtype)) for name, value in values.items()}
+    """Arrays read back as the contract says (see `held`)."""
+    return {name: held(value, dtype) for name, value in values.items()}
 
 
 def assert_same_bits(actual: np.ndarray, expected: np.ndarray, where: str = "") -> None:
@@ -177,9 +416,7 @@ def assert_same_state_dict(actual: Mapping[str, Any], expected: Mapping[str, Any
         assert entry["step"] == expected_entry["step"], f"state[{index}]['step']: {entry['step']}"
         for key, value in expected_entry.items():
             if key != "step":
-                assert_same_bits(
-                    np.asarray(entry[key], dtype=dtype), np.asarray(value, dtype=dtype), f"state[{index}][{key!r}]"
-                )
+                assert_same_bits(held(entry[key], dtype), np.asarray(value, dtype=dtype), f"state[{index}][{key!r}]")
 
 
 def assert_same_json(actual: Any, expected: Any, where: str = "") -> None:

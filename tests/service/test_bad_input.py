@@ -1,5 +1,10 @@
 """Every bad input of the contract: the right 4xx as application/problem+json naming the field,
-and the session exactly as it was. Never a 5xx."""
+and the session exactly as it was. Never a 5xx.
+
+Most cases are JSON bodies. The "twins" (bad arrays: shapes, unknown names, NaN/inf, bad
+state_dicts) go through conftest.py's transport helpers, so they run over JSON and over
+safetensors; test_binary.py has the bad inputs only safetensors has.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,11 @@ from tests.service.conftest import (
     assert_problem,
     checkpoint,
     create_session,
+    get_state_dict,
     ok,
+    post_session,
+    put_state_dict,
+    same,
     send,
     step,
     strict_json,
@@ -179,6 +188,7 @@ def test_a_bad_step_is_rejected_with_a_problem_naming_the_field_and_changes_noth
     assert module_client.get(rprop_session.url).headers["etag"] == etag
 
 
+@pytest.mark.usefixtures("transport")
 def test_step_with_an_unknown_param_name_is_rejected_and_changes_nothing(
     module_client: TestClient, rprop_session: Created
 ) -> None:
@@ -187,7 +197,88 @@ def test_step_with_an_unknown_param_name_is_rejected_and_changes_nothing(
     response = step(module_client, rprop_session.id, {"w": GRADS["w"], "nope": [1.0]})
 
     assert_problem(response, 422, ["body", "grads", "nope"])
-    assert checkpoint(module_client, rprop_session.id) == before
+    assert same(checkpoint(module_client, rprop_session.id), before)
+
+
+# Twins: bad arrays that both transports carry (nested lists in JSON, tensors in safetensors:
+# float64 for lists, an array's own dtype otherwise), sent by the transport helpers.
+
+
+@dataclass(frozen=True)
+class BadArrays:
+    """Grads, a state_dict or a create body with a bad array in it, and the loc that names it."""
+
+    value: Any
+    loc: Loc
+
+
+def _twin(case_id: str, value: Any, *loc: str | int) -> Any:
+    return pytest.param(BadArrays(value, loc), id=case_id)
+
+
+STEP_TWINS = [
+    _twin("wrong_shape", {"w": [1.0, 2.0, 3.0]}, "body", "grads", "w"),
+    _twin("transposed_shape", {"w": [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]}, "body", "grads", "w"),
+    _twin("wrong_shape_next_to_a_good_one", {"s": 1.0, "b": [1.0, 2.0]}, "body", "grads", "b"),
+    _twin("array_for_0d", {"s": [1.0]}, "body", "grads", "s"),
+    _twin("0d_for_array", {"b": 1.0}, "body", "grads", "b"),
+    _twin("empty_array", {"b": np.zeros(0)}, "body", "grads", "b"),
+    _twin("empty_rows", {"w": np.zeros((2, 0))}, "body", "grads", "w"),
+    _twin("unknown_param_name", {"nope": 1.0}, "body", "grads", "nope"),
+    _twin("unknown_param_name_next_to_a_good_one", {"s": 1.0, "nope": 1.0}, "body", "grads", "nope"),
+    _twin("empty_grads", {}, "body", "grads"),
+    _twin("overflows_float32", {"b": [1.0, 1e300, 2.0]}, "body", "grads", "b"),
+    _twin("overflows_float32_0d", {"s": -1e39}, "body", "grads", "s"),
+]
+
+
+@pytest.mark.usefixtures("transport")
+@pytest.mark.parametrize("bad", STEP_TWINS)
+def test_bad_grads_are_rejected_in_either_transport_naming_the_field_and_change_nothing(
+    module_client: TestClient, rprop_session: Created, bad: BadArrays
+) -> None:
+    before = checkpoint(module_client, rprop_session.id)
+    etag = module_client.get(rprop_session.url).headers["etag"]
+
+    response = step(module_client, rprop_session.id, bad.value)
+
+    assert_problem(response, 422, list(bad.loc))
+    assert same(checkpoint(module_client, rprop_session.id), before)
+    assert module_client.get(rprop_session.url).headers["etag"] == etag
+
+
+def _non_finite_cases(
+    case_id: str, make: Callable[[np.ndarray], Any], loc: Loc, shape: tuple[int, ...] = (3,), where: int = 1
+) -> list[Any]:
+    """One case per non-finite value and tensor dtype: `make` of a finite array with it at `where`."""
+    cases = []
+    for dtype in ("float32", "float64"):
+        for value in (np.nan, np.inf, -np.inf):
+            array = np.ones(shape, dtype)
+            array.reshape(-1)[where if array.ndim else 0] = value
+            cases.append(pytest.param(BadArrays(make(array), loc), id=f"{case_id}_{value}_{dtype}"))
+    return cases
+
+
+NON_FINITE_GRADS = [
+    *_non_finite_cases("in_array", lambda array: {"b": array}, ("body", "grads", "b")),
+    *_non_finite_cases("as_0d", lambda array: {"s": array}, ("body", "grads", "s"), shape=()),
+    *_non_finite_cases("next_to_a_good_one", lambda array: {"w": np.ones((2, 3)), "b": array}, ("body", "grads", "b")),
+]
+
+
+# JSON cannot spell NaN or infinity (its twins are the token_* cases above: malformed JSON, 400).
+@pytest.mark.parametrize("transport", ["binary"], indirect=True)
+@pytest.mark.parametrize("bad", NON_FINITE_GRADS)
+def test_a_non_finite_grad_is_rejected_naming_the_field_and_changes_nothing(
+    module_client: TestClient, rprop_session: Created, transport: str, bad: BadArrays
+) -> None:
+    before = checkpoint(module_client, rprop_session.id)
+
+    response = step(module_client, rprop_session.id, bad.value)
+
+    assert_problem(response, 422, list(bad.loc))
+    assert same(checkpoint(module_client, rprop_session.id), before)
 
 
 VALID_CREATE = {"optimizer": "rprop", "params": {"w": W, "s": 1.5}}
@@ -440,6 +531,50 @@ def test_a_create_with_a_bad_state_dict_is_rejected_and_creates_nothing(module_c
     assert _session_count(module_client) == count
 
 
+CREATE_TWINS = [
+    _twin("params_empty", _create(params={}), "body", "params"),
+    _twin("param_overflows_float32", _create(params={"w": [1.0, 1e39], "s": 1.5}), "body", "params", "w"),
+    _twin("state_dict_wrong_shape", _create_with_state_dict_at_0_prev([1.0, 2.0]),
+          "body", "state_dict", "state", "0", "prev"),
+    _twin("state_dict_transposed", _create_with_state_dict_at_0_prev(np.zeros((3, 2))),
+          "body", "state_dict", "state", "0", "prev"),
+]  # fmt: skip
+
+
+@pytest.mark.usefixtures("transport")
+@pytest.mark.parametrize("bad", CREATE_TWINS)
+def test_a_create_with_bad_arrays_is_rejected_in_either_transport_and_creates_nothing(
+    module_client: TestClient, bad: BadArrays
+) -> None:
+    count = _session_count(module_client)
+
+    response = post_session(module_client, bad.value)
+
+    assert_problem(response, 422, list(bad.loc))
+    assert _session_count(module_client) == count
+
+
+NON_FINITE_CREATES = [
+    *_non_finite_cases("param", lambda array: _create(params={"w": array, "s": 1.5}), ("body", "params", "w")),
+    *_non_finite_cases(
+        "state_dict", _create_with_state_dict_at_0_prev, ("body", "state_dict", "state", "0", "prev"), (2, 3), 4
+    ),
+]
+
+
+@pytest.mark.parametrize("transport", ["binary"], indirect=True)
+@pytest.mark.parametrize("bad", NON_FINITE_CREATES)
+def test_a_create_with_non_finite_arrays_is_rejected_and_creates_nothing(
+    module_client: TestClient, transport: str, bad: BadArrays
+) -> None:
+    count = _session_count(module_client)
+
+    response = post_session(module_client, bad.value)
+
+    assert_problem(response, 422, list(bad.loc))
+    assert _session_count(module_client) == count
+
+
 def _mutated(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
     """The valid state_dict, changed in place by `change` (whose result is ignored)."""
     state_dict = _rprop_state_dict()
@@ -521,17 +656,78 @@ def test_a_bad_state_dict_is_rejected_with_a_problem_naming_the_field_and_change
     assert checkpoint(module_client, rprop_session.id) == before
 
 
+STATE_DICT_TWINS = [
+    _twin("wrong_shape", _mutated(lambda sd: sd["state"]["0"].update(prev=[1.0, 2.0, 3.0])),
+          "body", "state", "0", "prev"),
+    _twin("transposed_shape", _mutated(lambda sd: sd["state"]["0"].update(step_size=np.ones((3, 2)))),
+          "body", "state", "0", "step_size"),
+    _twin("wrong_shape_0d", _mutated(lambda sd: sd["state"]["2"].update(step_size=[1.0])),
+          "body", "state", "2", "step_size"),
+    _twin("array_for_0d_next_to_good_ones", _mutated(lambda sd: sd["state"]["2"].update(prev=np.ones((1, 1)))),
+          "body", "state", "2", "prev"),
+    _twin("unknown_state_key", _mutated(lambda sd: sd["state"]["0"].update(bogus=W)), "body", "state", "0"),
+    _twin("missing_state_key", _mutated(lambda sd: _drop(sd["state"]["0"], "step_size")), "body", "state", "0"),
+    _twin("missing_step", _mutated(lambda sd: _drop(sd["state"]["0"], "step")), "body", "state", "0"),
+    _twin("step_negative", _mutated(lambda sd: sd["state"]["0"].update(step=-1.0)), "body", "state", "0", "step"),
+    _twin("unknown_param_index", _mutated(lambda sd: sd["state"].update({"3": sd["state"]["2"]})),
+          "body", "state"),
+    _twin("state_key_not_an_index", _mutated(lambda sd: sd["state"].update({"w": sd["state"]["0"]})),
+          "body", "state"),
+    _twin("missing_state", _mutated(lambda sd: _drop(sd, "state")), "body", "state"),
+    _twin("missing_param_groups", _mutated(lambda sd: _drop(sd, "param_groups")), "body", "param_groups"),
+    _twin("unknown_top_level_key", _mutated(lambda sd: sd.update(bogus={})), "body", "bogus"),
+    _twin("wrong_group_count", _mutated(lambda sd: sd["param_groups"].pop()), "body", "param_groups"),
+    _twin("wrong_group_size", _mutated(lambda sd: sd["param_groups"][0].update(params=[0, 1])),
+          "body", "param_groups", 0),
+]  # fmt: skip
+
+
+@pytest.mark.usefixtures("transport")
+@pytest.mark.parametrize("bad", STATE_DICT_TWINS)
+def test_a_bad_state_dict_is_rejected_in_either_transport_naming_the_field_and_changes_nothing(
+    module_client: TestClient, rprop_session: Created, bad: BadArrays
+) -> None:
+    before = checkpoint(module_client, rprop_session.id)
+
+    response = put_state_dict(module_client, rprop_session.id, bad.value)
+
+    assert_problem(response, 422, list(bad.loc))
+    assert same(checkpoint(module_client, rprop_session.id), before)
+
+
+NON_FINITE_STATE_DICTS = [
+    *_non_finite_cases("prev", lambda array: _mutated(lambda sd: sd["state"]["1"].update(prev=array)),
+                       ("body", "state", "1", "prev")),
+    *_non_finite_cases("step_size", lambda array: _mutated(lambda sd: sd["state"]["0"].update(step_size=array)),
+                       ("body", "state", "0", "step_size"), (2, 3), 5),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("transport", ["binary"], indirect=True)
+@pytest.mark.parametrize("bad", NON_FINITE_STATE_DICTS)
+def test_a_state_dict_with_non_finite_arrays_is_rejected_and_changes_nothing(
+    module_client: TestClient, rprop_session: Created, transport: str, bad: BadArrays
+) -> None:
+    before = checkpoint(module_client, rprop_session.id)
+
+    response = put_state_dict(module_client, rprop_session.id, bad.value)
+
+    assert_problem(response, 422, list(bad.loc))
+    assert same(checkpoint(module_client, rprop_session.id), before)
+
+
+@pytest.mark.usefixtures("transport")
 def test_a_rmsprop_state_dict_missing_the_momentum_buffer_its_groups_need_is_rejected_and_changes_nothing(
     module_client: TestClient, rmsprop_session: Created
 ) -> None:
-    state_dict = ok(module_client.get(f"{rmsprop_session.url}/state_dict"))
+    state_dict = ok(get_state_dict(module_client, rmsprop_session.id))
     del state_dict["state"]["1"]["momentum_buffer"]
     before = checkpoint(module_client, rmsprop_session.id)
 
-    response = send(module_client, "PUT", f"{rmsprop_session.url}/state_dict", state_dict)
+    response = put_state_dict(module_client, rmsprop_session.id, state_dict)
 
     assert_problem(response, 422, ["body", "state", "1"])
-    assert checkpoint(module_client, rmsprop_session.id) == before
+    assert same(checkpoint(module_client, rmsprop_session.id), before)
 
 
 PATCH_CASES = [

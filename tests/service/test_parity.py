@@ -1,4 +1,5 @@
-"""torch's recorded runs (tests/fixtures/golden) replayed through the HTTP API.
+"""torch's recorded runs (tests/fixtures/golden) replayed through the HTTP API, over JSON and
+over safetensors (conftest.py's `transport`).
 
 The comparison rules are those of tests/optim_core/test_golden.py (reused, not copied): Rprop bit
 for bit, RMSprop float64 within rtol 1e-12 / atol 1e-14, RMSprop float32 within 64 float32 unit
@@ -10,20 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.fixtures.golden import all_cases, as_array, load_case
 from tests.optim_core.test_golden import _TorchComparison, _where
-from tests.service.conftest import create_session, ok, step
+from tests.service.conftest import create_session, get_state_dict, held, ok, step
+
+pytestmark = pytest.mark.usefixtures("transport")
 
 
 def _as_held(state_dict: dict[str, Any], dtype: str) -> dict[str, Any]:
     """The state arrays as the values they parse to (np.asarray(value, dtype)): the contract lets
-    a float32 server write a float32 value in any spelling that parses back to its bits."""
+    a float32 server write a float32 value in any spelling that parses back to its bits (and a
+    binary answer must hold tensors of the session's dtype)."""
     state = {
-        index: {key: value if key == "step" else np.asarray(value, dtype).tolist() for key, value in entry.items()}
+        index: {key: value if key == "step" else held(value, dtype).tolist() for key, value in entry.items()}
         for index, entry in state_dict["state"].items()
     }
     return {**state_dict, "state": state}
@@ -48,7 +51,7 @@ def test_replaying_torchs_gradients_over_http_gives_torchs_params_after_every_st
     dtype = case["dtype"]
     created = create_session(module_client, _create_body(case))
     for name, value in created.body["params"].items():
-        assert np.asarray(value, dtype).tobytes() == as_array(case["params"][name], dtype).tobytes(), name
+        assert held(value, dtype).tobytes() == as_array(case["params"][name], dtype).tobytes(), name
     comparison = _TorchComparison(case)
 
     for step_index, recorded in enumerate(case["steps"]):
@@ -58,11 +61,11 @@ def test_replaying_torchs_gradients_over_http_gives_torchs_params_after_every_st
         assert sorted(result["params"]) == sorted(recorded["params"]), _where(case, step_index, "params")
         for name, expected in recorded["params"].items():
             where = _where(case, step_index, "params", name)
-            ours = np.asarray(result["params"][name], dtype=dtype)
+            ours = held(result["params"][name], dtype)
             comparison.assert_matches(ours, as_array(expected, dtype), ("params", name), where)
         # State arrays are compared after every step too, so that the float32 RMSprop bound sees
         # the same history of magnitudes as in test_golden.py.
-        state_dict = _as_held(ok(module_client.get(f"{created.url}/state_dict")), dtype)
+        state_dict = _as_held(ok(get_state_dict(module_client, created.id)), dtype)
         comparison.assert_state_dict_matches(state_dict, recorded["state_dict"], step_index)
 
     summary = ok(module_client.get(created.url))

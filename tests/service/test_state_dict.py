@@ -1,4 +1,4 @@
-"""state_dict (GET/PUT), checkpoints, and exact JSON round trips of every number."""
+"""state_dict (GET/PUT), checkpoints, and exact round trips of every number (JSON and safetensors)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,19 @@ from tests.service.conftest import (
     checkpoint,
     core_optimizer,
     create_session,
+    get_params,
+    get_state_dict,
+    held,
     ok,
+    put_state_dict,
+    same,
     send,
     step,
     to_json,
 )
+
+# Every test here runs over JSON and over safetensors (conftest.py's `transport`).
+pytestmark = pytest.mark.usefixtures("transport")
 
 SHAPES: dict[str, tuple[int, ...]] = {"w": (2, 3), "b": (3,), "s": ()}
 DTYPES = ["float32", "float64"]
@@ -73,7 +81,7 @@ def test_a_new_sessions_state_dict_has_no_state_and_torchs_group_layout(client: 
         body = _body(config, "float32")
         created = create_session(client, body)
 
-        state_dict = ok(client.get(f"{created.url}/state_dict"))
+        state_dict = ok(get_state_dict(client, created.id))
 
         assert state_dict["state"] == {}
         assert_same_state_dict(state_dict, core_optimizer(body).state_dict(), "float32")
@@ -93,7 +101,7 @@ def test_get_state_dict_equals_the_cores_state_dict_for_the_same_history(
         grads = _grads(rng, names, dtype)
         core.step(grads)
         ok(step(client, created.id, grads))
-        assert_same_state_dict(ok(client.get(f"{created.url}/state_dict")), core.state_dict(), dtype)
+        assert_same_state_dict(ok(get_state_dict(client, created.id)), core.state_dict(), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -105,19 +113,19 @@ def test_put_state_dict_loads_it_leaves_params_unchanged_and_later_steps_follow_
     rng = np.random.default_rng(2)
     for names in HISTORY:
         ok(step(client, source.id, _grads(rng, names, dtype)))
-    state_dict = ok(client.get(f"{source.url}/state_dict"))
+    state_dict = ok(get_state_dict(client, source.id))
     target_body = _body(config, dtype, seed=3)
     target = create_session(client, target_body)
-    params_before = ok(client.get(f"{target.url}/params"))
+    params_before = ok(get_params(client, target.id))
 
-    response = send(client, "PUT", f"{target.url}/state_dict", state_dict)
+    response = put_state_dict(client, target.id, state_dict)
 
     summary = ok(response)
     assert summary == ok(client.get(target.url))
     assert summary["step"] == 0
     assert response.headers["etag"] not in {target.etag, ""}
-    assert ok(client.get(f"{target.url}/params")) == params_before
-    assert_same_state_dict(ok(client.get(f"{target.url}/state_dict")), state_dict, dtype)
+    assert same(ok(get_params(client, target.id)), params_before)
+    assert_same_state_dict(ok(get_state_dict(client, target.id)), state_dict, dtype)
     core = core_optimizer(target_body)
     core.load_state_dict(state_dict)
     for names in ["wbs", "s", "wb"]:
@@ -129,30 +137,30 @@ def test_put_state_dict_loads_it_leaves_params_unchanged_and_later_steps_follow_
 def test_put_state_dict_takes_the_hyperparameters_of_the_loaded_groups(client: TestClient) -> None:
     body = _body("rmsprop_per_group", "float64")
     created = create_session(client, body)
-    state_dict = ok(client.get(f"{created.url}/state_dict"))
+    state_dict = ok(get_state_dict(client, created.id))
     state_dict["param_groups"][0].update(lr=0.125, momentum=0.25)
     state_dict["param_groups"][1].update(centered=True)
     core = core_optimizer(body)
     core.load_state_dict(state_dict)
 
-    summary = ok(send(client, "PUT", f"{created.url}/state_dict", state_dict))
+    summary = ok(put_state_dict(client, created.id, state_dict))
 
     assert_same_json(summary["param_groups"], to_json(core.param_groups), "param_groups")
-    assert_same_state_dict(ok(client.get(f"{created.url}/state_dict")), core.state_dict(), "float64")
+    assert_same_state_dict(ok(get_state_dict(client, created.id)), core.state_dict(), "float64")
 
 
 def test_put_state_dict_without_param_names_is_loaded_like_torchs(client: TestClient) -> None:
     created = create_session(client, _body("rprop_per_group", "float32"))
     ok(step(client, created.id, _grads(np.random.default_rng(4), "wbs", "float32")))
-    state_dict = ok(client.get(f"{created.url}/state_dict"))
+    state_dict = ok(get_state_dict(client, created.id))
     other = create_session(client, _body("rprop_per_group", "float32"))
     without_names = copy.deepcopy(state_dict)
     for group in without_names["param_groups"]:
         del group["param_names"]
 
-    ok(send(client, "PUT", f"{other.url}/state_dict", without_names))
+    ok(put_state_dict(client, other.id, without_names))
 
-    assert_same_state_dict(ok(client.get(f"{other.url}/state_dict")), state_dict, "float32")
+    assert_same_state_dict(ok(get_state_dict(client, other.id)), state_dict, "float32")
 
 
 def test_the_checkpoint_holds_optimizer_dtype_params_groups_state_dict_and_step(client: TestClient) -> None:
@@ -194,7 +202,7 @@ def test_a_checkpoint_posted_to_sessions_continues_bit_for_bit_like_the_original
     summary = ok(client.get(original.url))
     for key in ("optimizer", "dtype", "step", "param_groups", "shapes"):
         assert copy_.body[key] == summary[key], key
-    assert checkpoint(client, copy_.id) == snapshot
+    assert same(checkpoint(client, copy_.id), snapshot)
     for names in ["s", "wbs", "w", "wb"]:
         grads = _grads(rng, names, dtype)
         from_original = ok(step(client, original.id, grads))
@@ -202,7 +210,7 @@ def test_a_checkpoint_posted_to_sessions_continues_bit_for_bit_like_the_original
         assert from_copy["step"] == from_original["step"]
         expected = {name: np.asarray(value, dtype=dtype) for name, value in from_original["params"].items()}
         assert_same_param_bits(from_copy["params"], expected, dtype)
-    assert checkpoint(client, copy_.id) == checkpoint(client, original.id)
+    assert same(checkpoint(client, copy_.id), checkpoint(client, original.id))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -221,7 +229,7 @@ def test_create_with_a_state_dict_and_a_step_continues_like_the_core_loaded_with
 
     assert created.body["step"] == 3
     assert_same_param_bits(created.body["params"], core.params, dtype)
-    assert_same_state_dict(ok(client.get(f"{created.url}/state_dict")), core.state_dict(), dtype)
+    assert_same_state_dict(ok(get_state_dict(client, created.id)), core.state_dict(), dtype)
     for n, names in enumerate(["wbs", "s"], start=4):
         grads = _grads(rng, names, dtype)
         core.step(grads)
@@ -253,42 +261,38 @@ def _awkward_values(dtype: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_params_round_trip_through_json_to_the_exact_bits(client: TestClient, dtype: str) -> None:
+def test_params_round_trip_to_the_exact_bits(client: TestClient, dtype: str) -> None:
     values = _awkward_values(dtype)
     params = {"v": values, "m": values[:12].reshape(3, 4), "z": values[1]}
 
     created = create_session(client, {"optimizer": "rprop", "params": params, "dtype": dtype})
 
     assert_same_param_bits(created.body["params"], params, dtype)
-    assert_same_param_bits(ok(client.get(f"{created.url}/params"))["params"], params, dtype)
+    assert_same_param_bits(ok(get_params(client, created.id))["params"], params, dtype)
     assert_same_param_bits(checkpoint(client, created.id)["params"], params, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_state_arrays_round_trip_through_json_to_the_exact_bits(client: TestClient, dtype: str) -> None:
+def test_state_arrays_round_trip_to_the_exact_bits(client: TestClient, dtype: str) -> None:
     values = _awkward_values(dtype)
     created = create_session(client, {"optimizer": "rmsprop", "params": {"v": np.zeros_like(values)}, "dtype": dtype})
-    state_dict = ok(client.get(f"{created.url}/state_dict"))
+    state_dict = ok(get_state_dict(client, created.id))
     state_dict["param_groups"][0].update(momentum=0.5, centered=True)
+    # Arrays of the session's dtype: nested lists in JSON, tensors of that dtype in binary.
     state_dict["state"] = {
-        "0": {
-            "step": 7.0,
-            "square_avg": to_json(np.abs(values)),
-            "momentum_buffer": to_json(values),
-            "grad_avg": to_json(-values),
-        }
+        "0": {"step": 7.0, "square_avg": np.abs(values), "momentum_buffer": values, "grad_avg": -values}
     }
 
-    ok(send(client, "PUT", f"{created.url}/state_dict", state_dict))
+    ok(put_state_dict(client, created.id, state_dict))
 
-    entry = ok(client.get(f"{created.url}/state_dict"))["state"]["0"]
+    entry = ok(get_state_dict(client, created.id))["state"]["0"]
     assert entry["step"] == 7.0
-    assert_same_bits(np.asarray(entry["square_avg"], dtype), np.abs(values), "square_avg")
-    assert_same_bits(np.asarray(entry["momentum_buffer"], dtype), values, "momentum_buffer")
-    assert_same_bits(np.asarray(entry["grad_avg"], dtype), -values, "grad_avg")
+    assert_same_bits(held(entry["square_avg"], dtype), np.abs(values), "square_avg")
+    assert_same_bits(held(entry["momentum_buffer"], dtype), values, "momentum_buffer")
+    assert_same_bits(held(entry["grad_avg"], dtype), -values, "grad_avg")
 
 
-def test_hyperparameters_round_trip_through_json_exactly(client: TestClient) -> None:
+def test_hyperparameters_round_trip_exactly(client: TestClient) -> None:
     hyperparameters = {
         "lr": 0.1 + 0.2,
         "alpha": 0.9999999999999999,
@@ -303,7 +307,7 @@ def test_hyperparameters_round_trip_through_json_exactly(client: TestClient) -> 
     for groups in [
         created.body["param_groups"],
         ok(client.get(created.url))["param_groups"],
-        ok(client.get(f"{created.url}/state_dict"))["param_groups"],
+        ok(get_state_dict(client, created.id))["param_groups"],
         checkpoint(client, created.id)["param_groups"],
     ]:
         for key, value in hyperparameters.items():

@@ -17,11 +17,20 @@ from tests.service.conftest import (
     checkpoint,
     core_optimizer,
     create_session,
+    get_checkpoint,
+    get_params,
+    get_state_dict,
+    held,
     ok,
+    put_state_dict,
+    same,
     send,
     step,
     to_json,
 )
+
+# Every test here runs over JSON and over safetensors (conftest.py's `transport`).
+pytestmark = pytest.mark.usefixtures("transport")
 
 SHAPES: dict[str, tuple[int, ...]] = {"w": (3, 4), "b": (4,), "s": ()}
 OPTIMIZERS = ["rprop", "rmsprop"]
@@ -85,8 +94,8 @@ def test_step_with_a_subset_of_grads_skips_the_others_exactly_like_the_core(
 
         assert_same_param_bits(result["params"], core.params, dtype)
         for name in set(SHAPES) - set(names):
-            assert np.asarray(result["params"][name], dtype).tobytes() == before[name].tobytes(), name
-        assert_same_state_dict(ok(client.get(f"{created.url}/state_dict")), core.state_dict(), dtype)
+            assert held(result["params"][name], dtype).tobytes() == before[name].tobytes(), name
+        assert_same_state_dict(ok(get_state_dict(client, created.id)), core.state_dict(), dtype)
 
 
 def test_a_param_without_a_grad_gets_no_state_until_its_first_grad(client: TestClient) -> None:
@@ -94,7 +103,7 @@ def test_a_param_without_a_grad_gets_no_state_until_its_first_grad(client: TestC
 
     ok(step(client, created.id, {"b": np.ones(4, np.float32)}))
 
-    assert sorted(ok(client.get(f"{created.url}/state_dict"))["state"]) == ["1"]
+    assert sorted(ok(get_state_dict(client, created.id))["state"]) == ["1"]
 
 
 def test_the_step_counter_counts_step_requests_whatever_grads_they_carry(client: TestClient) -> None:
@@ -105,8 +114,8 @@ def test_the_step_counter_counts_step_requests_whatever_grads_they_carry(client:
 
     assert numbers == [1, 2, 3, 4]
     assert ok(client.get(created.url))["step"] == 4
-    assert ok(client.get(f"{created.url}/params"))["step"] == 4
-    assert ok(client.get(f"{created.url}/checkpoint"))["step"] == 4
+    assert ok(get_params(client, created.id))["step"] == 4
+    assert checkpoint(client, created.id)["step"] == 4
 
 
 def test_get_params_returns_the_step_count_the_current_params_and_the_etag(client: TestClient) -> None:
@@ -114,9 +123,9 @@ def test_get_params_returns_the_step_count_the_current_params_and_the_etag(clien
     response = step(client, created.id, {"s": 1.0})
     stepped = ok(response)
 
-    params = client.get(f"{created.url}/params")
+    params = get_params(client, created.id)
 
-    assert ok(params) == stepped
+    assert same(ok(params), stepped)
     assert params.headers["etag"] == response.headers["etag"]
 
 
@@ -136,8 +145,10 @@ def test_every_step_gives_a_new_etag_which_get_then_reports(client: TestClient) 
 
 def test_reads_do_not_change_the_etag(client: TestClient) -> None:
     created = create_session(client, _body("rmsprop"))
-    for url in ["", "/params", "/state_dict", "/checkpoint", ""]:
-        client.get(f"{created.url}{url}")
+    client.get(created.url)
+    for read in [get_params, get_state_dict, get_checkpoint]:
+        ok(read(client, created.id))
+    client.get(created.url)
 
     assert client.get(created.url).headers["etag"] == created.etag
 
@@ -175,10 +186,10 @@ def test_replaying_an_idempotency_key_returns_the_first_response_and_applies_not
     again = step(client, created.id, grads, **{"Idempotency-Key": "key-1"})
 
     assert again.status_code == first.status_code == 200
-    assert ok(again) == ok(first)
+    assert same(ok(again), ok(first))
     assert ok(again)["step"] == 1
     assert again.headers["etag"] == first.headers["etag"]
-    assert checkpoint(client, created.id) == after_first
+    assert same(checkpoint(client, created.id), after_first)
 
 
 def test_a_replay_after_later_steps_still_returns_the_first_response_and_applies_nothing(client: TestClient) -> None:
@@ -192,10 +203,10 @@ def test_a_replay_after_later_steps_still_returns_the_first_response_and_applies
 
     again = step(client, created.id, grads, **{"Idempotency-Key": "abc"})
 
-    assert ok(again) == ok(first)
+    assert same(ok(again), ok(first))
     assert ok(again)["step"] == 1
     assert again.headers["etag"] == first.headers["etag"]
-    assert checkpoint(client, created.id) == before
+    assert same(checkpoint(client, created.id), before)
     assert ok(step(client, created.id, {"s": 1.0}))["step"] == 4
 
 
@@ -208,7 +219,7 @@ def test_an_idempotency_key_reused_with_a_different_body_is_rejected_and_changes
     response = step(client, created.id, _grads(rng, "w", "float32"), **{"Idempotency-Key": "k"})
 
     assert_problem(response, 422)
-    assert checkpoint(client, created.id) == before
+    assert same(checkpoint(client, created.id), before)
 
 
 def test_idempotency_keys_are_per_session(client: TestClient) -> None:
@@ -239,8 +250,8 @@ def test_every_kept_idempotency_key_is_replayed(make_client: ClientFactory) -> N
 
     replays = [ok(step(client, created.id, grads, **{"Idempotency-Key": key})) for key, grads in reversed(sent)]
 
-    assert replays == list(reversed(firsts))
-    assert checkpoint(client, created.id) == before
+    assert same(replays, list(reversed(firsts)))
+    assert same(checkpoint(client, created.id), before)
 
 
 def test_step_with_if_match_of_the_current_etag_is_applied(client: TestClient) -> None:
@@ -260,26 +271,26 @@ def test_step_with_a_stale_if_match_is_412_and_changes_nothing(client: TestClien
     for etag in [created.etag, '"not-an-etag"', "garbage"]:
         assert_problem(step(client, created.id, {"s": 1.0}, **{"If-Match": etag}), 412)
 
-    assert checkpoint(client, created.id) == before
+    assert same(checkpoint(client, created.id), before)
 
 
 def test_patch_put_and_delete_honour_if_match(client: TestClient) -> None:
     created = create_session(client, _body("rmsprop"))
     stale = created.etag
     ok(step(client, created.id, {"w": np.ones((3, 4))}))
-    state_dict = ok(client.get(f"{created.url}/state_dict"))
+    state_dict = ok(get_state_dict(client, created.id))
     before = checkpoint(client, created.id)
     patch = {"hyperparameters": {"lr": 0.5}}
 
     assert_problem(send(client, "PATCH", created.url, patch, headers={"If-Match": stale}), 412)
-    assert_problem(send(client, "PUT", f"{created.url}/state_dict", state_dict, headers={"If-Match": stale}), 412)
+    assert_problem(put_state_dict(client, created.id, state_dict, **{"If-Match": stale}), 412)
     assert_problem(send(client, "DELETE", created.url, headers={"If-Match": stale}), 412)
-    assert checkpoint(client, created.id) == before
+    assert same(checkpoint(client, created.id), before)
 
     current = client.get(created.url).headers["etag"]
     patched = send(client, "PATCH", created.url, patch, headers={"If-Match": current})
     assert ok(patched)["param_groups"][0]["lr"] == 0.5
-    put = send(client, "PUT", f"{created.url}/state_dict", state_dict, headers={"If-Match": patched.headers["etag"]})
+    put = put_state_dict(client, created.id, state_dict, **{"If-Match": patched.headers["etag"]})
     ok(put)
     assert send(client, "DELETE", created.url, headers={"If-Match": put.headers["etag"]}).status_code == 204
     assert client.get(created.url).status_code == 404
@@ -315,7 +326,7 @@ def test_patched_rmsprop_hyperparameters_take_effect_at_the_next_step_like_edite
     grads = _grads(rng, "wbs", dtype)
     core.step(grads)
     assert_same_param_bits(ok(step(client, created.id, grads))["params"], core.params, dtype)
-    assert_same_state_dict(ok(client.get(f"{created.url}/state_dict")), core.state_dict(), dtype)
+    assert_same_state_dict(ok(get_state_dict(client, created.id)), core.state_dict(), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -342,7 +353,7 @@ def test_patched_rprop_lr_sets_the_first_step_size_of_params_that_get_state_afte
             edit = patch.get("hyperparameters") or patch["param_groups"][0]
             core.param_groups[0].update({key: tuple(v) if isinstance(v, list) else v for key, v in edit.items()})
 
-    assert_same_state_dict(ok(client.get(f"{created.url}/state_dict")), core.state_dict(), dtype)
+    assert_same_state_dict(ok(get_state_dict(client, created.id)), core.state_dict(), dtype)
 
 
 def test_concurrent_steps_are_numbered_1_to_n_in_the_order_they_were_applied(client: TestClient) -> None:
@@ -359,4 +370,4 @@ def test_concurrent_steps_are_numbered_1_to_n_in_the_order_they_were_applied(cli
     for result, grads in sorted(zip(results, all_grads, strict=True), key=lambda pair: pair[0]["step"]):
         core.step(grads)
         assert_same_param_bits(result["params"], core.params, "float64")
-    assert_same_param_bits(ok(client.get(f"{created.url}/params"))["params"], core.params, "float64")
+    assert_same_param_bits(ok(get_params(client, created.id))["params"], core.params, "float64")
