@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load
 
 from service.errors import MalformedBody, ValidationFailed
-from service.safetensors_writer import dump
+from service.safetensors_format import dump, read_header
 
 TENSOR_DTYPES = ("F32", "F64")
 NAME_MAPS = ("params", "grads")
@@ -29,7 +29,7 @@ def read_safetensors(body: bytes, *, root: str | None = None) -> tuple[dict[str,
     """Tensors (float32 or float64 only, in the order the file lists them) and metadata; 400 or 422 otherwise."""
     tensors: dict[str, np.ndarray] = {}
     try:
-        header = orjson.loads(body[8 : 8 + int.from_bytes(body[:8], "little")])
+        header = read_header(body)
         tensors = load(body)
     except KeyError:
         pass  # a valid file holding a dtype numpy lacks (bfloat16, float8): refused below, naming it

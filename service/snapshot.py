@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 from safetensors.numpy import load
 
-from service.safetensors_writer import dump
+from service.safetensors_format import dump, read_header
 
 PARAMS = "params/"
 STATE = "state/"
@@ -31,19 +31,15 @@ def pack(params: dict[str, np.ndarray], state: dict[str, dict[str, Any]] | None 
 
 def unpack(blob: bytes) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
     """The params and the state_dict ``state`` that ``pack`` stored."""
-    tensors = load(blob)
+    loaded, header = load(blob), read_header(blob)
+    # The library returns tensors in no fixed order; the header keeps the order they were packed in.
+    tensors = {name: loaded[name] for name in header if name != "__metadata__"}
     params = {name.removeprefix(PARAMS): value for name, value in tensors.items() if name.startswith(PARAMS)}
-    steps = orjson.loads(_metadata(blob).get("steps", "{}"))
+    metadata: dict[str, str] = header.get("__metadata__") or {}
+    steps = orjson.loads(metadata.get("steps", "{}"))
     state: dict[str, dict[str, Any]] = {index: {"step": step} for index, step in steps.items()}
     for name, value in tensors.items():
         if name.startswith(STATE):
             index, key = name.removeprefix(STATE).split("/", 1)
             state[index][key] = value
     return params, state
-
-
-def _metadata(blob: bytes) -> dict[str, str]:
-    header_size = int.from_bytes(blob[:8], "little")
-    header = orjson.loads(blob[8 : 8 + header_size])
-    metadata: dict[str, str] = header.get("__metadata__", {})
-    return metadata

@@ -1,4 +1,4 @@
-"""Writing safetensors files with one copy of the data.
+"""The safetensors layout: writing files with one copy of the data, and reading their header.
 
 ``safetensors.numpy.save`` copies each array to bytes, then into the file
 buffer, then into a Python bytes object: about three times the work of the
@@ -10,6 +10,7 @@ check that it reads these files.
 """
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import orjson
@@ -38,3 +39,14 @@ def dump(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None =
     encoded = orjson.dumps(header)
     encoded += b" " * (-len(encoded) % ALIGNMENT)
     return b"".join([len(encoded).to_bytes(8, "little"), encoded, *buffers])
+
+
+def read_header(body: bytes) -> dict[str, Any]:
+    """The JSON header of a safetensors file: tensor entries in the file's order, and ``__metadata__``.
+
+    Raises ``ValueError`` (``orjson.JSONDecodeError`` is one) when it is not a JSON object.
+    """
+    header = orjson.loads(body[8 : 8 + int.from_bytes(body[:8], "little")])
+    if not isinstance(header, dict):
+        raise ValueError("the safetensors header is not a JSON object")
+    return header

@@ -5,7 +5,7 @@ import pytest
 from safetensors.numpy import load
 
 from service.binary import read_safetensors
-from service.safetensors_writer import dump
+from service.safetensors_format import dump
 
 TENSORS = {
     "matrix": np.arange(6, dtype=np.float32).reshape(2, 3),
