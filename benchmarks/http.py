@@ -2,10 +2,15 @@
 
 Starts ``python -m service serve`` (one or more replicas) on a fresh database and measures:
 - step latency p50/p95 for one RMSprop session of N float32 params, over JSON and over
-  safetensors, each step committed before it is acknowledged;
-- for context in the same run: the same step in-process (optim_core only); a raw loopback floor
-  (the same request and response bytes through a bare socket, to an echo process); and a
-  trivial endpoint (``GET /healthz``);
+  safetensors, each step committed before it is acknowledged. The client is a bare HTTP/1.1
+  connection sending a prebuilt request and reading the whole response, so that what is timed
+  is the server and the loopback, as in the floors below;
+- the same binary step from an SDK-like client (httpx, with the gradients encoded and the
+  params decoded by ``safetensors.numpy`` inside the timing);
+- for context in the same run: the same step in-process (optim_core only); two loopback floors
+  for the same request and response bytes: a bare socket to an echo process, and a trivial
+  FastAPI endpoint on uvicorn that reads the body and answers as many bytes (the HTTP stack's
+  own cost, ``benchmarks/echo_app.py``); and a trivial endpoint of the service (``GET /healthz``);
 - steps per second across concurrent sessions of 1k params: one keep-alive connection per
   session, driven by a raw asyncio client (cheap, so the server gets the CPU), spread over the
   replicas.
@@ -21,11 +26,12 @@ import multiprocessing
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, closing, contextmanager
 from multiprocessing.connection import Connection
 
 import httpx
@@ -48,17 +54,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(database_url: str) -> Iterator[str]:
+def serving(command: list[str], ready_path: str) -> Iterator[str]:
+    """Run ``command`` (given ``--port``) until it answers ``ready_path``; its base URL."""
     port = free_port()
-    command = [sys.executable, "-m", "service", "serve", "--port", str(port), "--database-url", database_url]
-    process = __import__("subprocess").Popen([*command, "--log-level", "warning"])
+    process = subprocess.Popen([*command, "--port", str(port), "--log-level", "warning"])
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
+                httpx.get(f"{base}{ready_path}")
+                break
             except httpx.TransportError:
                 if time.monotonic() > deadline:
                     raise
@@ -67,6 +73,50 @@ def server(database_url: str) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def server(database_url: str) -> AbstractContextManager[str]:
+    return serving([sys.executable, "-m", "service", "serve", "--database-url", database_url], "/healthz")
+
+
+def echo_endpoint() -> AbstractContextManager[str]:
+    return serving([sys.executable, "-m", "uvicorn", "benchmarks.echo_app:app"], "/docs")
+
+
+class BareHttp:
+    """One keep-alive HTTP/1.1 connection that sends prebuilt requests and reads whole responses:
+    a client that costs next to nothing beside the server it measures."""
+
+    def __init__(self, base: str) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self._socket = socket.create_connection((host, int(port)))
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def round_trip(self, request: bytes) -> bytearray:
+        self._socket.sendall(request)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = self._socket.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            received += chunk
+        head, _, rest = received.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        if not lines[0].startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"answered {lines[0]!r}")
+        length = next(int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:"))
+        body = bytearray(length)
+        body[: len(rest)] = rest
+        view, filled = memoryview(body), len(rest)
+        while filled < length:
+            count = self._socket.recv_into(view[filled:])
+            if not count:
+                raise ConnectionError("the server closed the connection")
+            filled += count
+        return body
+
+    def close(self) -> None:
+        self._socket.close()
 
 
 def echo_server(listener: socket.socket, sizes: Connection) -> None:
@@ -130,45 +180,56 @@ def create(client: httpx.Client, initial: np.ndarray) -> str:
     return session_id
 
 
-def json_step(client: httpx.Client, session_id: str, grads: np.ndarray) -> bytes:
-    body = orjson.dumps({"grads": {"w": grads}}, option=orjson.OPT_SERIALIZE_NUMPY)
-    response = client.post(f"/v1/sessions/{session_id}/step", content=body, headers=JSON)
-    response.raise_for_status()
-    np.asarray(orjson.loads(response.content)["params"]["w"], dtype=np.float32)
-    return body
-
-
-def binary_step(client: httpx.Client, session_id: str, grads: np.ndarray) -> tuple[bytes, int]:
-    body = save({"w": grads})
-    response = client.post(f"/v1/sessions/{session_id}/step", content=body, headers=BINARY)
+def sdk_like_step(client: httpx.Client, session_id: str, grads: np.ndarray) -> None:
+    """A binary step as an SDK makes it: encode, post, decode, all timed."""
+    response = client.post(f"/v1/sessions/{session_id}/step", content=save({"w": grads}), headers=BINARY)
     response.raise_for_status()
     load(response.content)
-    return body, len(response.content)
+
+
+def echo_request(base: str, body: bytes, response_size: int) -> bytes:
+    head = f"POST /echo?size={response_size} HTTP/1.1\r\nHost: {base.removeprefix('http://')}\r\n"
+    head += f"Content-Length: {len(body)}\r\nContent-Type: application/octet-stream\r\n\r\n"
+    return head.encode() + body
 
 
 def latency_table(base: str, sizes: list[int], rng: np.random.Generator) -> None:
     print(
         "| params | JSON p50 ms | JSON p95 ms | binary p50 ms | binary p95 ms | JSON ÷ binary "
-        "| in-process step ms | loopback floor ms | binary ÷ floor | trivial endpoint ms |"
+        "| binary via httpx, encode+decode, p50 ms | in-process step ms | socket floor ms | binary ÷ socket floor "
+        "| echo endpoint floor ms | binary ÷ echo floor | trivial endpoint ms |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    with httpx.Client(base_url=base, timeout=600) as client, echo_process() as echo:
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    with (
+        httpx.Client(base_url=base, timeout=600) as client,
+        closing(BareHttp(base)) as bare,
+        echo_process() as echo,
+        echo_endpoint() as echo_base,
+        closing(BareHttp(echo_base)) as bare_echo,
+    ):
         trivial, _ = percentiles(timed(lambda: client.get("/healthz"), 200))
         for size in sizes:
-            repeats = 200 if size <= 100_000 else 30 if size <= 1_000_000 else 8
+            repeats = 200 if size <= 100_000 else 30 if size <= 1_000_000 else 10
             json_repeats = repeats if size <= 1_000_000 else 3
             grads = rng.standard_normal(size, dtype=np.float32)
             session_id = create(client, rng.standard_normal(size, dtype=np.float32))
-            json_p50, json_p95 = percentiles(timed(lambda: json_step(client, session_id, grads), json_repeats))  # noqa: B023
-            body, response_size = binary_step(client, session_id, grads)
-            binary_p50, binary_p95 = percentiles(timed(lambda: binary_step(client, session_id, grads), repeats))  # noqa: B023
+            json_request = step_request(base, session_id, grads, "json")
+            binary_request = step_request(base, session_id, grads, "binary")
+            json_p50, json_p95 = percentiles(timed(lambda: bare.round_trip(json_request), json_repeats))  # noqa: B023
+            response_size = len(bare.round_trip(binary_request))
+            binary_p50, binary_p95 = percentiles(timed(lambda: bare.round_trip(binary_request), repeats))  # noqa: B023
+            sdk, _ = percentiles(timed(lambda: sdk_like_step(client, session_id, grads), repeats))  # noqa: B023
             optimizer = RMSprop({"w": rng.standard_normal(size, dtype=np.float32)})
             core, _ = percentiles(timed(lambda: optimizer.step({"w": grads}), repeats))  # noqa: B023
+            body = save({"w": grads})
             floor, _ = percentiles(timed(lambda: echo(body, response_size), repeats))  # noqa: B023
+            to_echo = echo_request(echo_base, body, response_size)
+            echo_floor, _ = percentiles(timed(lambda: bare_echo.round_trip(to_echo), repeats))  # noqa: B023
             print(
                 f"| {size:,} | {json_p50 * 1e3:.2f} | {json_p95 * 1e3:.2f} | {binary_p50 * 1e3:.2f} "
-                f"| {binary_p95 * 1e3:.2f} | {json_p50 / binary_p50:.1f} | {core * 1e3:.3f} | {floor * 1e3:.2f} "
-                f"| {binary_p50 / floor:.2f} | {trivial * 1e3:.2f} |",
+                f"| {binary_p95 * 1e3:.2f} | {json_p50 / binary_p50:.1f} | {sdk * 1e3:.2f} | {core * 1e3:.3f} "
+                f"| {floor * 1e3:.2f} | {binary_p50 / floor:.2f} | {echo_floor * 1e3:.2f} "
+                f"| {binary_p50 / echo_floor:.2f} | {trivial * 1e3:.2f} |",
                 flush=True,
             )
 

@@ -115,12 +115,7 @@ class Optimizer(ABC, Generic[H, S]):
     @property
     def params(self) -> dict[str, np.ndarray]:
         """The current parameter values, as read-only views of the optimizer's own arrays."""
-        views = {}
-        for name, value in self._params.items():
-            view = value.view()
-            view.flags.writeable = False
-            views[name] = view
-        return views
+        return {name: _read_only(value) for name, value in self._params.items()}
 
     def step(self, grads: Mapping[str, Any]) -> None:
         """Apply one step. Params absent from ``grads`` are skipped, like torch's ``grad=None``."""
@@ -142,8 +137,12 @@ class Optimizer(ABC, Generic[H, S]):
         lists: dict[str, Any] = _to_lists(self.state_dict_arrays())
         return lists
 
-    def state_dict_arrays(self) -> dict[str, Any]:
-        """The same layout as ``state_dict``, holding copies of the arrays instead of lists."""
+    def state_dict_arrays(self, *, copy: bool = True) -> dict[str, Any]:
+        """The same layout as ``state_dict``, holding copies of the arrays instead of lists.
+
+        With ``copy=False`` it holds read-only views of the optimizer's own arrays instead,
+        which the next ``step`` or ``load_state_dict`` changes: read them before that.
+        """
         hyperparams = self._validated_groups()
         indices = {name: index for index, name in enumerate(self._ordered_names())}
         groups = [
@@ -165,7 +164,7 @@ class Optimizer(ABC, Generic[H, S]):
             for key in self.state_arrays:
                 array = getattr(param_state, key)
                 if array is not None:
-                    entry[key] = array.copy()
+                    entry[key] = array.copy() if copy else _read_only(array)
             state[str(indices[name])] = entry
         return {"state": state, "param_groups": groups}
 
@@ -543,3 +542,9 @@ class RMSprop(Optimizer[RMSpropHyperparams, RMSpropState]):
             momentum_buffer=arrays.get("momentum_buffer"),
             grad_avg=arrays.get("grad_avg"),
         )
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view

@@ -11,6 +11,7 @@ from service.cache import OptimizerCache
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.json_workers import JsonWorkers
+from service.memory import keep_large_allocations
 from service.routes import health, sessions
 from service.routes.deps import Service, Wire
 from service.schemas import CreateSessionRequest, PatchSessionRequest, StateDict, StepRequest
@@ -25,15 +26,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.malloc_mmap_threshold_bytes:
+            keep_large_allocations(settings.malloc_mmap_threshold_bytes)
         store = SqlSessionStore(
             settings.database_url,
             idempotency_keys_kept=settings.idempotency_keys_kept,
             sqlite_synchronous=settings.sqlite_synchronous,
             pool_size=settings.pool_size,
             auto_migrate=settings.auto_migrate,
+            array_files_min_bytes=settings.array_files_min_bytes,
         )
         json_workers = JsonWorkers(
-            processes=settings.json_workers, threshold_bytes=settings.json_worker_threshold_bytes
+            processes=settings.json_workers,
+            threshold_bytes=settings.json_worker_threshold_bytes,
+            malloc_mmap_threshold_bytes=settings.malloc_mmap_threshold_bytes,
         )
         app.state.store = store
         app.state.service = Service(

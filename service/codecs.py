@@ -24,10 +24,13 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
-def array_from_json(value: object, *, loc: Loc, dtype: np.dtype[Any] | None = None) -> np.ndarray:
+def array_from_json(
+    value: object, *, loc: Loc, dtype: np.dtype[Any] | None = None, check_finite: bool = True
+) -> np.ndarray:
     """A number or nested lists of numbers (or a float array) as a finite float array.
 
-    The result has ``dtype``, else the array's own float dtype, else float64.
+    The result has ``dtype``, else the array's own float dtype, else float64. Without
+    ``check_finite`` it may hold NaN or infinities: for arrays the core checks anyway.
     """
     if isinstance(value, bool) or (isinstance(value, list) and _holds_non_numbers(value)):
         raise ValidationFailed.at(loc, "must be a number or rectangular nested lists of numbers")
@@ -41,7 +44,7 @@ def array_from_json(value: object, *, loc: Loc, dtype: np.dtype[Any] | None = No
     with np.errstate(over="ignore"):
         # Numbers beyond the target's range become infinite here, and are refused below.
         array = array.astype(target, copy=False)
-    if not all_finite(array):
+    if check_finite and not all_finite(array):
         raise ValidationFailed.at(loc, f"holds NaN or infinite values, or numbers beyond {target}'s range")
     return array
 
@@ -81,9 +84,12 @@ def _convert_at(node: Any, path: ArrayPath, loc: list[str]) -> None:
 
 
 def arrays_from_json(
-    values: Mapping[str, object], *, loc: Loc, dtype: np.dtype[Any] | None = None
+    values: Mapping[str, object], *, loc: Loc, dtype: np.dtype[Any] | None = None, check_finite: bool = True
 ) -> dict[str, np.ndarray]:
-    return {name: array_from_json(value, loc=(*loc, name), dtype=dtype) for name, value in values.items()}
+    return {
+        name: array_from_json(value, loc=(*loc, name), dtype=dtype, check_finite=check_finite)
+        for name, value in values.items()
+    }
 
 
 def state_dict_from_json(state_dict: object, *, loc: Loc) -> object:

@@ -34,6 +34,18 @@ class Settings(BaseSettings):
     json_worker_threshold_bytes: int = Field(
         default=1 << 20, ge=0, description="JSON bodies (and responses' arrays) larger than this use the workers."
     )
+    array_files_min_bytes: int = Field(
+        default=256 << 10,
+        ge=0,
+        description="On SQLite, a session's arrays of at least this size live in files beside the database.",
+    )
+    malloc_mmap_threshold_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        le=(1 << 31) - 1,
+        description="Buffers below this size reuse the process's memory (glibc malloc; see service/memory.py); 0 "
+        "leaves malloc as it is.",
+    )
     sqlite_synchronous: str = Field(
         default="FULL", pattern="^(FULL|EXTRA|NORMAL)$", description="SQLite's synchronous pragma (WAL mode)."
     )

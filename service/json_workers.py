@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from service.codecs import ArrayPath, dump_json, parse_json_with_arrays
+from service.memory import keep_large_allocations
 
 
 def _array_bytes(value: Any) -> int:
@@ -29,16 +30,28 @@ def _array_bytes(value: Any) -> int:
 
 
 class JsonWorkers:
-    def __init__(self, *, processes: int, threshold_bytes: int) -> None:
+    def __init__(self, *, processes: int, threshold_bytes: int, malloc_mmap_threshold_bytes: int = 0) -> None:
+        """``malloc_mmap_threshold_bytes``, when not 0, is applied in each worker as in the server
+        (``service.memory``): the workers handle the largest buffers of all."""
         self._processes = processes
         self._threshold = threshold_bytes
+        self._malloc_mmap_threshold = malloc_mmap_threshold_bytes
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor | None:
         if self._processes <= 0:
             return None
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"))
+            context = multiprocessing.get_context("spawn")
+            if self._malloc_mmap_threshold:
+                self._pool = ProcessPoolExecutor(
+                    self._processes,
+                    mp_context=context,
+                    initializer=keep_large_allocations,
+                    initargs=(self._malloc_mmap_threshold,),
+                )
+            else:
+                self._pool = ProcessPoolExecutor(self._processes, mp_context=context)
         return self._pool
 
     def decode(self, body: bytes, array_paths: Sequence[ArrayPath]) -> dict[str, Any]:

@@ -19,8 +19,17 @@ DTYPES = {np.dtype("<f4"): "F32", np.dtype("<f8"): "F64"}
 ALIGNMENT = 8
 
 
+Buffers = list[bytes | memoryview]
+"""A file as the pieces it is made of, to be written out or joined without another copy."""
+
+
 def dump(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
     """A safetensors file holding ``tensors`` (float32 or float64) and string ``metadata``."""
+    return b"".join(dump_buffers(tensors, metadata))
+
+
+def dump_buffers(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> Buffers:
+    """``dump``'s file as its header and views of the arrays' memory, which must not change until it is written."""
     header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
     buffers: list[memoryview] = []
     offset = 0
@@ -38,7 +47,7 @@ def dump(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None =
         offset += array.nbytes
     encoded = orjson.dumps(header)
     encoded += b" " * (-len(encoded) % ALIGNMENT)
-    return b"".join([len(encoded).to_bytes(8, "little"), encoded, *buffers])
+    return [len(encoded).to_bytes(8, "little"), encoded, *buffers]
 
 
 def read_header(body: bytes) -> dict[str, Any]:

@@ -4,9 +4,10 @@ import base64
 import binascii
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -23,9 +24,10 @@ from service.errors import (
     core_error,
 )
 from service.optimizers import DTYPES, HYPERPARAMS, OPTIMIZERS, build_optimizer, summary_groups
+from service.safetensors_format import Buffers
 from service.schemas import CreateSessionRequest, PatchSessionRequest
-from service.snapshot import pack, unpack
-from service.store import IdempotencyRecord, SessionMeta, SessionStore
+from service.snapshot import pack, pack_buffers, unpack
+from service.store import IdempotencyRecord, LockedSession, SessionMeta, SessionStore
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class StepOutcome:
     version: int
     params: dict[str, np.ndarray]
 
+
+Rendered = TypeVar("Rendered")
 
 MAX_NAME_LENGTH = 256
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -61,8 +65,9 @@ def _require_match(if_match: str | None, version: int) -> None:
         raise PreconditionFailed(f"If-Match {if_match} does not match the session's ETag {etag(version)}")
 
 
-def _packed(optimizer: Optimizer[Any, Any]) -> bytes:
-    return pack(optimizer.params, optimizer.state_dict_arrays()["state"])
+def _packed(optimizer: Optimizer[Any, Any]) -> Buffers:
+    """The optimizer's arrays as a blob's pieces, viewing its memory: store them before it changes."""
+    return pack_buffers(optimizer.params, optimizer.state_dict_arrays(copy=False)["state"])
 
 
 def _finite(params: dict[str, np.ndarray], state: dict[str, dict[str, Any]]) -> bool:
@@ -243,7 +248,13 @@ class Sessions:
         request_hash: str,
         idempotency_key: str | None,
         if_match: str | None,
-    ) -> StepOutcome:
+        render: Callable[[StepOutcome], Rendered],
+    ) -> Rendered:
+        """Apply the step durably, and ``render`` its outcome (whose params view the optimizer's memory).
+
+        ``render`` runs before the session's optimizer is kept for the next step, which changes
+        those params in place.
+        """
         _require_well_formed(session_id)
         with self._store.locked(session_id, need_arrays=True, known_version=self._cache.version(session_id)) as locked:
             if idempotency_key is not None:
@@ -253,14 +264,15 @@ class Sessions:
                         raise IdempotencyKeyReused(
                             f"Idempotency-Key {idempotency_key!r} was used with a different request body"
                         )
-                    return StepOutcome(step=record.step, version=record.version, params=unpack(record.params)[0])
+                    replayed = StepOutcome(step=record.step, version=record.version, params=unpack(record.params)[0])
+                    return render(replayed)
             _require_match(if_match, locked.meta.version)
-            optimizer = self._optimizer(locked.meta, locked.arrays)
+            optimizer = self._optimizer(locked)
             try:
                 optimizer.step(grads)
             except OptimCoreError as error:
                 raise core_error(error, "body") from None
-            state_dict = optimizer.state_dict_arrays()
+            state_dict = optimizer.state_dict_arrays(copy=False)
             params = optimizer.params
             if not _finite(params, state_dict["state"]):
                 # The optimizer is dropped and the transaction rolled back: nothing was applied.
@@ -278,17 +290,22 @@ class Sessions:
                     version=meta.version,
                     params=pack(params),
                 )
-            locked.save(meta, pack(params, state_dict["state"]), record)
-        self._cache.put(session_id, meta.version, optimizer)
-        return StepOutcome(step=meta.step, version=meta.version, params=params)
+            locked.save(meta, pack_buffers(params, state_dict["state"]), record)
+        try:
+            return render(StepOutcome(step=meta.step, version=meta.version, params=params))
+        finally:
+            self._cache.put(session_id, meta.version, optimizer)
 
-    def _optimizer(self, meta: SessionMeta, arrays: bytes | None) -> Optimizer[Any, Any]:
-        cached = self._cache.take(meta.id, meta.version)
+    def _optimizer(self, locked: LockedSession) -> Optimizer[Any, Any]:
+        """The held session's optimizer: the cached one when it is at the stored version, else restored.
+
+        The arrays were skipped when the cache held this version as the lock was taken; a failed
+        request may have dropped that entry since, and then they are read now, still under the lock.
+        """
+        cached = self._cache.take(locked.meta.id, locked.meta.version)
         if cached is not None:
             return cached
-        if arrays is None:
-            raise RuntimeError(f"session {meta.id} has no cached optimizer at version {meta.version}, nor arrays")
-        return _restore(meta, arrays)
+        return _restore(locked.meta, locked.arrays if locked.arrays is not None else locked.read_arrays())
 
     def _stored(self, session_id: str) -> tuple[SessionMeta, bytes]:
         found = self._store.get(session_id, with_arrays=True)
@@ -324,7 +341,7 @@ class Sessions:
         converted = state_dict_from_json(state_dict, loc=("body",))
         with self._store.locked(session_id, need_arrays=True, known_version=self._cache.version(session_id)) as locked:
             _require_match(if_match, locked.meta.version)
-            optimizer = self._optimizer(locked.meta, locked.arrays)
+            optimizer = self._optimizer(locked)
             try:
                 optimizer.load_state_dict(converted)  # type: ignore[arg-type]
             except OptimCoreError as error:

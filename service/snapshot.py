@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 from safetensors.numpy import load
 
-from service.safetensors_format import dump, read_header
+from service.safetensors_format import Buffers, dump_buffers, read_header
 
 PARAMS = "params/"
 STATE = "state/"
@@ -19,6 +19,11 @@ STATE = "state/"
 
 def pack(params: dict[str, np.ndarray], state: dict[str, dict[str, Any]] | None = None) -> bytes:
     """Params and (optionally) the ``state`` of a state_dict holding arrays, as safetensors bytes."""
+    return b"".join(pack_buffers(params, state))
+
+
+def pack_buffers(params: dict[str, np.ndarray], state: dict[str, dict[str, Any]] | None = None) -> Buffers:
+    """``pack``'s blob as pieces that view the arrays' memory (see ``dump_buffers``)."""
     tensors = {f"{PARAMS}{name}": np.asarray(value, order="C") for name, value in params.items()}
     steps = {}
     for index, entry in (state or {}).items():
@@ -26,7 +31,7 @@ def pack(params: dict[str, np.ndarray], state: dict[str, dict[str, Any]] | None 
         for key, value in entry.items():
             if key != "step":
                 tensors[f"{STATE}{index}/{key}"] = np.asarray(value, order="C")
-    return dump(tensors, {"steps": orjson.dumps(steps).decode()})
+    return dump_buffers(tensors, {"steps": orjson.dumps(steps).decode()})
 
 
 def unpack(blob: bytes) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:

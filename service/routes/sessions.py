@@ -12,8 +12,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from service.codecs import arrays_from_json
+from service.errors import ValidationFailed
 from service.media import JSON, negotiate
 from service.routes.deps import (
+    Service,
     ServiceDep,
     array_responses,
     body_schema,
@@ -37,10 +39,7 @@ from service.schemas import (
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
 IfMatch = Annotated[str | None, Header(description="Apply only if the session's ETag is one of these.")]
-IdempotencyKey = Annotated[
-    str | None,
-    Header(max_length=255, description="Retries with the same key and body return the first response."),
-]
+MAX_IDEMPOTENCY_KEY = 255
 Accept = Annotated[str | None, Header(description="application/json (default) or application/vnd.safetensors")]
 PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -136,39 +135,57 @@ async def delete_session(session_id: str, service: ServiceDep, if_match: IfMatch
     return Response(status_code=204)
 
 
+def _header(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": False, "description": description, "schema": schema}
+
+
+STEP_HEADERS = [
+    _header("If-Match", "Apply only if the session's ETag is one of these.", type="string"),
+    _header(
+        "Idempotency-Key",
+        "Retries with the same key and body return the first response.",
+        type="string",
+        maxLength=MAX_IDEMPOTENCY_KEY,
+    ),
+    _header("Accept", "application/json (default) or application/vnd.safetensors", type="string"),
+]
+
+
 @router.post(
     "/{session_id}/step",
     summary="Apply one step of gradients",
-    openapi_extra=body_schema(StepRequest),
+    openapi_extra={**body_schema(StepRequest), "parameters": STEP_HEADERS},
     responses={**array_responses(StepResponse), **STALE, **ERRORS},
 )
-async def step_session(
-    session_id: str,
-    request: Request,
-    service: ServiceDep,
-    if_match: IfMatch = None,
-    idempotency_key: IdempotencyKey = None,
-    accept: Accept = None,
-) -> Response:
-    answer_as = negotiate(accept)
+async def step_session(session_id: str, request: Request) -> Response:
+    # The hot path reads its headers itself: as FastAPI parameters they cost more than a small step.
+    service: Service = request.app.state.service
+    headers = request.headers
+    answer_as = negotiate(headers.get("accept"))
+    idempotency_key, if_match = headers.get("idempotency-key"), headers.get("if-match")
+    if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+        raise ValidationFailed.at(
+            ("header", "idempotency-key"), f"String should have at most {MAX_IDEMPOTENCY_KEY} characters"
+        )
     media_type, body = await read_body(request, service.settings.max_body_bytes)
 
     def run() -> Response:
         step_request = parse(
             StepRequest, service.wire.document(media_type, body, root="grads", array_paths=STEP_ARRAYS)
         )
-        outcome = service.sessions.step(
+        return service.sessions.step(
             session_id=session_id,
-            grads=arrays_from_json(step_request.grads, loc=("body", "grads")),
+            # The core refuses non-finite gradients after casting them to the params' dtype: one pass, not two.
+            grads=arrays_from_json(step_request.grads, loc=("body", "grads"), check_finite=False),
             request_hash=hash_request(media_type, body) if idempotency_key is not None else "",
             idempotency_key=idempotency_key,
             if_match=if_match,
-        )
-        return service.wire.respond(
-            {"step": outcome.step, "params": outcome.params},
-            media_type=answer_as,
-            root="params",
-            version=outcome.version,
+            render=lambda outcome: service.wire.respond(
+                {"step": outcome.step, "params": outcome.params},
+                media_type=answer_as,
+                root="params",
+                version=outcome.version,
+            ),
         )
 
     return await run_in_threadpool(run)

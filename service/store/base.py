@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from service.safetensors_format import Buffers
+
 
 @dataclass(frozen=True)
 class SessionMeta:
@@ -41,8 +43,15 @@ class LockedSession(Protocol):
 
     def idempotency_record(self, key: str) -> IdempotencyRecord | None: ...
 
-    def save(self, meta: SessionMeta, arrays: bytes | None, record: IdempotencyRecord | None = None) -> None:
-        """Store the new meta (and arrays, when given) at commit; ``record`` answers later retries."""
+    def read_arrays(self) -> bytes:
+        """The stored arrays, read now (for when ``arrays`` was skipped)."""
+        ...
+
+    def save(self, meta: SessionMeta, arrays: Buffers | None, record: IdempotencyRecord | None = None) -> None:
+        """Store the new meta (and arrays, when given) at commit; ``record`` answers later retries.
+
+        ``arrays`` is a blob as its pieces, which may view live arrays: they are written before this returns.
+        """
         ...
 
 
@@ -51,7 +60,7 @@ class SessionStore(Protocol):
         """Raise if storage does not answer."""
         ...
 
-    def create(self, meta: SessionMeta, arrays: bytes) -> None: ...
+    def create(self, meta: SessionMeta, arrays: Buffers) -> None: ...
 
     def get(self, session_id: str, *, with_arrays: bool) -> tuple[SessionMeta, bytes | None] | None: ...
 

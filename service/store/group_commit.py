@@ -8,6 +8,10 @@ rolls back alone), and commits them all at once. If the leader's own work
 fails, nothing else is in the transaction yet, and it all rolls back. Nobody is answered before the
 commit that holds its change has returned, so each acknowledged step is on
 disk. After committing, the leader hands the lead to the next writer waiting.
+
+A writer may name a key (the session it writes): a group holds at most one
+writer per key, and a writer whose key is taken waits for a later group. So a
+transaction changes each session at most once, which the slot files need.
 """
 
 import threading
@@ -24,6 +28,7 @@ MAX_GROUP = 64
 
 @dataclass(eq=False)
 class _Writer:
+    key: str | None = None
     wake: threading.Event = field(default_factory=threading.Event)
     lead: bool = False
     connection: Connection | None = None
@@ -41,9 +46,12 @@ class GroupCommit:
         self._leading = False
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """A connection inside a write transaction, committed (durably) before the block's caller goes on."""
-        writer = _Writer()
+    def transaction(self, key: str | None = None) -> Iterator[Connection]:
+        """A connection inside a write transaction, committed (durably) before the block's caller goes on.
+
+        No other writer with the same ``key`` shares the transaction.
+        """
+        writer = _Writer(key=key)
         with self._mutex:
             if self._leading:
                 self._waiting.append(writer)
@@ -52,7 +60,7 @@ class GroupCommit:
         if not writer.lead:
             writer.wake.wait()
         if writer.lead:
-            yield from self._lead()
+            yield from self._lead(writer.key)
         else:
             yield from self._follow(writer)
 
@@ -71,9 +79,10 @@ class GroupCommit:
         if writer.commit_error is not None:
             raise writer.commit_error
 
-    def _lead(self) -> Iterator[Connection]:
+    def _lead(self, key: str | None) -> Iterator[Connection]:
         own_error: BaseException | None = None
         group: list[_Writer] = []
+        keys = {key}
         try:
             with self._begin() as connection:
                 try:
@@ -84,9 +93,11 @@ class GroupCommit:
                     raise
                 while len(group) < MAX_GROUP:
                     with self._mutex:
-                        if not self._waiting:
+                        follower = next((w for w in self._waiting if w.key is None or w.key not in keys), None)
+                        if follower is None:
                             break
-                        follower = self._waiting.popleft()
+                        self._waiting.remove(follower)
+                    keys.add(follower.key)
                     follower.connection = connection
                     group.append(follower)
                     follower.wake.set()

@@ -4,18 +4,24 @@ Dialect details stay here. A read-modify-write holds the session's row with
 ``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite has no row locks, so there its
 transactions begin IMMEDIATE, taking the database's single write lock up front.
 Either way the database serialises steps on a session, across processes.
+
+On SQLite, arrays of at least ``array_files_min_bytes`` live in slot files beside
+the database (``array_files.py``); smaller ones, and all of them on PostgreSQL,
+whose replicas share nothing but the database, live in the ``arrays`` column.
 """
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from service.errors import PreconditionFailed, SessionNotFound
+from service.safetensors_format import Buffers
+from service.store.array_files import ArrayFiles, other_slot
 from service.store.base import IdempotencyRecord, SessionMeta
 from service.store.group_commit import GroupCommit
 from service.store.schema import ensure_schema
@@ -36,6 +42,7 @@ sessions = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
     sa.Column("arrays", sa.LargeBinary, nullable=False),
+    sa.Column("arrays_slot", sa.SmallInteger, nullable=True),
     sa.Index("sessions_by_creation", "created_at", "id"),
 )
 
@@ -53,11 +60,16 @@ idempotency_records = sa.Table(
     sa.Index("records_by_session", "session_id", "seq"),
 )
 
-META_COLUMNS = [column for column in sessions.c if column.name != "arrays"]
+META_COLUMNS = [column for column in sessions.c if column.name not in ("arrays", "arrays_slot")]
+READ_ATTEMPTS = 8
+"""Reads of a slot file outside the write lock that may race a writer before one takes the lock."""
 
 # The hot path's statements, built once: building a statement costs more than running a small one.
-LOCK_SESSION = sa.select(*META_COLUMNS).where(sessions.c.id == sa.bindparam("session_id")).with_for_update()
+LOCKED_COLUMNS = [*META_COLUMNS, sessions.c.arrays_slot]
+LOCK_SESSION = sa.select(*LOCKED_COLUMNS).where(sessions.c.id == sa.bindparam("session_id")).with_for_update()
+READ_SESSION = sa.select(*[*LOCKED_COLUMNS, sessions.c.arrays]).where(sessions.c.id == sa.bindparam("session_id"))
 READ_ARRAYS = sa.select(sessions.c.arrays).where(sessions.c.id == sa.bindparam("session_id"))
+READ_VERSION = sa.select(sessions.c.version).where(sessions.c.id == sa.bindparam("session_id"))
 READ_RECORD = sa.select(idempotency_records).where(
     idempotency_records.c.session_id == sa.bindparam("session_id"), idempotency_records.c.key == sa.bindparam("key")
 )
@@ -72,7 +84,11 @@ SAVE_META = sa.update(sessions).where(*_SAVE_WHERE).values(**_SAVE_VALUES)
 SAVE_META_AND_ARRAYS = (
     sa.update(sessions)
     .where(*_SAVE_WHERE)
-    .values(**_SAVE_VALUES, arrays=sa.bindparam("new_arrays", type_=sa.LargeBinary))
+    .values(
+        **_SAVE_VALUES,
+        arrays=sa.bindparam("new_arrays", type_=sa.LargeBinary),
+        arrays_slot=sa.bindparam("new_arrays_slot", type_=sa.SmallInteger),
+    )
 )
 
 
@@ -121,12 +137,53 @@ def _meta(row: sa.Row[Any]) -> SessionMeta:
     )
 
 
+class _ArrayPlacement:
+    """Where a session's arrays go: slot files for large ones when there are slot files, else the row."""
+
+    def __init__(self, files: ArrayFiles | None, min_bytes: int) -> None:
+        self.files = files
+        self._min_bytes = min_bytes
+
+    def place(self, session_id: str, current_slot: int | None, arrays: Buffers) -> dict[str, Any]:
+        """Write ``arrays`` where they belong (a slot file durably); the row's new column values."""
+        if self.files is not None and sum(len(memoryview(buffer).cast("B")) for buffer in arrays) >= self._min_bytes:
+            slot = other_slot(current_slot)
+            self.files.write(session_id, slot, arrays)
+            return {"arrays": b"", "arrays_slot": slot}
+        return {"arrays": b"".join(arrays), "arrays_slot": None}
+
+    def read(self, connection: Connection, session_id: str, slot: int | None) -> bytes:
+        if slot is None:
+            arrays: bytes = connection.execute(READ_ARRAYS, {"session_id": session_id}).scalar_one()
+            return arrays
+        return self.read_file(session_id, slot)
+
+    def read_file(self, session_id: str, slot: int) -> bytes:
+        if self.files is None:
+            raise RuntimeError(f"session {session_id} keeps its arrays in a slot file, but this store has none")
+        return self.files.read(session_id, slot)
+
+
 class _Locked:
-    def __init__(self, connection: Connection, meta: SessionMeta, arrays: bytes | None, kept: int) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        meta: SessionMeta,
+        arrays: bytes | None,
+        *,
+        slot: int | None,
+        placement: _ArrayPlacement,
+        kept: int,
+    ) -> None:
         self._connection = connection
+        self._slot = slot
+        self._placement = placement
         self._kept = kept
         self.meta = meta
         self.arrays = arrays
+
+    def read_arrays(self) -> bytes:
+        return self._placement.read(self._connection, self.meta.id, self._slot)
 
     def idempotency_record(self, key: str) -> IdempotencyRecord | None:
         row = self._connection.execute(READ_RECORD, {"session_id": self.meta.id, "key": key}).first()
@@ -136,7 +193,7 @@ class _Locked:
             key=row.key, request_hash=row.request_hash, step=row.step, version=row.version, params=row.params
         )
 
-    def save(self, meta: SessionMeta, arrays: bytes | None, record: IdempotencyRecord | None = None) -> None:
+    def save(self, meta: SessionMeta, arrays: Buffers | None, record: IdempotencyRecord | None = None) -> None:
         values: dict[str, Any] = {
             "session_id": meta.id,
             "old_version": self.meta.version,
@@ -146,7 +203,8 @@ class _Locked:
             "new_updated_at": meta.updated_at,
         }
         if arrays is not None:
-            values["new_arrays"] = arrays
+            placed = self._placement.place(meta.id, self._slot, arrays)
+            values["new_arrays"], values["new_arrays_slot"] = placed["arrays"], placed["arrays_slot"]
         result = self._connection.execute(SAVE_META if arrays is None else SAVE_META_AND_ARRAYS, values)
         if result.rowcount != 1:
             raise RuntimeError(f"session {meta.id} changed while it was locked")
@@ -163,6 +221,8 @@ class _Locked:
             )
             self._forget_old_records(meta.id)
         self.meta = meta
+        if arrays is not None:
+            self._slot = values["new_arrays_slot"]
 
     def _forget_old_records(self, session_id: str) -> None:
         oldest_kept = (
@@ -189,6 +249,7 @@ class SqlSessionStore:
         sqlite_synchronous: str = "FULL",
         pool_size: int = 10,
         auto_migrate: bool = True,
+        array_files_min_bytes: int = 256 << 10,
     ) -> None:
         self._engine = build_engine(database_url, sqlite_synchronous=sqlite_synchronous, pool_size=pool_size)
         # SQLite has one writer at a time: writers that arrive together share a commit.
@@ -196,14 +257,37 @@ class SqlSessionStore:
         self._kept = idempotency_keys_kept
         try:
             ensure_schema(self._engine, upgrade=auto_migrate)
+            self._placement = _ArrayPlacement(self._array_files(database_url), array_files_min_bytes)
+            self._remove_unused_array_files()
         except BaseException:
             self._engine.dispose()
             raise
 
-    def _writing(self) -> AbstractContextManager[Connection]:
-        """A write transaction; on SQLite, one shared with the writers that arrive meanwhile."""
+    def _array_files(self, database_url: str) -> ArrayFiles | None:
+        """Slot files in ``<database file>-arrays/``, for a SQLite database in a file."""
+        database = make_url(database_url).database
+        if self._engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            return None
+        return ArrayFiles(Path(database).with_name(Path(database).name + "-arrays"))
+
+    def _remove_unused_array_files(self) -> None:
+        """Slot files a crash left behind (a session deleted, or one that never committed).
+
+        Inside the write lock, since slot files are only written inside it, so that a
+        session being created by another process is not mistaken for a leftover.
+        """
+        files = self._placement.files
+        if files is None:
+            return
+        with self._transaction() as connection:
+            in_files = connection.execute(sa.select(sessions.c.id).where(sessions.c.arrays_slot.is_not(None)))
+            files.remove_all_but(row.id for row in in_files)
+
+    def _writing(self, session_id: str) -> AbstractContextManager[Connection]:
+        """A write transaction for ``session_id``; on SQLite, one shared with the writers that arrive
+        meanwhile, for other sessions (a transaction writes a session's arrays once: array_files.py)."""
         if self._group_commit is not None:
-            return self._group_commit.transaction()
+            return self._group_commit.transaction(key=session_id)
         return self._transaction()
 
     @contextmanager
@@ -220,17 +304,42 @@ class SqlSessionStore:
         with self._engine.connect() as connection:
             connection.execute(sa.select(1))
 
-    def create(self, meta: SessionMeta, arrays: bytes) -> None:
-        with self._writing() as connection:
-            connection.execute(sa.insert(sessions).values(**_row_values(meta), arrays=arrays))
+    def create(self, meta: SessionMeta, arrays: Buffers) -> None:
+        with self._writing(meta.id) as connection:
+            placed = self._placement.place(meta.id, None, arrays)
+            connection.execute(sa.insert(sessions).values(**_row_values(meta), **placed))
 
     def get(self, session_id: str, *, with_arrays: bool) -> tuple[SessionMeta, bytes | None] | None:
-        columns = [*META_COLUMNS, sessions.c.arrays] if with_arrays else META_COLUMNS
+        if not with_arrays:
+            with self._engine.connect() as connection:
+                row = connection.execute(sa.select(*META_COLUMNS).where(sessions.c.id == session_id)).first()
+            return None if row is None else (_meta(row), None)
+        for _ in range(READ_ATTEMPTS):
+            read = self._read_unlocked(session_id)
+            if read != "moved":
+                return read
+        # Writers kept overtaking: read under the write lock, where nothing moves.
+        with self._writing(session_id) as connection:
+            row = connection.execute(LOCK_SESSION, {"session_id": session_id}).first()
+            if row is None:
+                return None
+            return _meta(row), self._placement.read(connection, session_id, row.arrays_slot)
+
+    def _read_unlocked(self, session_id: str) -> tuple[SessionMeta, bytes] | Literal["moved"] | None:
+        """The session and its arrays, or "moved" when a writer may have overwritten the slot file read."""
         with self._engine.connect() as connection:
-            row = connection.execute(sa.select(*columns).where(sessions.c.id == session_id)).first()
+            row = connection.execute(READ_SESSION, {"session_id": session_id}).first()
         if row is None:
             return None
-        return _meta(row), row.arrays if with_arrays else None
+        if row.arrays_slot is None:
+            return _meta(row), row.arrays
+        try:
+            arrays = self._placement.read_file(session_id, row.arrays_slot)
+        except FileNotFoundError:
+            return "moved"
+        with self._engine.connect() as connection:
+            version = connection.execute(READ_VERSION, {"session_id": session_id}).scalar_one_or_none()
+        return (_meta(row), arrays) if version == row.version else "moved"
 
     def list(self, *, limit: int, after: tuple[datetime, str] | None) -> list[SessionMeta]:
         query = sa.select(*META_COLUMNS).order_by(sessions.c.created_at, sessions.c.id).limit(limit)
@@ -240,7 +349,7 @@ class SqlSessionStore:
             return [_meta(row) for row in connection.execute(query)]
 
     def delete(self, session_id: str, *, expected_version: int | None = None) -> bool:
-        with self._writing() as connection:
+        with self._writing(session_id) as connection:
             row = connection.execute(
                 sa.select(sessions.c.version).where(sessions.c.id == session_id).with_for_update()
             ).first()
@@ -250,19 +359,22 @@ class SqlSessionStore:
                 raise PreconditionFailed("If-Match does not match the session's current ETag")
             connection.execute(sa.delete(idempotency_records).where(idempotency_records.c.session_id == session_id))
             connection.execute(sa.delete(sessions).where(sessions.c.id == session_id))
-            return True
+        if self._placement.files is not None:
+            # After the commit: a crash before this leaves files that the next start removes.
+            self._placement.files.remove(session_id)
+        return True
 
     @contextmanager
     def locked(self, session_id: str, *, need_arrays: bool, known_version: int | None = None) -> Iterator[_Locked]:
-        with self._writing() as connection:
+        with self._writing(session_id) as connection:
             row = connection.execute(LOCK_SESSION, {"session_id": session_id}).first()
             if row is None:
                 raise SessionNotFound(f"no session {session_id!r}")
             meta = _meta(row)
             arrays = None
             if need_arrays and known_version != meta.version:
-                arrays = connection.execute(READ_ARRAYS, {"session_id": session_id}).scalar_one()
-            yield _Locked(connection, meta, arrays, self._kept)
+                arrays = self._placement.read(connection, session_id, row.arrays_slot)
+            yield _Locked(connection, meta, arrays, slot=row.arrays_slot, placement=self._placement, kept=self._kept)
 
     def close(self) -> None:
         self._engine.dispose()

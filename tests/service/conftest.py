@@ -475,6 +475,11 @@ ClientFactory = Callable[..., TestClient]
 
 
 def service_client(database_url: str, **settings: Any) -> TestClient:
+    """A service over ``database_url``. On SQLite, every session's arrays live in slot files
+    (service/store/array_files.py) unless ``array_files_min_bytes`` says otherwise: PostgreSQL
+    covers arrays kept in the row."""
+    if database_url.startswith("sqlite"):
+        settings.setdefault("array_files_min_bytes", 0)
     app = create_app(Settings(database_url=database_url, **settings))
     # What a client sees: an unhandled server error is a 500 response, not an exception in the test.
     return TestClient(app, raise_server_exceptions=False)

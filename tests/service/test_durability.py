@@ -6,7 +6,10 @@ every acknowledged response; the server is SIGKILLed while steps are in flight, 
 acknowledged steps, and restarted on the same SQLite file. The session must then hold every
 acknowledged step, plus at most the one step that was in flight (the server may have committed it
 without getting to acknowledge it), and its params and state must be exactly what optim_core computes
-in-process from that many gradients. Every acknowledged response must itself be that replay.
+in-process from that many gradients. Every acknowledged response must itself be that replay. On
+SQLite it runs twice: with the arrays in the row, and with OPTIM_ARRAY_FILES_MIN_BYTES=0, which puts
+them in slot files beside the database (service/store/array_files.py), so that the kills also land
+between a slot file's write and the commit that names it.
 
 Liveness: while a step over millions of params is being parsed, computed and stored, GET /healthz
 must keep answering promptly (the blocking work runs off the event loop).
@@ -22,6 +25,8 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
+import pytest
+import sqlalchemy as sa
 
 from optim_core import RMSprop
 from tests.service.server_process import (
@@ -44,6 +49,8 @@ HYPERPARAMETERS: dict[str, Any] = {"lr": 0.01, "alpha": 0.9, "eps": 1e-8, "momen
 CRASHES = 3
 KILL_AFTER_ACKS = (20, 60)
 MAX_STEPS_PER_ROUND = 2000  # far more than a round sends before its kill; running out is a test failure
+SLOT_FILES = {"OPTIM_ARRAY_FILES_MIN_BYTES": "0"}
+"""The server's env that puts every session's arrays in slot files (SQLite only; the default keeps these in the row)."""
 
 # Liveness.
 BIG_PARAMS = 5_000_000  # a 55 MB JSON body, and as much again in the response
@@ -136,8 +143,31 @@ def crash_mid_stream(server: ServerProcess, session_id: str, first: int, kill_af
     return stream
 
 
-def test_acknowledged_steps_survive_sigkill_and_the_state_is_an_exact_replay(server_factory: ServerFactory) -> None:
-    server = server_factory()
+def arrays_slot(database_url: str, session_id: str) -> int | None:
+    """The slot file the session's row names, or None when its arrays are in the row."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            query = sa.text("SELECT arrays_slot FROM sessions WHERE id = :id")
+            slot: int | None = connection.execute(query, {"id": session_id}).scalar_one()
+            return slot
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("engine", "server_env"),
+    [
+        pytest.param("sqlite", {}, id="sqlite"),
+        pytest.param("sqlite", SLOT_FILES, id="sqlite-slot-files"),
+        pytest.param("postgresql", {}, id="postgresql"),
+    ],
+    indirect=["engine"],
+)
+def test_acknowledged_steps_survive_sigkill_and_the_state_is_an_exact_replay(
+    server_factory: ServerFactory, server_env: dict[str, str]
+) -> None:
+    server = server_factory(env=server_env)
     rng = random.Random(SEED)
     with httpx.Client(base_url=server.base_url, timeout=30.0) as client:
         body = {
@@ -199,6 +229,8 @@ def test_acknowledged_steps_survive_sigkill_and_the_state_is_an_exact_replay(ser
             assert response.status_code == 200, response.text[:2000]
             assert response.json()["step"] == number
             assert_same_params(response.json()["params"], replay.advance_to(number), f"step {number} after the crashes")
+    slot = arrays_slot(server.database_url, session_id)
+    assert (slot is not None) == (server_env == SLOT_FILES), f"the session's row names slot {slot}"
     print(f"{CRASHES} crashes; {cut_off_mid_request} cut a request off mid-flight; final step {stored + 3}")
 
 

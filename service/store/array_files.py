@@ -1,0 +1,108 @@
+"""Large array blobs in files beside a SQLite database, written in place into one of two slots.
+
+A blob inside SQLite is written twice (into the WAL, then into the database file)
+and updating it frees and rebuilds a chain of overflow pages. A file beside the
+database, overwritten in place and ``fdatasync``ed, is written once, and a
+rewrite of blocks the file already has needs no allocation: on the disks this
+service was measured on, rewriting 8 MB in place and syncing took 4 ms, against
+25 ms for a new file and about 17 ms inside SQLite.
+
+Each session has two slot files, ``<id>.0`` and ``<id>.1``. The session's row
+names the slot that holds its committed arrays; a change writes the other slot,
+syncs it, and only then commits the row that points at it. A crash before that
+commit leaves the row on the old slot, which nothing touched, so no
+acknowledged state is ever overwritten. The store keeps two rules that make
+this hold: slot files are written only inside the database's write lock, and a
+transaction writes a session's arrays at most once (see ``GroupCommit``'s keys).
+
+Readers outside the write lock read the slot, then check that the session's
+version has not moved: a writer can only overwrite that slot after the next
+version has committed, so an unchanged version means the bytes read were whole.
+"""
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from service.safetensors_format import Buffers
+
+SLOTS = (0, 1)
+_SLOT_FILE = re.compile(r"(?P<session>[A-Za-z0-9_-]{1,64})\.(?P<slot>[01])")
+
+
+def other_slot(slot: int | None) -> int:
+    """The slot to write next, given the one the committed row points at (None: held inline)."""
+    return 0 if slot is None else 1 - slot
+
+
+def _sync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _write_all(descriptor: int, buffers: Buffers) -> int:
+    written = 0
+    for buffer in buffers:
+        view = memoryview(buffer).cast("B")
+        while view:
+            count = os.write(descriptor, view)
+            view = view[count:]
+            written += count
+    return written
+
+
+class ArrayFiles:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        if not directory.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            _sync_directory(directory.parent)
+
+    def _path(self, session_id: str, slot: int) -> Path:
+        return self.directory / f"{session_id}.{slot}"
+
+    def write(self, session_id: str, slot: int, buffers: Buffers) -> None:
+        """Replace the slot's contents with ``buffers`` and make them durable before returning."""
+        path = self._path(session_id, slot)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            created = True
+        except FileExistsError:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            created = False
+        try:
+            previous_size = os.fstat(descriptor).st_size
+            size = _write_all(descriptor, buffers)
+            if previous_size > size:
+                os.ftruncate(descriptor, size)
+            os.fdatasync(descriptor)
+        finally:
+            os.close(descriptor)
+        if created:
+            _sync_directory(self.directory)
+
+    def read(self, session_id: str, slot: int) -> bytes:
+        """The slot's contents; FileNotFoundError if it has none."""
+        return self._path(session_id, slot).read_bytes()
+
+    def remove(self, session_id: str) -> None:
+        for slot in SLOTS:
+            self._path(session_id, slot).unlink(missing_ok=True)
+
+    def sessions(self) -> set[str]:
+        """The ids of the sessions that have slot files."""
+        found = set()
+        for entry in os.scandir(self.directory):
+            match = _SLOT_FILE.fullmatch(entry.name)
+            if match:
+                found.add(match["session"])
+        return found
+
+    def remove_all_but(self, kept: Iterable[str]) -> None:
+        """Remove the slot files of every session not in ``kept``."""
+        for session_id in self.sessions() - set(kept):
+            self.remove(session_id)
