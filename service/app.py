@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = SqlSessionStore(
             settings.database_url,
             idempotency_keys_kept=settings.idempotency_keys_kept,
+            idempotency_response_bytes_kept=settings.idempotency_response_bytes_kept,
             sqlite_synchronous=settings.sqlite_synchronous,
             pool_size=settings.pool_size,
             auto_migrate=settings.auto_migrate,

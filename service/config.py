@@ -21,6 +21,12 @@ class Settings(BaseSettings):
     idempotency_keys_kept: int = Field(
         default=1000, gt=0, description="Idempotency-Key responses kept per session; older ones are forgotten."
     )
+    idempotency_response_bytes_kept: int = Field(
+        default=64 << 20,
+        ge=0,
+        description="Bytes of first responses kept per session for Idempotency-Key retries (the newest is always "
+        "kept); a retry of an older key gets 409.",
+    )
     cache_bytes: int = Field(
         default=1 << 30, ge=0, description="Memory for optimizers kept between requests (validated against storage)."
     )

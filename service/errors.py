@@ -51,6 +51,11 @@ class IdempotencyKeyReused(ProblemError):
     status, slug, title = 422, "idempotency-key-reused", "Idempotency-Key reused with a different request"
 
 
+class IdempotentResponseExpired(ProblemError):
+    status, slug = 409, "idempotent-response-expired"
+    title = "The first response to this Idempotency-Key is no longer kept"
+
+
 class SessionNotFound(ProblemError):
     status, slug, title = 404, "session-not-found", "No such session"
 

@@ -18,6 +18,7 @@ from service.cache import OptimizerCache
 from service.codecs import arrays_from_json, state_dict_from_json
 from service.errors import (
     IdempotencyKeyReused,
+    IdempotentResponseExpired,
     PreconditionFailed,
     SessionNotFound,
     ValidationFailed,
@@ -263,6 +264,12 @@ class Sessions:
                     if record.request_hash != request_hash:
                         raise IdempotencyKeyReused(
                             f"Idempotency-Key {idempotency_key!r} was used with a different request body"
+                        )
+                    if not record.params:
+                        raise IdempotentResponseExpired(
+                            f"Idempotency-Key {idempotency_key!r} was applied as step {record.step}; its response "
+                            "is no longer kept, as newer steps' responses took its room. GET the session's params "
+                            "for their current values."
                         )
                     replayed = StepOutcome(step=record.step, version=record.version, params=unpack(record.params)[0])
                     return render(replayed)

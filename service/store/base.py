@@ -32,6 +32,7 @@ class IdempotencyRecord:
     step: int
     version: int
     params: bytes
+    """The response's params as a packed blob; empty once the response is no longer kept."""
 
 
 class LockedSession(Protocol):

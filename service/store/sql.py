@@ -12,6 +12,7 @@ whose replicas share nothing but the database, live in the ``arrays`` column.
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -164,6 +165,15 @@ class _ArrayPlacement:
         return self.files.read(session_id, slot)
 
 
+@dataclass(frozen=True)
+class RecordsKept:
+    """How much of their Idempotency-Key records sessions keep: how many keys, and how many
+    bytes of first responses (at least the newest one's, whatever its size)."""
+
+    keys: int
+    response_bytes: int
+
+
 class _Locked:
     def __init__(
         self,
@@ -173,7 +183,7 @@ class _Locked:
         *,
         slot: int | None,
         placement: _ArrayPlacement,
-        kept: int,
+        kept: RecordsKept,
     ) -> None:
         self._connection = connection
         self._slot = slot
@@ -220,24 +230,43 @@ class _Locked:
                 )
             )
             self._forget_old_records(meta.id)
+            responses_kept = max(1, self._kept.response_bytes // max(1, len(record.params)))
+            if responses_kept < self._kept.keys:
+                self._forget_old_responses(meta.id, responses_kept)
         self.meta = meta
         if arrays is not None:
             self._slot = values["new_arrays_slot"]
 
     def _forget_old_records(self, session_id: str) -> None:
-        oldest_kept = (
-            sa.select(idempotency_records.c.seq)
-            .where(idempotency_records.c.session_id == session_id)
-            .order_by(idempotency_records.c.seq.desc())
-            .offset(self._kept - 1)
-            .limit(1)
-            .scalar_subquery()
-        )
         self._connection.execute(
             sa.delete(idempotency_records).where(
-                idempotency_records.c.session_id == session_id, idempotency_records.c.seq < oldest_kept
+                idempotency_records.c.session_id == session_id,
+                idempotency_records.c.seq < _nth_newest_record(session_id, self._kept.keys),
             )
         )
+
+    def _forget_old_responses(self, session_id: str, kept: int) -> None:
+        """Keep the first responses of the newest ``kept`` records; older records keep their key only."""
+        self._connection.execute(
+            sa.update(idempotency_records)
+            .where(
+                idempotency_records.c.session_id == session_id,
+                idempotency_records.c.seq < _nth_newest_record(session_id, kept),
+                sa.func.length(idempotency_records.c.params) > 0,
+            )
+            .values(params=b"")
+        )
+
+
+def _nth_newest_record(session_id: str, n: int) -> sa.ScalarSelect[Any]:
+    return (
+        sa.select(idempotency_records.c.seq)
+        .where(idempotency_records.c.session_id == session_id)
+        .order_by(idempotency_records.c.seq.desc())
+        .offset(n - 1)
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 class SqlSessionStore:
@@ -246,6 +275,7 @@ class SqlSessionStore:
         database_url: str,
         *,
         idempotency_keys_kept: int = 1000,
+        idempotency_response_bytes_kept: int = 64 << 20,
         sqlite_synchronous: str = "FULL",
         pool_size: int = 10,
         auto_migrate: bool = True,
@@ -254,7 +284,7 @@ class SqlSessionStore:
         self._engine = build_engine(database_url, sqlite_synchronous=sqlite_synchronous, pool_size=pool_size)
         # SQLite has one writer at a time: writers that arrive together share a commit.
         self._group_commit = GroupCommit(self._transaction) if self._engine.dialect.name == "sqlite" else None
-        self._kept = idempotency_keys_kept
+        self._kept = RecordsKept(keys=idempotency_keys_kept, response_bytes=idempotency_response_bytes_kept)
         try:
             ensure_schema(self._engine, upgrade=auto_migrate)
             self._placement = _ArrayPlacement(self._array_files(database_url), array_files_min_bytes)

@@ -254,6 +254,29 @@ def test_every_kept_idempotency_key_is_replayed(make_client: ClientFactory) -> N
     assert same(checkpoint(client, created.id), before)
 
 
+def test_first_responses_past_the_byte_budget_are_dropped_oldest_first_and_their_retries_are_409(
+    make_client: ClientFactory,
+) -> None:
+    # Each response holds 1000 float32 params (4000 bytes, and a short header): two fit in 10000 bytes.
+    client = make_client(idempotency_response_bytes_kept=10_000)
+    rng = np.random.default_rng(10)
+    created = create_session(client, {"optimizer": "rmsprop", "params": {"w": rng.standard_normal(1000)}})
+    sent = [(key, {"w": rng.standard_normal(1000)}) for key in ["a", "b", "c", "d"]]
+    firsts = [ok(step(client, created.id, grads, **{"Idempotency-Key": key})) for key, grads in sent]
+    before = checkpoint(client, created.id)
+
+    for key, grads in sent[:2]:
+        expired = assert_problem(step(client, created.id, grads, **{"Idempotency-Key": key}), 409)
+        assert "step" in expired["detail"]
+        assert str(sent.index((key, grads)) + 1) in expired["detail"]
+    assert_problem(step(client, created.id, sent[1][1], **{"Idempotency-Key": "a"}), 422)
+    replays = [ok(step(client, created.id, grads, **{"Idempotency-Key": key})) for key, grads in sent[2:]]
+
+    assert same(replays, firsts[2:])
+    assert same(checkpoint(client, created.id), before)
+    assert ok(client.get(created.url))["step"] == 4
+
+
 def test_step_with_if_match_of_the_current_etag_is_applied(client: TestClient) -> None:
     created = create_session(client, _body("rprop"))
 
