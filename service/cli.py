@@ -1,11 +1,14 @@
-"""``optim-service serve``: run the API with uvicorn."""
+"""``optim-service serve``: run the API with uvicorn; ``migrate`` and ``backup`` for its database."""
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
 import uvicorn
 
 from service.config import Settings
+from service.store.backup import BackupError, backup_sqlite
 from service.store.schema import ensure_schema, head_revision
 from service.store.sql import build_engine
 
@@ -23,6 +26,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     migrate = commands.add_parser("migrate", help="upgrade the database schema to this version's, then exit")
     migrate.add_argument("--database-url", help="overrides OPTIM_DATABASE_URL")
+    backup = commands.add_parser(
+        "backup",
+        help="copy a SQLite deployment (the database and its array files) consistently, while it runs",
+        description="Copy the SQLite database (SQLite's online backup) and the array file each of its rows points "
+        "at into DESTINATION, holding the database's write lock meanwhile: writes wait, reads go on. For "
+        "PostgreSQL, use pg_dump.",
+    )
+    backup.add_argument("destination", type=Path, help="a directory, created if missing, that holds no database yet")
+    backup.add_argument("--database-url", help="overrides OPTIM_DATABASE_URL")
     args = parser.parse_args(argv)
     if args.database_url:
         os.environ["OPTIM_DATABASE_URL"] = args.database_url
@@ -34,6 +46,16 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             engine.dispose()
         print(f"schema at revision {head_revision()}")
+        return
+    if args.command == "backup":
+        try:
+            summary = backup_sqlite(database_url=Settings().database_url, destination=args.destination)
+        except BackupError as error:
+            sys.exit(f"optim-service backup: {error}")
+        print(
+            f"backed up {summary.sessions} sessions to {summary.database} "
+            f"and {summary.array_files} array files ({summary.array_bytes} bytes) beside it"
+        )
         return
     uvicorn.run(
         "service.main:app",

@@ -36,8 +36,9 @@ def other_slot(slot: int | None) -> int:
     return 0 if slot is None else 1 - slot
 
 
-def _sync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+def sync_path(path: Path) -> None:
+    """fsync a file, or a directory (which makes the entries created in it durable)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(descriptor)
     finally:
@@ -60,7 +61,7 @@ class ArrayFiles:
         self.directory = directory
         if not directory.exists():
             directory.mkdir(parents=True, exist_ok=True)
-            _sync_directory(directory.parent)
+            sync_path(directory.parent)
 
     def _path(self, session_id: str, slot: int) -> Path:
         return self.directory / f"{session_id}.{slot}"
@@ -83,7 +84,7 @@ class ArrayFiles:
         finally:
             os.close(descriptor)
         if created:
-            _sync_directory(self.directory)
+            sync_path(self.directory)
 
     def read(self, session_id: str, slot: int) -> bytes:
         """The slot's contents; FileNotFoundError if it has none."""
