@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 store=store,
                 cache=OptimizerCache(settings.cache_bytes),
                 idempotency_keys_kept=settings.idempotency_keys_kept,
+                idempotency_response_copy_max_bytes=settings.idempotency_response_copy_max_bytes,
             ),
             wire=Wire(json_workers),
             settings=settings,

@@ -27,6 +27,12 @@ class Settings(BaseSettings):
         description="Bytes of first responses kept per session for Idempotency-Key retries (the newest is always "
         "kept); a retry of an older key gets 409.",
     )
+    idempotency_response_copy_max_bytes: int = Field(
+        default=1 << 20,
+        ge=0,
+        description="A step's response of larger params is not copied for Idempotency-Key retries: a retry is "
+        "answered from the session while no other step has changed it, else 409.",
+    )
     cache_bytes: int = Field(
         default=1 << 30, ge=0, description="Memory for optimizers kept between requests (validated against storage)."
     )

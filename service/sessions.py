@@ -71,6 +71,10 @@ def _packed(optimizer: Optimizer[Any, Any]) -> Buffers:
     return pack_buffers(optimizer.params, optimizer.state_dict_arrays(copy=False)["state"])
 
 
+def _nbytes(arrays: dict[str, np.ndarray]) -> int:
+    return sum(array.nbytes for array in arrays.values())
+
+
 def _finite(params: dict[str, np.ndarray], state: dict[str, dict[str, Any]]) -> bool:
     arrays = [*params.values(), *(value for entry in state.values() for key, value in entry.items() if key != "step")]
     return all(all_finite(array) for array in arrays)
@@ -142,10 +146,18 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 class Sessions:
     """Session operations; each validates fully before it changes anything."""
 
-    def __init__(self, *, store: SessionStore, cache: OptimizerCache, idempotency_keys_kept: int) -> None:
+    def __init__(
+        self,
+        *,
+        store: SessionStore,
+        cache: OptimizerCache,
+        idempotency_keys_kept: int,
+        idempotency_response_copy_max_bytes: int = 1 << 20,
+    ) -> None:
         self._store = store
         self._cache = cache
         self._kept = idempotency_keys_kept
+        self._response_copy_max_bytes = idempotency_response_copy_max_bytes
 
     def create(self, *, request: CreateSessionRequest) -> tuple[SessionMeta, dict[str, np.ndarray]]:
         optimizer_class = OPTIMIZERS[request.optimizer]
@@ -265,14 +277,7 @@ class Sessions:
                         raise IdempotencyKeyReused(
                             f"Idempotency-Key {idempotency_key!r} was used with a different request body"
                         )
-                    if not record.params:
-                        raise IdempotentResponseExpired(
-                            f"Idempotency-Key {idempotency_key!r} was applied as step {record.step}; its response "
-                            "is no longer kept, as newer steps' responses took its room. GET the session's params "
-                            "for their current values."
-                        )
-                    replayed = StepOutcome(step=record.step, version=record.version, params=unpack(record.params)[0])
-                    return render(replayed)
+                    return self._replay(locked, record, render)
             _require_match(if_match, locked.meta.version)
             optimizer = self._optimizer(locked)
             try:
@@ -295,13 +300,33 @@ class Sessions:
                     request_hash=request_hash,
                     step=meta.step,
                     version=meta.version,
-                    params=pack(params),
+                    # A large response is not copied: while the session is at this step, its params are it.
+                    params=pack(params) if _nbytes(params) <= self._response_copy_max_bytes else b"",
                 )
             locked.save(meta, pack_buffers(params, state_dict["state"]), record)
         try:
             return render(StepOutcome(step=meta.step, version=meta.version, params=params))
         finally:
             self._cache.put(session_id, meta.version, optimizer)
+
+    def _replay(
+        self, locked: LockedSession, record: IdempotencyRecord, render: Callable[[StepOutcome], Rendered]
+    ) -> Rendered:
+        """The first response to a step, rendered again: from its copy, or from the session while
+        no step has changed its params since (hyperparameters and state may have changed)."""
+        if record.params:
+            return render(StepOutcome(step=record.step, version=record.version, params=unpack(record.params)[0]))
+        if record.step != locked.meta.step:
+            raise IdempotentResponseExpired(
+                f"Idempotency-Key {record.key!r} was applied as step {record.step}; the session is at step "
+                f"{locked.meta.step} now, and the params that step answered are no longer kept. GET the "
+                "session's params for their current values."
+            )
+        optimizer = self._optimizer(locked)
+        try:
+            return render(StepOutcome(step=record.step, version=record.version, params=optimizer.params))
+        finally:
+            self._cache.put(locked.meta.id, locked.meta.version, optimizer)
 
     def _optimizer(self, locked: LockedSession) -> Optimizer[Any, Any]:
         """The held session's optimizer: the cached one when it is at the stored version, else restored.

@@ -28,6 +28,8 @@ from pathlib import Path
 from service.safetensors_format import Buffers
 
 SLOTS = (0, 1)
+sync_data = getattr(os, "fdatasync", os.fsync)
+"""fdatasync where the platform has it (not macOS); fsync elsewhere, as SQLite does."""
 _SLOT_FILE = re.compile(r"(?P<session>[A-Za-z0-9_-]{1,64})\.(?P<slot>[01])")
 
 
@@ -80,7 +82,7 @@ class ArrayFiles:
             size = _write_all(descriptor, buffers)
             if previous_size > size:
                 os.ftruncate(descriptor, size)
-            os.fdatasync(descriptor)
+            sync_data(descriptor)
         finally:
             os.close(descriptor)
         if created:

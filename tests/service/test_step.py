@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from tests.service.conftest import (
@@ -275,6 +277,40 @@ def test_first_responses_past_the_byte_budget_are_dropped_oldest_first_and_their
     assert same(replays, firsts[2:])
     assert same(checkpoint(client, created.id), before)
     assert ok(client.get(created.url))["step"] == 4
+
+
+def test_a_response_too_large_to_copy_is_replayed_from_the_session_until_a_step_changes_its_params(
+    new_database: Callable[[], str], make_client: ClientFactory
+) -> None:
+    database_url = new_database()
+    client = make_client(database_url, idempotency_response_copy_max_bytes=0)
+    rng = np.random.default_rng(11)
+    created = create_session(client, {"optimizer": "rmsprop", "params": {"w": rng.standard_normal(50)}})
+    grads = {"w": rng.standard_normal(50)}
+    first = step(client, created.id, grads, **{"Idempotency-Key": "big"})
+    # Hyperparameters may change between a step and its retry; the params it answered do not.
+    ok(send(client, "PATCH", created.url, {"hyperparameters": {"lr": 0.5}}))
+    before = checkpoint(client, created.id)
+
+    again = step(client, created.id, grads, **{"Idempotency-Key": "big"})
+
+    assert same(ok(again), ok(first))
+    assert again.headers["etag"] == first.headers["etag"]
+    assert same(checkpoint(client, created.id), before)
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            stored = connection.execute(sa.text("SELECT length(params) FROM idempotency_records")).scalar_one()
+    finally:
+        engine.dispose()
+    assert stored == 0
+
+    ok(step(client, created.id, {"w": rng.standard_normal(50)}))
+    after = checkpoint(client, created.id)
+    expired = assert_problem(step(client, created.id, grads, **{"Idempotency-Key": "big"}), 409)
+    assert "step 1" in expired["detail"]
+    assert "step 2" in expired["detail"]
+    assert same(checkpoint(client, created.id), after)
 
 
 def test_step_with_if_match_of_the_current_etag_is_applied(client: TestClient) -> None:
