@@ -8,6 +8,11 @@ and on a virtual machine a first touch is expensive: at 10M float32 params this
 doubled the cost of copying the body and the response. Raising the threshold,
 and the trim threshold with it, lets freed buffers be reused: the process keeps
 its peak memory instead of handing it back after each step.
+
+The cost is memory held while idle: each malloc arena (glibc makes up to eight
+per core, for threads) keeps the peak it reached, so the arenas are capped at
+``ARENAS``. A worker thread's arena cannot hold a buffer over 64 MiB, which is
+still mapped afresh; the event loop's (the main arena) can.
 """
 
 import ctypes
@@ -16,6 +21,8 @@ import logging
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+ARENAS = 4
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +38,11 @@ def keep_large_allocations(threshold_bytes: int) -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    done = bool(mallopt(M_MMAP_THRESHOLD, threshold_bytes) and mallopt(M_TRIM_THRESHOLD, threshold_bytes))
+    done = bool(
+        mallopt(M_ARENA_MAX, ARENAS)
+        and mallopt(M_MMAP_THRESHOLD, threshold_bytes)
+        and mallopt(M_TRIM_THRESHOLD, threshold_bytes)
+    )
     if not done:
         log.warning("could not raise malloc's mmap threshold; large steps will be slower")
     return done

@@ -270,52 +270,71 @@ class Sessions:
         """
         _require_well_formed(session_id)
         with self._store.locked(session_id, need_arrays=True, known_version=self._cache.version(session_id)) as locked:
-            if idempotency_key is not None:
-                record = locked.idempotency_record(idempotency_key)
-                if record is not None:
-                    if record.request_hash != request_hash:
-                        raise IdempotencyKeyReused(
-                            f"Idempotency-Key {idempotency_key!r} was used with a different request body"
-                        )
-                    return self._replay(locked, record, render)
-            _require_match(if_match, locked.meta.version)
-            optimizer = self._optimizer(locked)
-            try:
-                optimizer.step(grads)
-            except OptimCoreError as error:
-                raise core_error(error, "body") from None
-            state_dict = optimizer.state_dict_arrays(copy=False)
-            params = optimizer.params
-            if not _finite(params, state_dict["state"]):
-                # The optimizer is dropped and the transaction rolled back: nothing was applied.
-                raise ValidationFailed.at(
-                    ("body", "grads"),
-                    "this step would make params or optimizer state infinite or NaN (an overflow); it was not applied",
+            record = locked.idempotency_record(idempotency_key) if idempotency_key is not None else None
+            if record is not None:
+                if record.request_hash != request_hash:
+                    raise IdempotencyKeyReused(
+                        f"Idempotency-Key {idempotency_key!r} was used with a different request body"
+                    )
+                outcome, optimizer = self._replayed(locked, record)
+            else:
+                outcome, optimizer = self._applied(
+                    locked, grads=grads, request_hash=request_hash, idempotency_key=idempotency_key, if_match=if_match
                 )
-            meta = replace(locked.meta, step=locked.meta.step + 1, version=locked.meta.version + 1, updated_at=_now())
-            record = None
-            if idempotency_key is not None:
-                record = IdempotencyRecord(
-                    key=idempotency_key,
-                    request_hash=request_hash,
-                    step=meta.step,
-                    version=meta.version,
-                    # A large response is not copied: while the session is at this step, its params are it.
-                    params=pack(params) if _nbytes(params) <= self._response_copy_max_bytes else b"",
-                )
-            locked.save(meta, pack_buffers(params, state_dict["state"]), record)
+            held_version = locked.meta.version
+        # Rendered after the commit and outside the lock, but before the optimizer is kept again.
         try:
-            return render(StepOutcome(step=meta.step, version=meta.version, params=params))
+            return render(outcome)
         finally:
-            self._cache.put(session_id, meta.version, optimizer)
+            if optimizer is not None:
+                self._cache.put(session_id, held_version, optimizer)
 
-    def _replay(
-        self, locked: LockedSession, record: IdempotencyRecord, render: Callable[[StepOutcome], Rendered]
-    ) -> Rendered:
-        """The first response to a step, rendered again: from its copy, or from the session while
-        no step has changed its params since (hyperparameters and state may have changed)."""
+    def _applied(
+        self,
+        locked: LockedSession,
+        *,
+        grads: dict[str, np.ndarray],
+        request_hash: str,
+        idempotency_key: str | None,
+        if_match: str | None,
+    ) -> tuple[StepOutcome, Optimizer[Any, Any]]:
+        """Apply the step to the held session and save it; the outcome views the optimizer's params."""
+        _require_match(if_match, locked.meta.version)
+        optimizer = self._optimizer(locked)
+        try:
+            optimizer.step(grads)
+        except OptimCoreError as error:
+            raise core_error(error, "body") from None
+        state_dict = optimizer.state_dict_arrays(copy=False)
+        params = optimizer.params
+        if not _finite(params, state_dict["state"]):
+            # The optimizer is dropped and the transaction rolled back: nothing was applied.
+            raise ValidationFailed.at(
+                ("body", "grads"),
+                "this step would make params or optimizer state infinite or NaN (an overflow); it was not applied",
+            )
+        meta = replace(locked.meta, step=locked.meta.step + 1, version=locked.meta.version + 1, updated_at=_now())
+        record = None
+        if idempotency_key is not None:
+            record = IdempotencyRecord(
+                key=idempotency_key,
+                request_hash=request_hash,
+                step=meta.step,
+                version=meta.version,
+                # A large response is not copied: while the session is at this step, its params are it.
+                params=pack(params) if _nbytes(params) <= self._response_copy_max_bytes else b"",
+            )
+        locked.save(meta, pack_buffers(params, state_dict["state"]), record)
+        return StepOutcome(step=meta.step, version=meta.version, params=params), optimizer
+
+    def _replayed(
+        self, locked: LockedSession, record: IdempotencyRecord
+    ) -> tuple[StepOutcome, Optimizer[Any, Any] | None]:
+        """The first response to a step, again: from its copy, or from the session while no step has
+        changed its params since (hyperparameters and state may have changed); and the optimizer
+        taken out for it, if any."""
         if record.params:
-            return render(StepOutcome(step=record.step, version=record.version, params=unpack(record.params)[0]))
+            return StepOutcome(step=record.step, version=record.version, params=unpack(record.params)[0]), None
         if record.step != locked.meta.step:
             raise IdempotentResponseExpired(
                 f"Idempotency-Key {record.key!r} was applied as step {record.step}; the session is at step "
@@ -323,10 +342,7 @@ class Sessions:
                 "session's params for their current values."
             )
         optimizer = self._optimizer(locked)
-        try:
-            return render(StepOutcome(step=record.step, version=record.version, params=optimizer.params))
-        finally:
-            self._cache.put(locked.meta.id, locked.meta.version, optimizer)
+        return StepOutcome(step=record.step, version=record.version, params=optimizer.params), optimizer
 
     def _optimizer(self, locked: LockedSession) -> Optimizer[Any, Any]:
         """The held session's optimizer: the cached one when it is at the stored version, else restored.

@@ -61,9 +61,11 @@ def _write_all(descriptor: int, buffers: Buffers) -> int:
 class ArrayFiles:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        if not directory.exists():
-            directory.mkdir(parents=True, exist_ok=True)
-            sync_path(directory.parent)
+        directory.mkdir(parents=True, exist_ok=True)
+        # Whoever made the directory may have died before syncing its entry: sync it again.
+        sync_path(directory.parent)
+        self._entries_synced: set[Path] = set()
+        """Slot files whose directory entries this process has made durable."""
 
     def _path(self, session_id: str, slot: int) -> Path:
         return self.directory / f"{session_id}.{slot}"
@@ -71,12 +73,7 @@ class ArrayFiles:
     def write(self, session_id: str, slot: int, buffers: Buffers) -> None:
         """Replace the slot's contents with ``buffers`` and make them durable before returning."""
         path = self._path(session_id, slot)
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            created = True
-        except FileExistsError:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            created = False
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             previous_size = os.fstat(descriptor).st_size
             size = _write_all(descriptor, buffers)
@@ -85,8 +82,11 @@ class ArrayFiles:
             sync_data(descriptor)
         finally:
             os.close(descriptor)
-        if created:
+        if path not in self._entries_synced:
+            # The file may have been created by this write, or by one that failed or crashed
+            # before syncing its entry; the first write of each slot in a process syncs it.
             sync_path(self.directory)
+            self._entries_synced.add(path)
 
     def read(self, session_id: str, slot: int) -> bytes:
         """The slot's contents; FileNotFoundError if it has none."""
@@ -94,7 +94,9 @@ class ArrayFiles:
 
     def remove(self, session_id: str) -> None:
         for slot in SLOTS:
-            self._path(session_id, slot).unlink(missing_ok=True)
+            path = self._path(session_id, slot)
+            path.unlink(missing_ok=True)
+            self._entries_synced.discard(path)
 
     def sessions(self) -> set[str]:
         """The ids of the sessions that have slot files."""

@@ -62,6 +62,8 @@ idempotency_records = sa.Table(
 )
 
 META_COLUMNS = [column for column in sessions.c if column.name not in ("arrays", "arrays_slot")]
+NEVER = 1 << 62
+"""A size no blob reaches."""
 READ_ATTEMPTS = 8
 """Reads of a slot file outside the write lock that may race a writer before one takes the lock."""
 
@@ -189,6 +191,7 @@ class _Locked:
         self._slot = slot
         self._placement = placement
         self._kept = kept
+        self._arrays_saved = False
         self.meta = meta
         self.arrays = arrays
 
@@ -213,6 +216,10 @@ class _Locked:
             "new_updated_at": meta.updated_at,
         }
         if arrays is not None:
+            if self._arrays_saved:
+                # The other slot would now be the committed one (array_files.py).
+                raise RuntimeError(f"session {meta.id}'s arrays were already saved in this transaction")
+            self._arrays_saved = True
             placed = self._placement.place(meta.id, self._slot, arrays)
             values["new_arrays"], values["new_arrays_slot"] = placed["arrays"], placed["arrays_slot"]
         result = self._connection.execute(SAVE_META if arrays is None else SAVE_META_AND_ARRAYS, values)
@@ -287,7 +294,13 @@ class SqlSessionStore:
         self._kept = RecordsKept(keys=idempotency_keys_kept, response_bytes=idempotency_response_bytes_kept)
         try:
             ensure_schema(self._engine, upgrade=auto_migrate)
-            self._placement = _ArrayPlacement(self._array_files(database_url), array_files_min_bytes)
+            # Slot files rely on each commit being durable before the next change overwrites the
+            # slot it left; with synchronous=NORMAL a power loss can undo commits, so new arrays
+            # stay in the row (existing slot files are still read).
+            durable_commits = sqlite_synchronous.upper() in ("FULL", "EXTRA")
+            self._placement = _ArrayPlacement(
+                self._array_files(database_url), array_files_min_bytes if durable_commits else NEVER
+            )
             self._remove_unused_array_files()
         except BaseException:
             self._engine.dispose()
