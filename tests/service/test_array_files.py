@@ -639,11 +639,5 @@ def test_with_commits_that_a_power_loss_may_undo_new_arrays_stay_in_the_row(tmp_
     with service_client(database_url, array_files_min_bytes=0, sqlite_synchronous="NORMAL") as client:
         created = create_session(client, body)
         ok(step(client, created.id, {"w": rng.standard_normal(64).astype(np.float32)}))
-    engine = sa.create_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            slot = connection.execute(sa.text("SELECT arrays_slot FROM sessions")).scalar_one()
-    finally:
-        engine.dispose()
-    assert slot is None
+    assert committed_row(database_url, created.id).arrays_slot is None
     assert not list((tmp_path / "optim.sqlite3-arrays").glob(f"{created.id}.*"))
