@@ -53,34 +53,45 @@ def free_port() -> int:
         return port
 
 
+STARTED = b"Application startup complete."
+"""What uvicorn logs (at level info) when a worker process has started serving."""
+
+
 @contextmanager
-def serving(command: list[str], ready_path: str) -> Iterator[str]:
-    """Run ``command`` (given ``--port``) until it answers ``ready_path``; its base URL."""
+def serving(command: list[str], ready_path: str, processes: int = 1) -> Iterator[str]:
+    """Run ``command`` (given ``--port``) until it answers ``ready_path`` and all its ``processes`` have
+    started (a worker that starts late would get none of the connections opened before); its base URL."""
     port = free_port()
-    process = subprocess.Popen([*command, "--port", str(port), "--log-level", "warning"])
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{base}{ready_path}")
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen([*command, "--port", str(port), "--log-level", "info"], stderr=log)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    httpx.get(f"{base}{ready_path}")
+                    log.seek(0)
+                    if log.read().count(STARTED) >= processes:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or process.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"{command} did not start:\n{log.read().decode(errors='replace')[-3000:]}")
                 time.sleep(0.1)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+            yield base
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
-def server(database_url: str) -> AbstractContextManager[str]:
-    return serving([sys.executable, "-m", "service", "serve", "--database-url", database_url], "/healthz")
+def server(database_url: str, workers: int = 1) -> AbstractContextManager[str]:
+    command = [sys.executable, "-m", "service", "serve", "--database-url", database_url]
+    return serving([*command, "--workers", str(workers), "--no-access-log"], "/healthz", workers)
 
 
 def echo_endpoint() -> AbstractContextManager[str]:
-    return serving([sys.executable, "-m", "uvicorn", "benchmarks.echo_app:app"], "/docs")
+    return serving([sys.executable, "-m", "uvicorn", "benchmarks.echo_app:app", "--no-access-log"], "/docs")
 
 
 class BareHttp:
@@ -329,6 +340,13 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--replicas", type=int, nargs="+", default=[1], help="replica counts for the throughput rows")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=sorted({1, os.cpu_count() or 1}),
+        help="processes per replica (serve --workers) for the throughput rows; default 1 and one per core",
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     engine = (args.database_url or "sqlite").split(":")[0]
@@ -337,16 +355,17 @@ def main() -> None:
         if args.sizes:
             with server(fresh_database(args.database_url, directory, "latency")) as base:
                 latency_table(base, args.sizes, rng)
-        print(f"\n| replicas | {args.sessions} sessions x 1k params, JSON steps/s | binary steps/s |")
-        print("|---:|---:|---:|")
+        print(f"\n| replicas | workers each | {args.sessions} sessions x 1k params, JSON steps/s | binary steps/s |")
+        print("|---:|---:|---:|---:|")
         for replicas in args.replicas:
-            rates = []
-            for transport in ("json", "binary"):
-                url = fresh_database(args.database_url, directory, f"throughput-{replicas}-{transport}")
-                with ExitStack() as stack:
-                    bases = [stack.enter_context(server(url)) for _ in range(replicas)]
-                    rates.append(throughput(bases, args.sessions, args.seconds, transport, rng))
-            print(f"| {replicas} | {rates[0]:.0f} | {rates[1]:.0f} |", flush=True)
+            for workers in args.workers:
+                rates = []
+                for transport in ("json", "binary"):
+                    url = fresh_database(args.database_url, directory, f"throughput-{replicas}-{workers}-{transport}")
+                    with ExitStack() as stack:
+                        bases = [stack.enter_context(server(url, workers)) for _ in range(replicas)]
+                        rates.append(throughput(bases, args.sessions, args.seconds, transport, rng))
+                print(f"| {replicas} | {workers} | {rates[0]:.0f} | {rates[1]:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,18 @@ import os
 import sys
 from pathlib import Path
 
-import uvicorn
-
 from service.config import Settings
+from service.server_processes import serve as serve_processes
 from service.store.backup import BackupError, backup_sqlite
 from service.store.schema import ensure_schema, head_revision
 from service.store.sql import build_engine
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +28,13 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--database-url", help="overrides OPTIM_DATABASE_URL (default: SQLite under ./data)")
     serve.add_argument("--log-level", default="info")
     serve.add_argument(
-        "--workers", type=int, default=1, help="server processes sharing the port (default 1: one per container)"
+        "--workers",
+        type=_positive,
+        default=1,
+        help="server processes sharing the port and the database (default 1); one per core serves the most steps",
+    )
+    serve.add_argument(
+        "--no-access-log", dest="access_log", action="store_false", help="do not log each request (saves CPU)"
     )
     migrate = commands.add_parser("migrate", help="upgrade the database schema to this version's, then exit")
     migrate.add_argument("--database-url", help="overrides OPTIM_DATABASE_URL")
@@ -57,11 +69,6 @@ def main(argv: list[str] | None = None) -> None:
             f"and {summary.array_files} array files ({summary.array_bytes} bytes) beside it"
         )
         return
-    uvicorn.run(
-        "service.main:app",
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        workers=args.workers,
-        timeout_graceful_shutdown=10,
+    serve_processes(
+        host=args.host, port=args.port, workers=args.workers, log_level=args.log_level, access_log=args.access_log
     )

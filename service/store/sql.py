@@ -11,7 +11,7 @@ whose replicas share nothing but the database, live in the ``arrays`` column.
 """
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from service.store.array_files import ArrayFiles, other_slot
 from service.store.base import IdempotencyRecord, SessionMeta
 from service.store.group_commit import GroupCommit
 from service.store.schema import ensure_schema
+from service.store.writer_lock import WriterLock
 
 metadata = sa.MetaData()
 """The tables as the queries see them; migrations/ creates them, and a test checks the two agree."""
@@ -61,6 +62,14 @@ idempotency_records = sa.Table(
     sa.Index("records_by_session", "session_id", "seq"),
 )
 
+SMALL_PAGES = 4096
+"""SQLite's default page: a step of a small session rewrites a few pages, and each one is synced."""
+LARGE_PAGES = 65536
+"""For databases whose rows hold large arrays: a blob of N bytes costs N / page_size page writes, and
+64 KiB pages commit a megabyte-sized blob several times faster than 4 KiB ones. They cost a 1k-param
+step about 0.2 ms more."""
+LARGE_ROW_BYTES = 1 << 20
+
 META_COLUMNS = [column for column in sessions.c if column.name not in ("arrays", "arrays_slot")]
 NEVER = 1 << 62
 """A size no blob reaches."""
@@ -76,26 +85,37 @@ READ_VERSION = sa.select(sessions.c.version).where(sessions.c.id == sa.bindparam
 READ_RECORD = sa.select(idempotency_records).where(
     idempotency_records.c.session_id == sa.bindparam("session_id"), idempotency_records.c.key == sa.bindparam("key")
 )
-_SAVE_VALUES = {
-    "step": sa.bindparam("new_step"),
-    "version": sa.bindparam("new_version"),
-    "param_groups": sa.bindparam("new_param_groups", type_=sa.JSON),
-    "updated_at": sa.bindparam("new_updated_at", type_=sa.DateTime),
-}
 _SAVE_WHERE = (sessions.c.id == sa.bindparam("session_id"), sessions.c.version == sa.bindparam("old_version"))
-SAVE_META = sa.update(sessions).where(*_SAVE_WHERE).values(**_SAVE_VALUES)
-SAVE_META_AND_ARRAYS = (
-    sa.update(sessions)
-    .where(*_SAVE_WHERE)
-    .values(
-        **_SAVE_VALUES,
-        arrays=sa.bindparam("new_arrays", type_=sa.LargeBinary),
-        arrays_slot=sa.bindparam("new_arrays_slot", type_=sa.SmallInteger),
-    )
-)
 
 
-def build_engine(database_url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Engine:
+def _save_statement(*, groups: bool, arrays: bool) -> sa.Update:
+    """The UPDATE that saves a locked session: always its step, version and update time; its param
+    groups only when they changed (a step leaves them, and they are JSON to encode); its arrays if given."""
+    values: dict[str, Any] = {
+        "step": sa.bindparam("new_step"),
+        "version": sa.bindparam("new_version"),
+        "updated_at": sa.bindparam("new_updated_at", type_=sa.DateTime),
+    }
+    if groups:
+        values["param_groups"] = sa.bindparam("new_param_groups", type_=sa.JSON)
+    if arrays:
+        values["arrays"] = sa.bindparam("new_arrays", type_=sa.LargeBinary)
+        values["arrays_slot"] = sa.bindparam("new_arrays_slot", type_=sa.SmallInteger)
+    return sa.update(sessions).where(*_SAVE_WHERE).values(**values)
+
+
+SAVE = {
+    (groups, arrays): _save_statement(groups=groups, arrays=arrays)
+    for groups in (False, True)
+    for arrays in (False, True)
+}
+"""By (param groups changed, arrays given)."""
+
+
+def build_engine(
+    database_url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10, page_size: int = SMALL_PAGES
+) -> Engine:
+    """An engine for ``database_url``; a new SQLite database gets pages of ``page_size`` bytes."""
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
@@ -110,10 +130,8 @@ def build_engine(database_url: str, *, sqlite_synchronous: str = "FULL", pool_si
         # Let SQLAlchemy's "begin" event below issue BEGIN, instead of pysqlite.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # Large pages: a session's arrays are one blob, and a blob of N bytes costs N / page_size page
-        # writes; 64 KiB pages commit a megabyte-sized blob several times faster than 4 KiB ones. It
-        # only takes effect on a new database, so it comes before WAL mode is set.
-        cursor.execute("PRAGMA page_size=65536")
+        # Only takes effect on a new database, so it comes before WAL mode is set.
+        cursor.execute(f"PRAGMA page_size={page_size}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
         cursor.execute("PRAGMA busy_timeout=60000")
@@ -212,9 +230,11 @@ class _Locked:
             "old_version": self.meta.version,
             "new_step": meta.step,
             "new_version": meta.version,
-            "new_param_groups": meta.param_groups,
             "new_updated_at": meta.updated_at,
         }
+        groups_changed = meta.param_groups != self.meta.param_groups
+        if groups_changed:
+            values["new_param_groups"] = meta.param_groups
         if arrays is not None:
             if self._arrays_saved:
                 # The other slot would now be the committed one (array_files.py).
@@ -222,7 +242,7 @@ class _Locked:
             self._arrays_saved = True
             placed = self._placement.place(meta.id, self._slot, arrays)
             values["new_arrays"], values["new_arrays_slot"] = placed["arrays"], placed["arrays_slot"]
-        result = self._connection.execute(SAVE_META if arrays is None else SAVE_META_AND_ARRAYS, values)
+        result = self._connection.execute(SAVE[groups_changed, arrays is not None], values)
         if result.rowcount != 1:
             raise RuntimeError(f"session {meta.id} changed while it was locked")
         if record is not None:
@@ -288,30 +308,46 @@ class SqlSessionStore:
         auto_migrate: bool = True,
         array_files_min_bytes: int = 256 << 10,
     ) -> None:
-        self._engine = build_engine(database_url, sqlite_synchronous=sqlite_synchronous, pool_size=pool_size)
+        # Slot files rely on each commit being durable before the next change overwrites the slot it
+        # left; with synchronous=NORMAL a power loss can undo commits, so new arrays stay in the row
+        # (existing slot files are still read).
+        durable_commits = sqlite_synchronous.upper() in ("FULL", "EXTRA")
+        rows_hold_large_arrays = not durable_commits or array_files_min_bytes > LARGE_ROW_BYTES
+        self._engine = build_engine(
+            database_url,
+            sqlite_synchronous=sqlite_synchronous,
+            pool_size=pool_size,
+            page_size=LARGE_PAGES if rows_hold_large_arrays else SMALL_PAGES,
+        )
         # SQLite has one writer at a time: writers that arrive together share a commit.
         self._group_commit = GroupCommit(self._transaction) if self._engine.dialect.name == "sqlite" else None
         self._kept = RecordsKept(keys=idempotency_keys_kept, response_bytes=idempotency_response_bytes_kept)
+        self._writer_lock = self._sqlite_writer_lock(database_url)
         try:
             ensure_schema(self._engine, upgrade=auto_migrate)
-            # Slot files rely on each commit being durable before the next change overwrites the
-            # slot it left; with synchronous=NORMAL a power loss can undo commits, so new arrays
-            # stay in the row (existing slot files are still read).
-            durable_commits = sqlite_synchronous.upper() in ("FULL", "EXTRA")
             self._placement = _ArrayPlacement(
                 self._array_files(database_url), array_files_min_bytes if durable_commits else NEVER
             )
             self._remove_unused_array_files()
         except BaseException:
-            self._engine.dispose()
+            self.close()
             raise
 
-    def _array_files(self, database_url: str) -> ArrayFiles | None:
-        """Slot files in ``<database file>-arrays/``, for a SQLite database in a file."""
+    def _sqlite_file(self, database_url: str) -> Path | None:
         database = make_url(database_url).database
         if self._engine.dialect.name != "sqlite" or not database or database == ":memory:":
             return None
-        return ArrayFiles(Path(database).with_name(Path(database).name + "-arrays"))
+        return Path(database)
+
+    def _sqlite_writer_lock(self, database_url: str) -> WriterLock | None:
+        """For a SQLite database in a file, the lock its writers take first (``<database file>-writer-lock``)."""
+        database = self._sqlite_file(database_url)
+        return None if database is None else WriterLock(database.with_name(database.name + "-writer-lock"))
+
+    def _array_files(self, database_url: str) -> ArrayFiles | None:
+        """Slot files in ``<database file>-arrays/``, for a SQLite database in a file."""
+        database = self._sqlite_file(database_url)
+        return None if database is None else ArrayFiles(database.with_name(database.name + "-arrays"))
 
     def _remove_unused_array_files(self) -> None:
         """Slot files a crash left behind (a session deleted, or one that never committed).
@@ -335,7 +371,10 @@ class SqlSessionStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        with self._engine.connect() as connection:
+        with (
+            self._writer_lock.held() if self._writer_lock is not None else nullcontext(),
+            self._engine.connect() as connection,
+        ):
             connection.info["writes"] = True
             try:
                 with connection.begin():
@@ -421,6 +460,8 @@ class SqlSessionStore:
 
     def close(self) -> None:
         self._engine.dispose()
+        if self._writer_lock is not None:
+            self._writer_lock.close()
 
 
 def _row_values(meta: SessionMeta) -> dict[str, Any]:

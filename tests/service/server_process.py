@@ -83,8 +83,10 @@ class ServerProcess:
         port: int | None = None,
         name: str = "server",
         startup_timeout: float = STARTUP_TIMEOUT,
+        workers: int = 1,
     ) -> None:
         self.database_url = database_url
+        self.workers = workers
         self.env = dict(env or {})
         self.port = port if port is not None else free_port()
         self.startup_timeout = startup_timeout
@@ -120,6 +122,8 @@ class ServerProcess:
             str(self.port),
             "--database-url",
             self.database_url,
+            "--workers",
+            str(self.workers),
         ]
 
     def start(self) -> ServerProcess:

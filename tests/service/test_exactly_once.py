@@ -130,22 +130,26 @@ def concurrent_run(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """16 threads x 20 steps, at once, on one Rprop session of a real server (which stays up for the module)."""
     directory = tmp_path_factory.mktemp("exactly-once")
     with fresh_database(engine, directory) as database_url, ServerFactory(directory, lambda: database_url) as servers:
-        server = servers()
-        initial = {"w": np.random.default_rng([SEED, THREADS]).standard_normal(SHAPE).astype(DTYPE)}
-        with httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as client:
-            session_id = create_session(
-                client, {"optimizer": "rprop", "params": initial, "hyperparameters": RPROP, "dtype": "float32"}
-            )
-        by_thread = [requests_of(thread) for thread in range(THREADS)]
-        replies: dict[str, Reply] = {}
+        yield step_concurrently(servers())
 
-        def work(thread: int, client: httpx.Client) -> None:
-            for request in by_thread[thread]:
-                replies[request.key] = post_step(client, session_id, request)
 
-        in_threads(server.base_url, work)
-        requests = [request for requests in by_thread for request in requests]
-        yield ConcurrentRun(server, session_id, initial, requests, replies)
+def step_concurrently(server: ServerProcess) -> ConcurrentRun:
+    """16 threads x 20 steps, at once, on a new Rprop session of ``server``."""
+    initial = {"w": np.random.default_rng([SEED, THREADS]).standard_normal(SHAPE).astype(DTYPE)}
+    with httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as client:
+        session_id = create_session(
+            client, {"optimizer": "rprop", "params": initial, "hyperparameters": RPROP, "dtype": "float32"}
+        )
+    by_thread = [requests_of(thread) for thread in range(THREADS)]
+    replies: dict[str, Reply] = {}
+
+    def work(thread: int, client: httpx.Client) -> None:
+        for request in by_thread[thread]:
+            replies[request.key] = post_step(client, session_id, request)
+
+    in_threads(server.base_url, work)
+    requests = [request for requests in by_thread for request in requests]
+    return ConcurrentRun(server, session_id, initial, requests, replies)
 
 
 def replay_rprop(initial: Mapping[str, np.ndarray], grads_in_order: list[dict[str, np.ndarray]]) -> Iterator[Rprop]:
