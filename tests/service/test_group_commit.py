@@ -5,7 +5,7 @@ import itertools
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,6 +46,16 @@ def stored(engine: sa.Engine) -> set[int]:
         return {row.writer for row in connection.execute(sa.text("SELECT writer FROM notes"))}
 
 
+def in_threads(write: Callable[[int], None]) -> None:
+    """``write(writer)`` for each of the WRITERS, each in a thread of its own; all must finish."""
+    threads = [threading.Thread(target=write, args=(writer,)) for writer in range(WRITERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads), "a writer never finished"
+
+
 def run_writers(group: GroupCommit, failing: set[int]) -> dict[int, BaseException | None]:
     outcomes: dict[int, BaseException | None] = {}
     start = threading.Barrier(WRITERS)
@@ -62,12 +72,7 @@ def run_writers(group: GroupCommit, failing: set[int]) -> dict[int, BaseExceptio
         else:
             outcomes[writer] = None
 
-    threads = [threading.Thread(target=write, args=(writer,)) for writer in range(WRITERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(thread.is_alive() for thread in threads), "a writer never finished"
+    in_threads(write)
     return outcomes
 
 
@@ -167,12 +172,7 @@ def test_concurrent_keyed_writers_all_commit_and_no_transaction_holds_a_key_twic
             connection.execute(sa.text("INSERT INTO notes VALUES (:writer)"), {"writer": writer})
             transaction_of[writer] = connection.info["transaction"]
 
-    threads = [threading.Thread(target=write, args=(writer,)) for writer in range(WRITERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(thread.is_alive() for thread in threads), "a writer never finished"
+    in_threads(write)
 
     assert stored(engine) == set(range(WRITERS))
     keys_of: defaultdict[int, list[int]] = defaultdict(list)
