@@ -47,6 +47,30 @@ H = TypeVar("H", bound=Hyperparams)
 S = TypeVar("S", bound=State)
 
 
+def _identical(first: object, second: object) -> bool:
+    """Equal, with the same types throughout: ``1``, ``1.0`` and ``True`` are equal in Python, and parse differently."""
+    if type(first) is not type(second):
+        return False
+    if isinstance(first, dict):
+        assert isinstance(second, dict)
+        return first.keys() == second.keys() and all(_identical(value, second[key]) for key, value in first.items())
+    if isinstance(first, (list, tuple)):
+        assert isinstance(second, (list, tuple))
+        return len(first) == len(second) and all(map(_identical, first, second))
+    return bool(first == second)
+
+
+def _copied(value: Any) -> Any:
+    """A copy of nested dicts, lists and tuples, which callers may change in place; leaves are shared."""
+    if isinstance(value, dict):
+        return {key: _copied(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copied(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_copied(item) for item in value)
+    return value
+
+
 @contextmanager
 def _located(*prefix: str | int, as_type: type[OptimCoreError] | None = None) -> Iterator[None]:
     """Re-raise core errors with ``prefix`` in front of their ``loc``."""
@@ -86,6 +110,8 @@ class Optimizer(ABC, Generic[H, S]):
             self._group_names.append(names)
             self.param_groups.append({**hyperparams.to_group(), "params": list(names)})
         self._state: dict[str, S] = {}
+        self._last_parsed: tuple[list[dict[str, Any]], list[H]] | None = None
+        """The groups as last parsed (a copy), and what they parsed to."""
 
     # The algorithm, supplied by each optimizer.
 
@@ -214,7 +240,13 @@ class Optimizer(ABC, Generic[H, S]):
         return names
 
     def _validated_groups(self) -> list[H]:
-        """Parse the live groups, which users may have edited since the last step."""
+        """Parse the live groups, which users may have edited since the last step.
+
+        Groups identical to those last parsed are not parsed again: a small step spends
+        more time parsing them than computing.
+        """
+        if self._last_parsed is not None and _identical(self._last_parsed[0], self.param_groups):
+            return self._last_parsed[1]
         parsed = []
         for index, (group, names) in enumerate(zip(self.param_groups, self._group_names, strict=True)):
             _require_keys(
@@ -230,6 +262,7 @@ class Optimizer(ABC, Generic[H, S]):
                 )
             with _located("param_groups", index):
                 parsed.append(self._parse_hyperparams(group))
+        self._last_parsed = (_copied(self.param_groups), parsed)
         return parsed
 
     def _prepared_grads(self, grads: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -646,3 +646,25 @@ def test_load_state_dict_accepts_int_keys_and_absent_param_names_and_resumes_ide
     target.load_state_dict(convert(_json_state_dict(source)))
     assert _json_state_dict(target) == _json_state_dict(source)
     _assert_same_trajectory(target, source)
+
+
+def test_flag_replaced_by_an_equal_int_after_a_step_is_rejected_by_the_next_step() -> None:
+    # 1 == True in Python: groups that compare equal to the last parsed ones are parsed again when a type differs.
+    opt = _trained("rmsprop")
+    before = _snapshot(opt)
+    opt.param_groups[0]["centered"] = 1
+    _assert_rejected(lambda: opt.step(_grads(opt, seed=7)), "centered must be a bool")
+    opt.param_groups[0]["centered"] = True
+    _assert_unchanged(opt, before)
+
+
+def test_pair_edited_in_place_after_a_step_is_rejected_by_the_next_step() -> None:
+    opt = _trained("rprop")
+    etas = [0.5, 1.2]
+    opt.param_groups[1]["etas"] = etas
+    opt.step(_grads(opt, seed=5))
+    before = _snapshot(opt)
+    etas[0] = 1.5  # the same list the last step parsed
+    _assert_rejected(lambda: opt.step(_grads(opt, seed=7)), re.escape("Invalid eta values: 1.5, 1.2"))
+    etas[0] = 0.5
+    _assert_unchanged(opt, before)
