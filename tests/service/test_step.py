@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from service.sessions import OVERLAP_MIN_BYTES
 from tests.service.conftest import (
     ClientFactory,
     assert_problem,
@@ -430,3 +431,27 @@ def test_concurrent_steps_are_numbered_1_to_n_in_the_order_they_were_applied(cli
         core.step(grads)
         assert_same_param_bits(result["params"], core.params, "float64")
     assert_same_param_bits(ok(get_params(client, created.id))["params"], core.params, "float64")
+
+
+def test_a_large_step_is_checked_for_overflow_while_it_is_written_and_a_failed_check_changes_nothing(
+    client: TestClient,
+) -> None:
+    # Params and state of at least OVERLAP_MIN_BYTES: the check and the response run beside the write.
+    size = OVERLAP_MIN_BYTES // 8 + 1
+    rng = np.random.default_rng(13)
+    body = {"optimizer": "rmsprop", "params": {"w": to_json(rng.normal(size=size).astype("float32"))}}
+    created = create_session(client, body)
+    first, last = (rng.normal(size=size).astype("float32") for _ in range(2))
+    core = core_optimizer(body)
+    core.step({"w": first})
+    assert_same_param_bits(ok(step(client, created.id, {"w": first}))["params"], core.params, "float32")
+    before = get_checkpoint(client, created.id).content
+    overflowing = first.copy()
+    overflowing[-1] = 3e38  # finite in float32; (1 - alpha) * grad**2 is not
+
+    assert_problem(step(client, created.id, {"w": overflowing}), 422, loc=["body", "grads"])
+
+    assert get_checkpoint(client, created.id).content == before
+    core.step({"w": last})
+    assert_same_param_bits(ok(step(client, created.id, {"w": last}))["params"], core.params, "float32")
+    assert_same_param_bits(ok(get_params(client, created.id))["params"], core.params, "float32")
