@@ -10,7 +10,8 @@ Starts ``python -m service serve`` (one or more replicas) on a fresh database an
 - for context in the same run: the same step in-process (optim_core only); two loopback floors
   for the same request and response bytes: a bare socket to an echo process, and a trivial
   FastAPI endpoint on uvicorn that reads the body and answers as many bytes (the HTTP stack's
-  own cost, ``benchmarks/echo_app.py``); and a trivial endpoint of the service (``GET /healthz``);
+  own cost, ``benchmarks/echo_app.py``), each timed in turn with the binary step, sample by sample;
+  and a trivial endpoint of the service (``GET /healthz``);
 - steps per second across concurrent sessions of 1k params: one keep-alive connection per
   session, driven by a raw asyncio client (cheap, so the server gets the CPU), spread over the
   replicas.
@@ -203,6 +204,20 @@ def timed(run: Callable[[], object], repeats: int) -> list[float]:
     return samples
 
 
+def timed_together(runs: list[Callable[[], object]], repeats: int) -> list[list[float]]:
+    """Samples of each of ``runs``, taken in turn: a ratio between two of them compares runs made
+    under the same conditions, however this VM's speed drifts during the benchmark."""
+    for run in runs:
+        run()
+    samples: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, taken in zip(runs, samples, strict=True):
+            start = time.perf_counter()
+            run()
+            taken.append(time.perf_counter() - start)
+    return samples
+
+
 def create(client: httpx.Client, initial: np.ndarray) -> str:
     body = save({"params/w": initial}, metadata={"optimizer": "rmsprop"})
     response = client.post("/v1/sessions", content=body, headers={"content-type": BINARY["content-type"]})
@@ -238,9 +253,9 @@ def latency_table(base: str, sizes: list[int], rng: np.random.Generator) -> None
     ):
         trivial, _ = percentiles(timed(lambda: client.get("/healthz"), 200))
         for size in sizes:
-            # New connections for each size: uvicorn closes one idle for 5 s.
-            bare, bare_echo = BareHttp(base), BareHttp(echo_base)
-            repeats = 200 if size <= 100_000 else 30 if size <= 1_000_000 else 10
+            # New connections for each size, each opened just before its use: uvicorn closes one idle for 5 s.
+            bare = BareHttp(base)
+            repeats = 200 if size <= 100_000 else 30 if size <= 1_000_000 else 20
             json_repeats = repeats if size <= 1_000_000 else 3
             grads = rng.standard_normal(size, dtype=np.float32)
             session_id = create(client, rng.standard_normal(size, dtype=np.float32))
@@ -248,14 +263,24 @@ def latency_table(base: str, sizes: list[int], rng: np.random.Generator) -> None
             binary_request = step_request(base, session_id, grads, "binary")
             json_p50, json_p95 = percentiles(timed(lambda: bare.round_trip(json_request), json_repeats))  # noqa: B023
             response_size = len(bare.round_trip(binary_request))
-            binary_p50, binary_p95 = percentiles(timed(lambda: bare.round_trip(binary_request), repeats))  # noqa: B023
-            sdk, _ = percentiles(timed(lambda: sdk_like_step(client, session_id, grads), repeats))  # noqa: B023
             optimizer = RMSprop({"w": rng.standard_normal(size, dtype=np.float32)})
-            core, _ = percentiles(timed(lambda: optimizer.step({"w": grads}), repeats))  # noqa: B023
             body = save({"w": grads})
-            floor, _ = percentiles(timed(lambda: echo(body, response_size), repeats))  # noqa: B023
             to_echo = echo_request(echo_base, body, response_size)
-            echo_floor, _ = percentiles(timed(lambda: bare_echo.round_trip(to_echo), repeats))  # noqa: B023
+            bare_echo = BareHttp(echo_base)
+            # The binary step and its floors in turn, so that their ratios compare like with like.
+            binary_samples, floor_samples, echo_samples = timed_together(
+                [
+                    lambda: bare.round_trip(binary_request),  # noqa: B023
+                    lambda: echo(body, response_size),  # noqa: B023
+                    lambda: bare_echo.round_trip(to_echo),  # noqa: B023
+                ],
+                repeats,
+            )
+            binary_p50, binary_p95 = percentiles(binary_samples)
+            floor, _ = percentiles(floor_samples)
+            echo_floor, _ = percentiles(echo_samples)
+            sdk, _ = percentiles(timed(lambda: sdk_like_step(client, session_id, grads), repeats))  # noqa: B023
+            core, _ = percentiles(timed(lambda: optimizer.step({"w": grads}), repeats))  # noqa: B023
             print(
                 f"| {size:,} | {json_p50 * 1e3:.2f} | {json_p95 * 1e3:.2f} | {binary_p50 * 1e3:.2f} "
                 f"| {binary_p95 * 1e3:.2f} | {json_p50 / binary_p50:.1f} | {sdk * 1e3:.2f} | {core * 1e3:.3f} "
