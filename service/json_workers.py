@@ -6,9 +6,17 @@ server process could not answer anyone. Above a size threshold the work moves
 to a small process pool, which also lets two large requests use two cores.
 Small bodies, the common case, stay in-thread: a round trip to another process
 would cost more than the parse.
+
+A worker exits once the server process that started it is gone. A server that
+stops on a signal ends without running its exit handlers, which is where
+``concurrent.futures`` tells its workers to stop, and a worker waiting for work
+then waited forever, holding its memory and whatever its parent's stdout was.
 """
 
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -17,6 +25,24 @@ import numpy as np
 
 from service.codecs import ArrayPath, dump_json, parse_json_with_arrays
 from service.memory import keep_large_allocations
+
+PARENT_CHECK_SECONDS = 1.0
+"""How often a worker checks that the server that started it still runs."""
+
+
+def _start_worker(server: int, malloc_mmap_threshold_bytes: int) -> None:
+    """A worker's initializer: tune malloc as the server does, and exit once ``server`` is gone."""
+    if malloc_mmap_threshold_bytes:
+        keep_large_allocations(malloc_mmap_threshold_bytes)
+    threading.Thread(target=_exit_without, args=(server,), name="server-watch", daemon=True).start()
+
+
+def _exit_without(server: int) -> None:
+    # Polled rather than a parent-death signal: that signal follows the thread that started the
+    # worker, and here that is any request's thread, which may end long before the server.
+    while os.getppid() == server:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(0)
 
 
 def _array_bytes(value: Any) -> int:
@@ -42,16 +68,12 @@ class JsonWorkers:
         if self._processes <= 0:
             return None
         if self._pool is None:
-            context = multiprocessing.get_context("spawn")
-            if self._malloc_mmap_threshold:
-                self._pool = ProcessPoolExecutor(
-                    self._processes,
-                    mp_context=context,
-                    initializer=keep_large_allocations,
-                    initargs=(self._malloc_mmap_threshold,),
-                )
-            else:
-                self._pool = ProcessPoolExecutor(self._processes, mp_context=context)
+            self._pool = ProcessPoolExecutor(
+                self._processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(os.getpid(), self._malloc_mmap_threshold),
+            )
         return self._pool
 
     def decode(self, body: bytes, array_paths: Sequence[ArrayPath]) -> dict[str, Any]:
