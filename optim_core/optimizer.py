@@ -48,7 +48,8 @@ S = TypeVar("S", bound=State)
 
 
 def _identical(first: object, second: object) -> bool:
-    """Equal, with the same types throughout: ``1``, ``1.0`` and ``True`` are equal in Python, and parse differently."""
+    """Equal, with the same types throughout: ``1``, ``1.0`` and ``True`` are equal in Python, and
+    parse differently; so are ``0.0`` and ``-0.0``, which torch's state_dict tells apart."""
     if type(first) is not type(second):
         return False
     if isinstance(first, dict):
@@ -57,18 +58,31 @@ def _identical(first: object, second: object) -> bool:
     if isinstance(first, (list, tuple)):
         assert isinstance(second, (list, tuple))
         return len(first) == len(second) and all(map(_identical, first, second))
+    if isinstance(first, (float, np.floating)):
+        assert isinstance(second, (float, np.floating))
+        return bool(first == second) and math.copysign(1.0, first) == math.copysign(1.0, second)
     return bool(first == second)
 
 
+_IMMUTABLE_LEAVES = (bool, int, float, str, type(None), np.generic)
+
+
 def _copied(value: Any) -> Any:
-    """A copy of nested dicts, lists and tuples, which callers may change in place; leaves are shared."""
-    if isinstance(value, dict):
-        return {key: _copied(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_copied(item) for item in value]
-    if isinstance(value, tuple):
-        return tuple(_copied(item) for item in value)
-    return value
+    """A copy of nested dicts, lists and tuples, which callers may change in place, whose leaves are
+    immutable scalars; ``_UNCOPIABLE`` if it holds anything else (an ``array.array``, a deque)."""
+    if type(value) is dict:
+        items = {key: _copied(item) for key, item in value.items()}
+        return _UNCOPIABLE if _UNCOPIABLE in items.values() else items
+    if type(value) in (list, tuple):
+        copied = [_copied(item) for item in value]
+        if any(item is _UNCOPIABLE for item in copied):
+            return _UNCOPIABLE
+        return copied if type(value) is list else tuple(copied)
+    return value if isinstance(value, _IMMUTABLE_LEAVES) else _UNCOPIABLE
+
+
+_UNCOPIABLE = object()
+"""What ``_copied`` returns for values it cannot copy whole: groups holding them are parsed on every use."""
 
 
 @contextmanager
@@ -262,7 +276,8 @@ class Optimizer(ABC, Generic[H, S]):
                 )
             with _located("param_groups", index):
                 parsed.append(self._parse_hyperparams(group))
-        self._last_parsed = (_copied(self.param_groups), parsed)
+        copied = _copied(self.param_groups)
+        self._last_parsed = None if copied is _UNCOPIABLE else (copied, parsed)
         return parsed
 
     def _prepared_grads(self, grads: Mapping[str, Any]) -> dict[str, np.ndarray]:

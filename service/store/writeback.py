@@ -10,7 +10,6 @@ writes; durability still comes from ``fdatasync``. Where the call is missing
 """
 
 import ctypes
-import ctypes.util
 import functools
 from collections.abc import Callable
 
@@ -20,12 +19,10 @@ SYNC_FILE_RANGE_WRITE = 2
 
 @functools.cache
 def _bind() -> Callable[[int, int, int, int], int] | None:
-    library = ctypes.util.find_library("c")
-    if library is None:
-        return None
+    # The process's own symbols, libc's among them: no search for the library (find_library runs ldconfig).
     try:
-        function = ctypes.CDLL(library, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError, TypeError):
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     function.restype = ctypes.c_int

@@ -5,6 +5,7 @@ offending field or param, and a rejected call on an existing optimizer must chan
 nothing: params (bitwise and dtype), the whole state_dict and param_groups.
 """
 
+import array
 import copy
 import json
 import math
@@ -660,11 +661,32 @@ def test_flag_replaced_by_an_equal_int_after_a_step_is_rejected_by_the_next_step
 
 def test_pair_edited_in_place_after_a_step_is_rejected_by_the_next_step() -> None:
     opt = _trained("rprop")
-    etas = [0.5, 1.2]
+    etas = [0.4, 1.3]  # not the group's etas: the step below parses them
     opt.param_groups[1]["etas"] = etas
     opt.step(_grads(opt, seed=5))
     before = _snapshot(opt)
     etas[0] = 1.5  # the same list the last step parsed
-    _assert_rejected(lambda: opt.step(_grads(opt, seed=7)), re.escape("Invalid eta values: 1.5, 1.2"))
-    etas[0] = 0.5
+    _assert_rejected(lambda: opt.step(_grads(opt, seed=7)), re.escape("Invalid eta values: 1.5, 1.3"))
+    etas[0] = 0.4
     _assert_unchanged(opt, before)
+
+
+def test_pair_of_another_sequence_type_edited_in_place_after_a_step_is_rejected_by_the_next_step() -> None:
+    opt = _trained("rprop")
+    etas = array.array("d", [0.4, 1.3])
+    opt.param_groups[1]["etas"] = etas
+    opt.step(_grads(opt, seed=5))
+    before = _snapshot(opt)
+    etas[0] = 1.5
+    _assert_rejected(lambda: opt.step(_grads(opt, seed=7)), re.escape("Invalid eta values: 1.5, 1.3"))
+    etas[0] = 0.4
+    _assert_unchanged(opt, before)
+
+
+def test_a_zero_replaced_by_a_negative_zero_after_a_step_is_what_state_dict_reports() -> None:
+    opt = _trained("rmsprop")
+    opt.param_groups[0]["weight_decay"] = 0.0
+    opt.step(_grads(opt, seed=5))
+    opt.param_groups[0]["weight_decay"] = -0.0  # torch keeps the sign it was given
+
+    assert math.copysign(1.0, opt.state_dict()["param_groups"][0]["weight_decay"]) == -1.0

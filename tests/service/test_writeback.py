@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.store import writeback
+from service.store import array_files, writeback
 from service.store.array_files import WRITEBACK_CHUNK, ArrayFiles
 
 
@@ -46,3 +46,23 @@ def test_a_slot_written_in_many_chunks_holds_every_byte_in_order(tmp_path: Path)
     files.write("session", 0, pieces)  # shorter than what the slot held
 
     assert files.read("session", 0) == b"".join(bytes(piece) for piece in pieces)
+
+
+def test_writeback_is_asked_for_every_byte_of_a_slot_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the kernel does with the hint is not observable: the calls are recorded on their way to it.
+    ranges: list[tuple[int, int]] = []
+
+    def recorded(descriptor: int, offset: int, length: int) -> None:
+        ranges.append((offset, length))
+        writeback.start_writeback(descriptor, offset, length)
+
+    monkeypatch.setattr(array_files, "start_writeback", recorded)
+    pieces = [b"header", os.urandom(WRITEBACK_CHUNK + 5), os.urandom(WRITEBACK_CHUNK // 2)]
+
+    ArrayFiles(tmp_path / "arrays").write("session", 1, pieces)
+
+    assert len(ranges) >= 3
+    assert all(length <= WRITEBACK_CHUNK for _, length in ranges)
+    ends = [0] + [offset + length for offset, length in ranges]
+    assert [offset for offset, _ in ranges] == ends[:-1]
+    assert ends[-1] == sum(map(len, pieces))
