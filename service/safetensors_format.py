@@ -23,6 +23,11 @@ Buffers = list[bytes | memoryview]
 """A file as the pieces it is made of, to be written out or joined without another copy."""
 
 
+def buffers_size(buffers: Buffers) -> int:
+    """The bytes the pieces hold together."""
+    return sum(len(memoryview(buffer).cast("B")) for buffer in buffers)
+
+
 def dump(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
     """A safetensors file holding ``tensors`` (float32 or float64) and string ``metadata``."""
     return b"".join(dump_buffers(tensors, metadata))

@@ -26,7 +26,7 @@ from service.errors import (
     core_error,
 )
 from service.optimizers import DTYPES, HYPERPARAMS, OPTIMIZERS, build_optimizer, summary_groups
-from service.safetensors_format import Buffers
+from service.safetensors_format import Buffers, buffers_size
 from service.schemas import CreateSessionRequest, PatchSessionRequest
 from service.snapshot import pack, pack_buffers, unpack
 from service.store import IdempotencyRecord, LockedSession, SessionMeta, SessionStore
@@ -345,7 +345,7 @@ class Sessions:
                 params=pack(params) if _nbytes(params) <= self._response_copy_max_bytes else b"",
             )
         arrays = pack_buffers(params, state)
-        if sum(len(memoryview(buffer).cast("B")) for buffer in arrays) < OVERLAP_MIN_BYTES:
+        if buffers_size(arrays) < OVERLAP_MIN_BYTES:
             if not _finite(params, state):
                 raise _overflowed()
             locked.save(meta, arrays, record)

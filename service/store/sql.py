@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from service.errors import PreconditionFailed, SessionNotFound
-from service.safetensors_format import Buffers
+from service.safetensors_format import Buffers, buffers_size
 from service.store.array_files import ArrayFiles, other_slot
 from service.store.base import IdempotencyRecord, SessionMeta
 from service.store.group_commit import GroupCommit
@@ -167,7 +167,7 @@ class _ArrayPlacement:
 
     def place(self, session_id: str, current_slot: int | None, arrays: Buffers) -> dict[str, Any]:
         """Write ``arrays`` where they belong (a slot file durably); the row's new column values."""
-        if self.files is not None and sum(len(memoryview(buffer).cast("B")) for buffer in arrays) >= self._min_bytes:
+        if self.files is not None and buffers_size(arrays) >= self._min_bytes:
             slot = other_slot(current_slot)
             self.files.write(session_id, slot, arrays)
             return {"arrays": b"", "arrays_slot": slot}
