@@ -14,6 +14,7 @@ from service.json_workers import JsonWorkers
 from service.memory import keep_large_allocations
 from service.routes import health, sessions
 from service.routes.deps import Service, Wire
+from service.routes.step_shortcut import StepShortcut
 from service.schemas import CreateSessionRequest, PatchSessionRequest, StateDict, StepRequest
 from service.sessions import Sessions
 from service.store import SqlSessionStore
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(StepShortcut, exception_handlers=app.exception_handlers)
     app.include_router(health.router)
     app.include_router(sessions.router)
 
