@@ -255,7 +255,8 @@ def latency_table(base: str, sizes: list[int], rng: np.random.Generator) -> None
         for size in sizes:
             # New connections for each size, each opened just before its use: uvicorn closes one idle for 5 s.
             bare = BareHttp(base)
-            repeats = 200 if size <= 100_000 else 30 if size <= 1_000_000 else 20
+            # A few seconds of samples for each size: this VM has slow and fast phases of a second or so.
+            repeats = 1000 if size <= 1_000 else 200 if size <= 100_000 else 30 if size <= 1_000_000 else 20
             json_repeats = repeats if size <= 1_000_000 else 3
             grads = rng.standard_normal(size, dtype=np.float32)
             session_id = create(client, rng.standard_normal(size, dtype=np.float32))
