@@ -11,27 +11,29 @@ the outer middleware, as it would from the route.
 """
 
 import inspect
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.routes.sessions import step_session
+from service.routes.sessions import router, step_session
 
-STEP_PATH = re.compile(r"/v1/sessions/(?P<session_id>[^/]+)/step")
-"""The route's path, matched as Starlette matches ``/v1/sessions/{session_id}/step``."""
+STEP_ROUTE = next(route for route in router.routes if isinstance(route, APIRoute) and route.endpoint is step_session)
+"""The route the shortcut stands in for: its path pattern is the one matched here."""
 
 ExceptionHandler = Callable[[Request, Exception], Any]
 """As the app keeps them: returning a response, or an awaitable of one."""
 
 
 def _route_path(scope: Scope) -> str:
-    """The path the app's routes see: without the root path it is mounted at."""
+    """The path the app's routes see: without the root path it is mounted at, as Starlette strips it."""
     path: str = scope["path"]
     root_path: str = scope.get("root_path", "")
-    return path[len(root_path) :] if root_path and path.startswith(root_path) else path
+    if root_path and path.startswith(root_path) and path[len(root_path) : len(root_path) + 1] == "/":
+        return path[len(root_path) :]
+    return path
 
 
 def _handler_for(handlers: Mapping[Any, ExceptionHandler], error: Exception) -> ExceptionHandler | None:
@@ -52,7 +54,9 @@ class StepShortcut:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         matched = (
-            STEP_PATH.fullmatch(_route_path(scope)) if scope["type"] == "http" and scope["method"] == "POST" else None
+            STEP_ROUTE.path_regex.match(_route_path(scope))
+            if scope["type"] == "http" and scope["method"] == "POST"
+            else None
         )
         if matched is None:
             await self.app(scope, receive, send)

@@ -29,10 +29,18 @@ class DriverStatement:
     bind_processors: Mapping[str, Processor]
     result_processors: tuple[Processor, ...]
     row_type: type[tuple[Any, ...]]
+    driver_error: type[Exception]
+    """The driver's base exception, whose instances leave as SQLAlchemy's wrappers of them."""
 
     @classmethod
     def compile(cls, statement: sa.Select[Any] | sa.Update, dialect: Dialect) -> "DriverStatement":
+        """``statement`` for ``dialect``; ValueError for one whose parameters are not all given at execution."""
         compiled = statement.compile(dialect=dialect)
+        for name, bind in compiled.binds.items():
+            if not bind.required or bind.expanding or bind.literal_execute:
+                raise ValueError(f"parameter {name!r} is not a plain bindparam() given at execution: {statement}")
+        if compiled.escaped_bind_names:
+            raise ValueError(f"parameter names that {dialect.name} needs escaped: {compiled.escaped_bind_names}")
         bind_processors = {
             name: bind.type.dialect_impl(dialect).bind_processor(dialect) for name, bind in compiled.binds.items()
         }
@@ -42,7 +50,7 @@ class DriverStatement:
         )
         row_type = namedtuple("Row", [column.name for column in columns])  # type: ignore[misc]
         positions = tuple(compiled.positiontup) if dialect.positional and compiled.positiontup is not None else None
-        return cls(str(compiled), positions, bind_processors, result_processors, row_type)
+        return cls(str(compiled), positions, bind_processors, result_processors, row_type, dialect.loaded_dbapi.Error)
 
     def _parameters(self, values: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
         processed = {
@@ -51,11 +59,24 @@ class DriverStatement:
         }
         return processed if self.positions is None else [processed[name] for name in self.positions]
 
-    def rowcount(self, connection: Connection, values: Mapping[str, Any]) -> int:
-        """Run the statement; the number of rows it matched."""
+    def _executed(self, connection: Connection, values: Mapping[str, Any]) -> Any:
+        """A cursor that has run the statement (the caller closes it); driver errors as SQLAlchemy raises them."""
+        parameters = self._parameters(values)
         cursor = connection.connection.cursor()
         try:
-            cursor.execute(self.sql, self._parameters(values))
+            cursor.execute(self.sql, parameters)
+        except self.driver_error as error:
+            cursor.close()
+            raise sa.exc.DBAPIError.instance(self.sql, parameters, error, self.driver_error) from error
+        except BaseException:
+            cursor.close()
+            raise
+        return cursor
+
+    def rowcount(self, connection: Connection, values: Mapping[str, Any]) -> int:
+        """Run the statement; the number of rows it matched."""
+        cursor = self._executed(connection, values)
+        try:
             count: int = cursor.rowcount
             return count
         finally:
@@ -63,9 +84,8 @@ class DriverStatement:
 
     def first(self, connection: Connection, values: Mapping[str, Any]) -> Any:
         """Run the query; its first row, with attributes named as the columns, or None."""
-        cursor = connection.connection.cursor()
+        cursor = self._executed(connection, values)
         try:
-            cursor.execute(self.sql, self._parameters(values))
             row = cursor.fetchone()
         finally:
             cursor.close()

@@ -403,8 +403,14 @@ class SqlSessionStore:
             # Set for each transaction: it belongs to the driver's connection, and a connection
             # SQLAlchemy invalidated (after an error) reconnects with a new one at its next use.
             writer.info["writes"] = True
-            with writer.begin():
-                yield writer
+            try:
+                with writer.begin():
+                    yield writer
+            except sa.exc.DBAPIError:
+                # The next transaction starts on a new connection: errors from statements run on the
+                # driver's cursor do not reach SQLAlchemy, which would otherwise decide.
+                writer.invalidate()
+                raise
 
     def ping(self) -> None:
         with self._engine.connect() as connection:
@@ -491,9 +497,11 @@ class SqlSessionStore:
             )
 
     def close(self) -> None:
-        if self._writer_connection is not None:
-            self._writer_connection.close()
-            self._writer_connection = None
+        if self._writer_lock is not None:
+            with self._writer_lock.held():  # after a transaction still running
+                if self._writer_connection is not None:
+                    self._writer_connection.close()
+                    self._writer_connection = None
         self._engine.dispose()
         if self._writer_lock is not None:
             self._writer_lock.close()

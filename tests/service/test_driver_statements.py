@@ -26,6 +26,16 @@ GROUPS: list[dict[str, Any]] = [
 ]
 
 
+def _stored(connection: sa.Connection, session_id: str) -> tuple[Any, ...]:
+    """A session's row as stored, before any of SQLAlchemy's result processing."""
+    qmark = connection.dialect.paramstyle == "qmark"
+    placeholder, parameters = ("?", (session_id,)) if qmark else ("%(id)s", {"id": session_id})
+    query = (
+        f"SELECT step, version, updated_at, param_groups, arrays, arrays_slot FROM sessions WHERE id = {placeholder}"
+    )
+    return tuple(connection.exec_driver_sql(query, parameters).one())
+
+
 def _meta(session_id: str, *, version: int = 1) -> SessionMeta:
     created = datetime(2026, 11, 21, 12, 34, 56, 789012)
     return SessionMeta(
@@ -78,7 +88,8 @@ def test_a_save_writes_what_sqlalchemy_writes(store: SqlSessionStore, groups_cha
         "old_version": 1,
         "new_step": 8,
         "new_version": 2,
-        "new_updated_at": datetime(2027, 1, 2, 3, 4, 5, 6),
+        # No microseconds: the driver's own datetime adapter would store these without the fraction.
+        "new_updated_at": datetime(2027, 1, 2, 3, 4, 5),
     }
     if groups_changed:
         values["new_param_groups"] = [{**GROUPS[0], "lr": 0.5}, GROUPS[1]]
@@ -95,13 +106,39 @@ def test_a_save_writes_what_sqlalchemy_writes(store: SqlSessionStore, groups_cha
             connection.execute(sa.select(sessions).where(sessions.c.id == session_id)).one()._asdict()
             for session_id in ("by-driver", "by-sqlalchemy")
         ]
+        stored = [_stored(connection, session_id) for session_id in ("by-driver", "by-sqlalchemy")]
+    assert stored[0] == stored[1]
     for row in rows:
         row.pop("id")
     assert rows[0] == rows[1]
     assert rows[0]["step"] == 8
-    assert rows[0]["updated_at"] == datetime(2027, 1, 2, 3, 4, 5, 6)
+    assert rows[0]["updated_at"] == datetime(2027, 1, 2, 3, 4, 5)
     assert rows[0]["arrays"] == (b"\xff new \x00 arrays" if with_arrays else b"old")
     assert rows[0]["param_groups"][0]["lr"] == (0.5 if groups_changed else 0.01)
+
+
+def test_a_statement_with_values_of_its_own_is_refused(store: SqlSessionStore) -> None:
+    with pytest.raises(ValueError, match="not a plain bindparam"):
+        DriverStatement.compile(sa.select(sessions.c.id).where(sessions.c.step == 5), store._engine.dialect)
+    with pytest.raises(ValueError, match="not a plain bindparam"):
+        DriverStatement.compile(sa.select(sessions.c.id).where(sessions.c.id.in_(["a", "b"])), store._engine.dialect)
+
+
+def test_a_driver_error_is_raised_as_sqlalchemy_raises_it_and_the_next_write_goes_on(store: SqlSessionStore) -> None:
+    store.create(_meta("session"), [b"arrays"])
+    missing = sa.Table("missing", sa.MetaData(), sa.Column("x", sa.Integer))
+    broken = DriverStatement.compile(
+        sa.select(missing.c.x).where(missing.c.x == sa.bindparam("x")), store._engine.dialect
+    )
+    expected = sa.exc.ProgrammingError if store._engine.dialect.name == "postgresql" else sa.exc.OperationalError
+
+    def failing_step() -> None:
+        with store.locked("session", need_arrays=False) as locked:
+            broken.first(locked._connection, {"x": 1})
+
+    with pytest.raises(expected):
+        failing_step()
+    assert _step(store, "session") == 8
 
 
 def _step(store: SqlSessionStore, session_id: str) -> int:

@@ -34,19 +34,26 @@ GRADS = {"w": [[0.1, -0.2], [0.3, 0.0]], "b": [1.0, -1.0]}
 MAX_BODY_BYTES = 1000
 
 
-def _client(database: Path, *, shortcut: bool) -> TestClient:
+def _client(database: Path, *, shortcut: bool, root_path: str = "") -> TestClient:
     app = create_app(Settings(database_url=f"sqlite:///{database}", max_body_bytes=MAX_BODY_BYTES))
     if not shortcut:
         app.user_middleware = [entry for entry in app.user_middleware if entry.cls is not StepShortcut]
-    return TestClient(app, raise_server_exceptions=False)
+    return TestClient(app, raise_server_exceptions=False, root_path=root_path)
+
+
+@pytest.fixture(params=["", "/api"], ids=["at the root", "under a root path"])
+def root_path(request: pytest.FixtureRequest) -> str:
+    """Where the service is mounted: at the root, or under a root path (as behind a proxy that keeps it)."""
+    mounted: str = request.param
+    return mounted
 
 
 @pytest.fixture
-def twins(tmp_path: Path) -> Iterator[tuple[TestClient, TestClient]]:
+def twins(tmp_path: Path, root_path: str) -> Iterator[tuple[TestClient, TestClient]]:
     """The same service twice, with the shortcut and with the step left to FastAPI's route."""
     with (
-        _client(tmp_path / "shortcut.sqlite3", shortcut=True) as with_shortcut,
-        _client(tmp_path / "routed.sqlite3", shortcut=False) as routed,
+        _client(tmp_path / "shortcut.sqlite3", shortcut=True, root_path=root_path) as with_shortcut,
+        _client(tmp_path / "routed.sqlite3", shortcut=False, root_path=root_path) as routed,
     ):
         yield with_shortcut, routed
 
@@ -57,9 +64,9 @@ def _answer(response: Any, session_id: str) -> tuple[int, dict[str, str], bytes]
     return response.status_code, headers, response.content.replace(session_id.encode(), b"<id>")
 
 
-def _requests(session_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+def _requests(session_id: str, root_path: str) -> list[tuple[str, str, dict[str, Any]]]:
     """(method, path, httpx request arguments): steps good and bad, and paths that are not the step's."""
-    step = f"/v1/sessions/{session_id}/step"
+    step = f"{root_path}/v1/sessions/{session_id}/step"
     json = {"Content-Type": "application/json"}
     grads = to_json(GRADS)
     return [
@@ -79,26 +86,30 @@ def _requests(session_id: str) -> list[tuple[str, str, dict[str, Any]]]:
         ("POST", step, {"content": b"grads", "headers": {"Content-Type": "text/plain"}}),
         ("POST", step, {"json": {"grads": grads}, "headers": {"Accept": "text/csv"}}),
         ("POST", step, {"content": b"\x00" * 16, "headers": {"Content-Type": SAFETENSORS}}),
-        ("POST", "/v1/sessions/no-such-session/step", {"json": {"grads": grads}}),
-        ("POST", "/v1/sessions/not%20an%20id/step", {"json": {"grads": grads}}),
+        ("POST", f"{root_path}/v1/sessions/no-such-session/step", {"json": {"grads": grads}}),
+        ("POST", f"{root_path}/v1/sessions/not%20an%20id/step", {"json": {"grads": grads}}),
         ("POST", f"{step}/", {"json": {"grads": grads}}),
-        ("POST", f"/v1/sessions/{session_id}/x/step", {"json": {"grads": grads}}),
+        ("POST", f"{root_path}/v1/sessions/{session_id}/x/step", {"json": {"grads": grads}}),
+        ("POST", f"{root_path}x/v1/sessions/{session_id}/step", {"json": {"grads": grads}}),
         ("GET", step, {}),
         ("PUT", step, {"json": {"grads": grads}}),
-        ("GET", f"/v1/sessions/{session_id}/params", {}),
+        ("GET", f"{root_path}/v1/sessions/{session_id}/params", {}),
     ]
 
 
-def test_every_step_request_is_answered_as_the_route_answers_it(twins: tuple[TestClient, TestClient]) -> None:
-    sessions = [ok(send(client, "POST", "/v1/sessions", BODY), 201)["id"] for client in twins]
+def test_every_step_request_is_answered_as_the_route_answers_it(
+    twins: tuple[TestClient, TestClient], root_path: str
+) -> None:
+    sessions = [ok(send(client, "POST", f"{root_path}/v1/sessions", BODY), 201)["id"] for client in twins]
     answers = [
         [
             _answer(client.request(method, path, **arguments), session_id)
-            for method, path, arguments in _requests(session_id)
+            for method, path, arguments in _requests(session_id, root_path)
         ]
         for client, session_id in zip(twins, sessions, strict=True)
     ]
-    for (method, path, arguments), with_shortcut, routed in zip(_requests("<id>"), answers[0], answers[1], strict=True):
+    requests = _requests("<id>", root_path)
+    for (method, path, arguments), with_shortcut, routed in zip(requests, answers[0], answers[1], strict=True):
         assert with_shortcut == routed, f"{method} {path} {str(arguments)[:200]}"
     statuses = [status for status, _, _ in answers[0]]
     # The table covers what it means to: successes, replays, and each kind of refusal.
@@ -106,9 +117,9 @@ def test_every_step_request_is_answered_as_the_route_answers_it(twins: tuple[Tes
 
 
 def test_a_failure_the_handlers_do_not_know_is_a_500_problem_either_way(
-    twins: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch
+    twins: tuple[TestClient, TestClient], root_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sessions = [ok(send(client, "POST", "/v1/sessions", BODY), 201)["id"] for client in twins]
+    sessions = [ok(send(client, "POST", f"{root_path}/v1/sessions", BODY), 201)["id"] for client in twins]
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug")
@@ -116,7 +127,8 @@ def test_a_failure_the_handlers_do_not_know_is_a_500_problem_either_way(
     monkeypatch.setattr(Sessions, "step", broken)
     problems = []
     for client, session_id in zip(twins, sessions, strict=True):
-        problem = assert_problem(send(client, "POST", f"/v1/sessions/{session_id}/step", {"grads": GRADS}), 500)
+        url = f"{root_path}/v1/sessions/{session_id}/step"
+        problem = assert_problem(send(client, "POST", url, {"grads": GRADS}), 500)
         problems.append(re.sub(r"request id \w+", "request id <id>", problem["detail"]))
     assert problems[0] == problems[1], problems
 
@@ -145,6 +157,8 @@ def test_the_step_is_answered_without_reaching_the_routes(tmp_path: Path) -> Non
         assert stepped["step"] == 1
         assert_same_param_bits(stepped["params"], expected.params, "float32")
         assert_problem(send(direct, "POST", "/v1/sessions/no-such-session/step", {"grads": GRADS}), 404)
+        mounted = TestClient(served, root_path="/api")
+        assert ok(send(mounted, "POST", f"/api/v1/sessions/{session_id}/step", {"grads": GRADS}))["step"] == 2
         assert reached == []
 
         for method, path in [
@@ -156,3 +170,6 @@ def test_the_step_is_answered_without_reaching_the_routes(tmp_path: Path) -> Non
         ]:
             assert direct.request(method, path).status_code == 299
             assert reached[-1] == f"{method} {path}"
+        for path in [f"/apiv1/sessions/{session_id}/step", f"/api/api/v1/sessions/{session_id}/step"]:
+            assert mounted.post(path).status_code == 299
+            assert reached[-1] == f"POST {path}"
