@@ -63,18 +63,21 @@ class JsonWorkers:
         self._threshold = threshold_bytes
         self._malloc_mmap_threshold = malloc_mmap_threshold_bytes
         self._pool: ProcessPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        """Request threads that need the pool first at the same time start one, not one each."""
 
     def _executor(self) -> ProcessPoolExecutor | None:
         if self._processes <= 0:
             return None
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                self._processes,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker,
-                initargs=(os.getpid(), self._malloc_mmap_threshold),
-            )
-        return self._pool
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    self._processes,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker,
+                    initargs=(os.getpid(), self._malloc_mmap_threshold),
+                )
+            return self._pool
 
     def decode(self, body: bytes, array_paths: Sequence[ArrayPath]) -> dict[str, Any]:
         """The JSON object in ``body``, with the arrays at ``array_paths`` as numpy arrays."""
@@ -92,6 +95,7 @@ class JsonWorkers:
         return encoded
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None

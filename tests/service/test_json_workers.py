@@ -4,13 +4,18 @@ however it ends: a stop signal (after which no exit handler runs) or SIGKILL."""
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
+from service import json_workers
+from service.json_workers import JsonWorkers
 from tests.service.server_process import ServerProcess, sqlite_url
 from tests.service.test_server_processes import wait_until_gone
 
@@ -59,3 +64,27 @@ def test_json_workers_end_with_their_server(server: ServerProcess, stop_signal: 
     os.kill(server.pid, stop_signal)  # the server alone: its process group is left to the workers
 
     wait_until_gone(workers)
+
+
+def test_requests_that_first_need_the_workers_together_start_one_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    created: list[ProcessPoolExecutor] = []
+
+    def slow_to_start(*args: Any, **kwargs: Any) -> ProcessPoolExecutor:
+        time.sleep(0.2)  # widens the window in which a second thread could find no pool yet
+        pool = ProcessPoolExecutor(*args, **kwargs)
+        created.append(pool)
+        return pool
+
+    monkeypatch.setattr(json_workers, "ProcessPoolExecutor", slow_to_start)
+    workers = JsonWorkers(processes=1, threshold_bytes=0)
+    try:
+        with ThreadPoolExecutor(4) as threads:
+            decoded = list(
+                threads.map(lambda _: workers.decode(b'{"grads": {"w": [1.5, -2]}}', [("grads", "*")]), range(4))
+            )
+    finally:
+        workers.close()
+        for pool in created[1:]:
+            pool.shutdown(cancel_futures=True)
+    assert len(created) == 1
+    assert [document["grads"]["w"].tolist() for document in decoded] == [[1.5, -2.0]] * 4
