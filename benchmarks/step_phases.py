@@ -81,7 +81,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as directory:
         store = SqlSessionStore(f"sqlite:///{directory}/optim.sqlite3")
-        sessions = Sessions(store=store, cache=OptimizerCache(settings.cache_bytes), idempotency_keys_kept=1000)
+        sessions = Sessions(store=store, cache=OptimizerCache(settings.cache_bytes))
         wire = Wire(JsonWorkers(processes=0, threshold_bytes=settings.json_worker_threshold_bytes))
         initial = {"optimizer": "rmsprop", "params": {"w": rng.standard_normal(args.params, dtype=np.float32)}}
         meta, _ = sessions.create(request=parse(CreateSessionRequest, initial))

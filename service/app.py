@@ -48,7 +48,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sessions=Sessions(
                 store=store,
                 cache=OptimizerCache(settings.cache_bytes),
-                idempotency_keys_kept=settings.idempotency_keys_kept,
                 idempotency_response_copy_max_bytes=settings.idempotency_response_copy_max_bytes,
             ),
             wire=Wire(json_workers),

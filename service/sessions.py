@@ -164,12 +164,10 @@ class Sessions:
         *,
         store: SessionStore,
         cache: OptimizerCache,
-        idempotency_keys_kept: int,
         idempotency_response_copy_max_bytes: int = 1 << 20,
     ) -> None:
         self._store = store
         self._cache = cache
-        self._kept = idempotency_keys_kept
         self._response_copy_max_bytes = idempotency_response_copy_max_bytes
 
     def create(self, *, request: CreateSessionRequest) -> tuple[SessionMeta, dict[str, np.ndarray]]:
