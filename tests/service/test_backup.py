@@ -11,6 +11,7 @@ optim_core's replay of the gradients up to that step has.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -29,12 +31,14 @@ from tests.service.conftest import (
     checkpoint,
     core_optimizer,
     create_session,
+    dumps,
     ok,
     same,
+    send,
     service_client,
     step,
 )
-from tests.service.server_process import REPO_ROOT
+from tests.service.server_process import REPO_ROOT, ServerProcess
 
 DTYPE = "float32"
 SEED = 80_231
@@ -259,3 +263,63 @@ def test_a_database_that_does_not_exist_is_refused_and_not_created(tmp_path: Pat
     assert "no SQLite database" in result.stderr, result.stderr
     assert not missing.exists()
     assert not destination.exists()
+
+
+def test_the_documented_restore_brings_back_the_backup_though_a_crash_left_a_newer_wal(tmp_path: Path) -> None:
+    """docs/deployment.md's restore: with the server stopped, every ``optim.sqlite3*`` replaced by
+    the backup's ``optim.sqlite3`` and ``optim.sqlite3-arrays/``, and no ``-wal`` or ``-shm`` left."""
+    live = tmp_path / "live"
+    url = sqlite_url(live / DATABASE)
+    destination = tmp_path / "backup"
+    json = {"Content-Type": "application/json"}
+    server = ServerProcess(url, log_dir=tmp_path, env={"OPTIM_ARRAY_FILES_MIN_BYTES": str(THRESHOLD)}).start()
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60.0) as client:
+
+            def stepped(session_id: str, size: int, seed: int, number: int) -> None:
+                body = dumps({"grads": grads(size, seed, number)})
+                response = client.post(f"/v1/sessions/{session_id}/step", content=body, headers=json)
+                assert response.status_code == 200, response.text[:2000]
+
+            sizes = {1: LARGE_PARAMS, 2: SMALL_PARAMS}
+            ids = {}
+            for seed, size in sizes.items():
+                response = client.post("/v1/sessions", content=dumps(body("rmsprop", size, seed)), headers=json)
+                assert response.status_code == 201, response.text[:2000]
+                ids[seed] = response.json()["id"]
+                for number in (1, 2):
+                    stepped(ids[seed], size, seed, number)
+            backed_up_checkpoints = {seed: client.get(f"/v1/sessions/{ids[seed]}/checkpoint").json() for seed in ids}
+
+            result = run_backup(destination, database_url=url)
+            assert result.returncode == 0, f"backup failed ({result.returncode}): {result.stdout}{result.stderr}"
+
+            for seed, size in sizes.items():
+                for number in (3, 4, 5):
+                    stepped(ids[seed], size, seed, number)
+            response = client.post("/v1/sessions", content=dumps(body("rprop", SMALL_PARAMS, 3)), headers=json)
+            assert response.status_code == 201, response.text[:2000]
+            created_after = response.json()["id"]
+        server.kill()
+    finally:
+        server.close()
+    wal = live / f"{DATABASE}-wal"
+    assert wal.exists(), "the crash should leave a WAL newer than the backup"
+    assert wal.stat().st_size > 0, "the crash should leave a WAL newer than the backup"
+
+    for path in live.glob(f"{DATABASE}*"):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    shutil.copy2(destination / DATABASE, live / DATABASE)
+    shutil.copytree(destination / f"{DATABASE}-arrays", live / f"{DATABASE}-arrays")
+
+    with service_client(url, array_files_min_bytes=THRESHOLD) as restored:
+        for seed, session_id in ids.items():
+            assert ok(restored.get(f"/v1/sessions/{session_id}/checkpoint")) == backed_up_checkpoints[seed]
+            again = ok(
+                send(restored, "POST", f"/v1/sessions/{session_id}/step", {"grads": grads(sizes[seed], seed, 3)})
+            )
+            assert again["step"] == 3
+        assert restored.get(f"/v1/sessions/{created_after}").status_code == 404
