@@ -29,7 +29,7 @@ OUR_THREADS = 1
 class Case:
     label: str
     ours: type[Rprop] | type[RMSprop]
-    theirs: type[torch.optim.Optimizer]
+    theirs: Callable[..., torch.optim.Optimizer]
     hyperparameters: dict[str, float | bool]
     arrays_read: int
     """param, grad and state buffers the update reads..."""

@@ -12,7 +12,7 @@ from optim_core import RMSprop, Rprop
 RPROP: dict[str, Any] = {"lr": 0.01, "etas": (0.5, 1.2), "step_sizes": (1e-6, 50.0)}
 RMSPROP: dict[str, Any] = {"lr": 0.01, "alpha": 0.9, "momentum": 0.9, "centered": True, "weight_decay": 0.1}
 HYPERPARAMETERS = {"rprop": RPROP, "rmsprop": RMSPROP}
-CORE = {"rprop": Rprop, "rmsprop": RMSprop}
+CORE: dict[str, type[Rprop] | type[RMSprop]] = {"rprop": Rprop, "rmsprop": RMSprop}
 SHAPES = {"w": (3, 2), "b": (2,), "s": ()}
 
 

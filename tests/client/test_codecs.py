@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from optim_client.json_codec import JsonCodec, decode_json
 from optim_client.safetensors_codec import SafetensorsCodec, decode_safetensors
 from service.binary import document_from_safetensors
 
-CREATE = {
+CREATE: dict[str, Any] = {
     "optimizer": "rprop",
     "dtype": "float32",
     "params": {"layer/0.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.asarray(1.5, np.float32)},

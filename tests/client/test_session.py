@@ -3,6 +3,8 @@ compared bit for bit with optim_core run in-process on the same inputs."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -38,7 +40,11 @@ def test_dtype_is_float64_only_when_every_param_is_a_float64_array(client: Clien
     float64 = Session.create(client, optimizer="rprop", params=initial_params("float64"))
     python_floats = Session.create(client, optimizer="rprop", params={"x": 5.0, "y": [1.0, 2.0]})
     explicit = Session.create(client, optimizer="rprop", params={"x": 5.0}, dtype="float64")
-    assert (float64.dtype, python_floats.dtype, explicit.dtype) == (np.float64, np.float32, np.float64)
+    assert (float64.dtype, python_floats.dtype, explicit.dtype) == (
+        np.dtype(np.float64),
+        np.dtype(np.float32),
+        np.dtype(np.float64),
+    )
 
 
 @OPTIMIZERS
@@ -60,7 +66,7 @@ def test_grads_of_other_dtypes_and_plain_lists_are_cast_to_the_session_dtype(cli
     params = initial_params("float32")
     session = Session.create(client, optimizer="rmsprop", params=params, hyperparameters=RMSPROP)
     reference = core_optimizer("rmsprop", params, RMSPROP)
-    grads = {"w": np.full((3, 2), 0.3, np.float16), "b": [1, -2], "s": 0.25}
+    grads: dict[str, Any] = {"w": np.full((3, 2), 0.3, np.float16), "b": [1, -2], "s": 0.25}
     got = session.step(grads)
     reference.step({"w": grads["w"].astype(np.float32), "b": np.array([1.0, -2.0], np.float32), "s": 0.25})
     assert_same_bits(got, reference.params)
@@ -69,7 +75,7 @@ def test_grads_of_other_dtypes_and_plain_lists_are_cast_to_the_session_dtype(cli
 @OPTIMIZERS
 def test_per_group_hyperparameters_apply_to_their_group(client: Client, optimizer: str) -> None:
     params, hyperparameters = initial_params("float32"), HYPERPARAMETERS[optimizer]
-    groups = [{"params": ["w"], "lr": 0.1}, {"params": ["b", "s"]}]
+    groups: list[dict[str, Any]] = [{"params": ["w"], "lr": 0.1}, {"params": ["b", "s"]}]
     session = Session.create(
         client, optimizer=optimizer, params=params, hyperparameters=hyperparameters, param_groups=groups
     )

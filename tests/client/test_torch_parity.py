@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="the torch parity tests compare with torch.optim, which needs torch")
+pytest.importorskip("torch", reason="the torch parity tests compare with torch.optim, which needs torch")
 
-from optim_client import Client, RemoteRMSprop, RemoteRprop, ValidationError  # noqa: E402
-from tests.client.torch_models import (  # noqa: E402
+import torch
+
+from optim_client import Client, RemoteRMSprop, RemoteRprop, ValidationError
+from tests.client.torch_models import (
     TOLERANCES,
     assert_same_params,
     batches,

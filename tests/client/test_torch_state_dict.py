@@ -17,7 +17,7 @@ HYPERPARAMETERS: dict[str, dict[str, Any]] = {
     "rprop": {"lr": 0.02, "etas": (0.4, 1.3), "step_sizes": (1e-5, 10)},
     "rmsprop": {"lr": 0.02, "alpha": 0.95, "momentum": 0.5, "centered": True},
 }
-REMOTE = {"rprop": RemoteRprop, "rmsprop": RemoteRMSprop}
+REMOTE: dict[str, type[RemoteRprop] | type[RemoteRMSprop]] = {"rprop": RemoteRprop, "rmsprop": RemoteRMSprop}
 LOCAL = {"rprop": torch.optim.Rprop, "rmsprop": torch.optim.RMSprop}
 OPTIMIZERS = pytest.mark.parametrize("optimizer", ["rprop", "rmsprop"])
 

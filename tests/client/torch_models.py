@@ -52,4 +52,8 @@ def assert_same_params(
             assert got.dtype == want.dtype
             assert torch.equal(got, want), f"{name}: {got} != {want} (max diff {(got - want).abs().max()})"
         else:
-            torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+
+            def message(text: str, param: str = name) -> str:
+                return f"{param}: {text}"
+
+            torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=message)

@@ -457,7 +457,8 @@ def core_optimizer(body: Mapping[str, Any]) -> Rprop | RMSprop:
     dtype = np.dtype(body.get("dtype", "float32"))
     params = {name: np.asarray(value, dtype=dtype) for name, value in body["params"].items()}
     defaults = {key: _hyperparameter(value) for key, value in body.get("hyperparameters", {}).items()}
-    optimizer = {"rprop": Rprop, "rmsprop": RMSprop}[body["optimizer"]]
+    kinds: dict[str, type[Rprop] | type[RMSprop]] = {"rprop": Rprop, "rmsprop": RMSprop}
+    optimizer = kinds[body["optimizer"]]
     groups = body.get("param_groups")
     if groups is None:
         return optimizer(params, **defaults)

@@ -466,7 +466,7 @@ def test_a_binary_create_without_param_groups_orders_the_params_as_the_file_list
 
 # The binary checkpoint: GET it as safetensors, POST the file back unchanged.
 
-CHECKPOINT_CONFIGS = {
+CHECKPOINT_CONFIGS: dict[str, dict[str, Any]] = {
     "rprop": {"hyperparameters": {"lr": 0.03, "etas": [0.4, 1.3]}},
     "rmsprop_momentum_centered": {"hyperparameters": {"momentum": 0.9, "centered": True, "lr": 0.02}},
 }

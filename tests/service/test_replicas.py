@@ -116,7 +116,9 @@ def replay(initial: np.ndarray, applied: dict[int, np.ndarray]) -> np.ndarray:
     return optimizer.params["w"]
 
 
-def assert_session_is(servers: list[ServerProcess], session_id: str, initial: np.ndarray, applied: dict) -> None:
+def assert_session_is(
+    servers: list[ServerProcess], session_id: str, initial: np.ndarray, applied: dict[int, np.ndarray]
+) -> None:
     assert sorted(applied) == list(range(1, STEPS + 1))
     expected = replay(initial, applied)
     checkpoints = []

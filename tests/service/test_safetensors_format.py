@@ -1,5 +1,7 @@
 """The service's safetensors writer makes files that the safetensors library reads back exactly."""
 
+from typing import Literal
+
 import numpy as np
 import pytest
 from safetensors.numpy import load
@@ -37,7 +39,7 @@ def test_a_file_with_no_tensors_is_still_a_valid_file() -> None:
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
-def test_non_contiguous_arrays_are_written_in_row_major_order(order: str) -> None:
+def test_non_contiguous_arrays_are_written_in_row_major_order(order: Literal["C", "F"]) -> None:
     array = np.asarray(np.arange(12, dtype=np.float64).reshape(3, 4), order=order)[:, ::2]
 
     np.testing.assert_array_equal(load(dump({"x": array}))["x"], array)

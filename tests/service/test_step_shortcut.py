@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -37,7 +37,7 @@ MAX_BODY_BYTES = 1000
 def _client(database: Path, *, shortcut: bool, root_path: str = "") -> TestClient:
     app = create_app(Settings(database_url=f"sqlite:///{database}", max_body_bytes=MAX_BODY_BYTES))
     if not shortcut:
-        app.user_middleware = [entry for entry in app.user_middleware if entry.cls is not StepShortcut]
+        app.user_middleware = [entry for entry in app.user_middleware if cast(object, entry.cls) is not StepShortcut]
     return TestClient(app, raise_server_exceptions=False, root_path=root_path)
 
 

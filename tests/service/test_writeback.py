@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.safetensors_format import Buffers
 from service.store import array_files, writeback
 from service.store.array_files import WRITEBACK_CHUNK, ArrayFiles
 
@@ -33,7 +34,7 @@ def test_starting_writeback_is_a_hint_that_never_fails(tmp_path: Path) -> None:
 
 def test_a_slot_written_in_many_chunks_holds_every_byte_in_order(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
-    pieces = [
+    pieces: Buffers = [
         b"header",
         rng.standard_normal(WRITEBACK_CHUNK // 4 + 3, dtype=np.float32).data.cast("B"),
         rng.standard_normal(2 * WRITEBACK_CHUNK // 8 + 1).data.cast("B"),
@@ -57,7 +58,7 @@ def test_writeback_is_asked_for_every_byte_of_a_slot_in_order(tmp_path: Path, mo
         writeback.start_writeback(descriptor, offset, length)
 
     monkeypatch.setattr(array_files, "start_writeback", recorded)
-    pieces = [b"header", os.urandom(WRITEBACK_CHUNK + 5), os.urandom(WRITEBACK_CHUNK // 2)]
+    pieces: Buffers = [b"header", os.urandom(WRITEBACK_CHUNK + 5), os.urandom(WRITEBACK_CHUNK // 2)]
 
     ArrayFiles(tmp_path / "arrays").write("session", 1, pieces)
 
