@@ -13,36 +13,31 @@ from typing import Any
 
 import numpy as np
 import orjson
-from safetensors import SafetensorError
-from safetensors.numpy import load
 
 from service.errors import MalformedBody, ValidationFailed
-from service.safetensors_format import dump, read_header
+from service.safetensors_format import MalformedFile, dump_buffers, join, read
 
-TENSOR_DTYPES = ("F32", "F64")
+FLOAT_DTYPES = (np.dtype("<f4"), np.dtype("<f8"))
 NAME_MAPS = ("params", "grads")
 IGNORED_METADATA = ("format",)
 """Written by some safetensors writers (torch's adds ``format: pt``); it carries nothing for us."""
 
 
 def read_safetensors(body: bytes, *, root: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Tensors (float32 or float64 only, in the order the file lists them) and metadata; 400 or 422 otherwise."""
-    tensors: dict[str, np.ndarray] = {}
+    """Tensors (float32 or float64 only, in the order the file lists them, viewing ``body``) and metadata;
+    400 or 422 otherwise."""
     try:
-        header = read_header(body)
-        tensors = load(body)
-    except KeyError:
-        pass  # a valid file holding a dtype numpy lacks (bfloat16, float8): refused below, naming it
-    except (SafetensorError, orjson.JSONDecodeError, ValueError) as error:
+        tensors, metadata = read(body)
+    except MalformedFile as error:
         raise MalformedBody(f"the body is not a valid safetensors file: {error}") from None
-    names = [name for name in header if name != "__metadata__"]
-    for name in names:
-        if header[name]["dtype"] not in TENSOR_DTYPES:
-            dtype = tensors[name].dtype if name in tensors else header[name]["dtype"]
+    arrays = {}
+    for name, tensor in tensors.items():
+        if isinstance(tensor, str) or tensor.dtype not in FLOAT_DTYPES:
+            dtype = tensor if isinstance(tensor, str) else tensor.dtype
             loc = ("body", root, name) if root else ("body", *name.split("/"))
             raise ValidationFailed.at(loc, f"tensor {name!r} has dtype {dtype}; send float32 or float64")
-    metadata: dict[str, str] = header.get("__metadata__") or {}
-    return {name: tensors[name] for name in names}, metadata
+        arrays[name] = tensor
+    return arrays, metadata
 
 
 def document_from_safetensors(body: bytes, *, root: str | None = None) -> dict[str, Any]:
@@ -63,7 +58,7 @@ def document_from_safetensors(body: bytes, *, root: str | None = None) -> dict[s
     return document
 
 
-def safetensors_from_document(document: dict[str, Any], *, root: str | None = None) -> bytes:
+def safetensors_from_document(document: dict[str, Any], *, root: str | None = None) -> bytes | memoryview:
     """A binary body for ``document``: arrays (under ``root``, if given) become tensors."""
     tensors: dict[str, np.ndarray] = {}
     if root is not None:
@@ -72,7 +67,7 @@ def safetensors_from_document(document: dict[str, Any], *, root: str | None = No
     else:
         rest = _without_arrays(document, [], tensors)
     metadata = {key: orjson.dumps(value).decode() for key, value in rest.items()}
-    return dump(tensors, metadata)
+    return join(dump_buffers(tensors, metadata))
 
 
 def _metadata_value(text: str) -> Any:

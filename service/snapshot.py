@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 import orjson
-from safetensors.numpy import load
 
-from service.safetensors_format import Buffers, dump_buffers, read_header
+from service.safetensors_format import Buffers, dump_buffers, read
 
 PARAMS = "params/"
 STATE = "state/"
@@ -35,12 +34,10 @@ def pack_buffers(params: dict[str, np.ndarray], state: dict[str, dict[str, Any]]
 
 
 def unpack(blob: bytes) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
-    """The params and the state_dict ``state`` that ``pack`` stored."""
-    loaded, header = load(blob), read_header(blob)
-    # The library returns tensors in no fixed order; the header keeps the order they were packed in.
-    tensors = {name: loaded[name] for name in header if name != "__metadata__"}
+    """The params and the state_dict ``state`` that ``pack`` stored, as read-only views of ``blob``."""
+    read_tensors, metadata = read(blob)
+    tensors = {name: tensor for name, tensor in read_tensors.items() if isinstance(tensor, np.ndarray)}
     params = {name.removeprefix(PARAMS): value for name, value in tensors.items() if name.startswith(PARAMS)}
-    metadata: dict[str, str] = header.get("__metadata__") or {}
     steps = orjson.loads(metadata.get("steps", "{}"))
     state: dict[str, dict[str, Any]] = {index: {"step": step} for index, step in steps.items()}
     for name, value in tensors.items():
