@@ -61,3 +61,56 @@ class Settings(BaseSettings):
     sqlite_synchronous: str = Field(
         default="FULL", pattern="^(FULL|EXTRA|NORMAL)$", description="SQLite's synchronous pragma (WAL mode)."
     )
+    idempotency_key_ttl_seconds: float = Field(
+        default=24 * 3600, gt=0, description="Idempotency-Key records older than this are forgotten (with the keys)."
+    )
+    idempotency_total_response_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="Bytes of first responses kept for Idempotency-Key retries over all sessions together; the "
+        "oldest are dropped first (their keys stay).",
+    )
+    idempotency_sweep_seconds: float = Field(
+        default=60.0, gt=0, description="How often records past their age or the total are forgotten."
+    )
+    lock_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Longest wait for a session another request holds; then 503."
+    )
+    write_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest wait for SQLite's write lock or a place in a write transaction; then 503.",
+    )
+    statement_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="PostgreSQL's statement_timeout for every statement; then 503."
+    )
+    pool_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Longest wait for a free database connection; then 503."
+    )
+    ready_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="/readyz answers 503 if its storage probe takes longer."
+    )
+    retry_after_seconds: int = Field(
+        default=1, ge=0, description="Retry-After of the 503 and 507 answers to storage failures."
+    )
+    keep_alive_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="An idle keep-alive connection is closed after this."
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection that has not sent a whole request head this long after it opened (or after its "
+        "last response) is closed.",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="A request whose body stops arriving for this long is closed."
+    )
+    max_connections: int = Field(
+        default=1000,
+        gt=0,
+        description="Connections one server process holds; past it, the idlest are closed to make room, and "
+        "only when none is idle is a new one refused. Kept below the process's open-file limit.",
+    )
+    graceful_shutdown_seconds: float = Field(
+        default=10.0, gt=0, description="On SIGTERM, requests in flight get this long; then the process is killed."
+    )

@@ -10,8 +10,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from optim_core import OptimCoreError
+from service.store import (
+    SessionMissing,
+    StorageBusy,
+    StorageFailure,
+    StorageFull,
+    StorageUnavailable,
+    VersionMismatch,
+)
 
 PROBLEM_JSON = "application/problem+json"
 logger = logging.getLogger("service")
@@ -60,10 +69,6 @@ class SessionNotFound(ProblemError):
     status, slug, title = 404, "session-not-found", "No such session"
 
 
-class NotFound(ProblemError):
-    status, slug, title = 404, "not-found", "Not found"
-
-
 class PreconditionFailed(ProblemError):
     status, slug, title = 412, "precondition-failed", "The session has moved on"
 
@@ -80,7 +85,7 @@ class NotAcceptable(ProblemError):
     status, slug, title = 406, "not-acceptable", "No acceptable response media type"
 
 
-class StorageUnavailable(ProblemError):
+class StorageNotAnswering(ProblemError):
     status, slug, title = 503, "storage-unavailable", "Storage is not answering"
 
 
@@ -104,7 +109,46 @@ def problem_response(
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+STORAGE_PROBLEMS: dict[type[StorageFailure], tuple[int, str, str]] = {
+    StorageFull: (507, "insufficient-storage", "Storage is full"),
+    StorageBusy: (503, "storage-busy", "Storage is busy"),
+    StorageUnavailable: (503, "storage-unavailable", "Storage is not answering"),
+}
+"""Each storage failure's status, type and title; the client may retry after ``Retry-After`` seconds."""
+
+
+def storage_problem(failure: StorageFailure, *, retry_after_seconds: int) -> Response:
+    """A storage failure as 507 or 503: the request changed nothing (unless the detail says its outcome is unknown)."""
+    status, slug, title = next(problem for kind, problem in STORAGE_PROBLEMS.items() if isinstance(failure, kind))
+    detail = str(failure)
+    if isinstance(failure, StorageUnavailable) and not failure.before_commit:
+        detail += (
+            "; the change may have been committed before the connection was lost: retry with the same "
+            "Idempotency-Key, or read the session to learn its step"
+        )
+    else:
+        detail += "; nothing was changed"
+    return problem_response(
+        status=status, slug=slug, title=title, detail=detail, headers={"Retry-After": str(retry_after_seconds)}
+    )
+
+
+def install_error_handlers(app: FastAPI, *, retry_after_seconds: int = 1) -> None:
+    """Map every domain, wire and store error to its problem; ``UnhandledErrors`` answers the rest."""
+
+    @app.exception_handler(StorageFailure)
+    async def on_storage_failure(request: Request, failure: StorageFailure) -> Response:
+        logger.warning("storage failure on %s %s: %s", request.method, request.url.path, failure)
+        return storage_problem(failure, retry_after_seconds=retry_after_seconds)
+
+    @app.exception_handler(SessionMissing)
+    async def on_session_missing(request: Request, error: SessionMissing) -> Response:
+        return await on_problem(request, SessionNotFound(str(error)))
+
+    @app.exception_handler(VersionMismatch)
+    async def on_version_mismatch(request: Request, error: VersionMismatch) -> Response:
+        return await on_problem(request, PreconditionFailed(str(error)))
+
     @app.exception_handler(ProblemError)
     async def on_problem(request: Request, error: ProblemError) -> Response:
         return problem_response(
@@ -136,13 +180,38 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=dict(error.headers or {}),
         )
 
-    @app.exception_handler(Exception)
-    async def on_bug(request: Request, error: Exception) -> Response:
-        request_id = uuid.uuid4().hex
-        logger.exception("unhandled error, request id %s", request_id, exc_info=error)
-        return problem_response(
-            status=500,
-            slug="internal-error",
-            title="Internal server error",
-            detail=f"An unexpected error occurred; request id {request_id}.",
-        )
+
+class UnhandledErrors:
+    """The outermost middleware: an error nothing else handled is a bug, logged and answered as a 500
+    problem here, so that the connection stays open (Starlette's own handler re-raises it to the
+    server, which then closes a keep-alive connection without saying so)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as error:
+            request_id = uuid.uuid4().hex
+            logger.exception("unhandled error, request id %s", request_id, exc_info=error)
+            if started:
+                raise  # half a response is out: only closing the connection can end it
+            response = problem_response(
+                status=500,
+                slug="internal-error",
+                title="Internal server error",
+                detail=f"An unexpected error occurred; request id {request_id}.",
+            )
+            await response(scope, receive, send)

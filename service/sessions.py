@@ -4,10 +4,11 @@ import base64
 import binascii
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import numpy as np
@@ -29,7 +30,16 @@ from service.optimizers import DTYPES, HYPERPARAMS, OPTIMIZERS, build_optimizer,
 from service.safetensors_format import Buffers, buffers_size
 from service.schemas import CreateSessionRequest, PatchSessionRequest
 from service.snapshot import pack, pack_buffers, unpack
-from service.store import IdempotencyRecord, LockedSession, SessionMeta, SessionStore
+from service.store import (
+    IdempotencyRecord,
+    LockedSession,
+    SessionMeta,
+    SessionMissing,
+    SessionStore,
+    StaleAssumption,
+    StorageUnavailable,
+    VersionMismatch,
+)
 
 
 @dataclass(frozen=True)
@@ -165,10 +175,21 @@ class Sessions:
         store: SessionStore,
         cache: OptimizerCache,
         idempotency_response_copy_max_bytes: int = 1 << 20,
+        idempotency_key_ttl_seconds: float = 24 * 3600,
+        idempotency_total_response_bytes: int = 1 << 30,
     ) -> None:
         self._store = store
         self._cache = cache
         self._response_copy_max_bytes = idempotency_response_copy_max_bytes
+        self._key_ttl = timedelta(seconds=idempotency_key_ttl_seconds)
+        self._total_response_bytes = idempotency_total_response_bytes
+
+    def forget_old_records(self) -> None:
+        """Forget Idempotency-Key records older than their time to live, and the oldest first responses
+        beyond the total kept over all sessions (their keys stay: a retry then gets 409, not a new step)."""
+        self._store.forget_records(
+            created_before=_now() - self._key_ttl, total_response_bytes=self._total_response_bytes
+        )
 
     def create(self, *, request: CreateSessionRequest) -> tuple[SessionMeta, dict[str, np.ndarray]]:
         optimizer_class = OPTIMIZERS[request.optimizer]
@@ -243,7 +264,7 @@ class Sessions:
 
     def patch(self, *, session_id: str, request: PatchSessionRequest, if_match: str | None) -> SessionMeta:
         _require_well_formed(session_id)
-        with self._store.locked(session_id, need_arrays=False) as locked:
+        with self._held(session_id) as locked:
             _require_match(if_match, locked.meta.version)
             groups = _merged_groups(locked.meta, request)
             meta = replace(locked.meta, param_groups=groups, version=locked.meta.version + 1, updated_at=_now())
@@ -261,8 +282,25 @@ class Sessions:
             expected = self.summary(session_id=session_id).version
             _require_match(if_match, expected)
         self._cache.discard(session_id)
-        if not self._store.delete(session_id, expected_version=expected):
-            raise SessionNotFound(f"no session {session_id!r}")
+        try:
+            self._store.delete(session_id, expected_version=expected)
+        except SessionMissing:
+            raise SessionNotFound(f"no session {session_id!r}") from None
+        except VersionMismatch:
+            raise PreconditionFailed(f"If-Match {if_match} does not match the session's current ETag") from None
+
+    @contextmanager
+    def _held(
+        self, session_id: str, *, idempotency_key: str | None = None, cached_version: int | None = None
+    ) -> Iterator[LockedSession]:
+        """The store's hold on the session, its absence as a 404."""
+        try:
+            with self._store.locked(
+                session_id, idempotency_key=idempotency_key, cached_version=cached_version
+            ) as locked:
+                yield locked
+        except SessionMissing:
+            raise SessionNotFound(f"no session {session_id!r}") from None
 
     def step(
         self,
@@ -280,9 +318,46 @@ class Sessions:
         those params in place.
         """
         _require_well_formed(session_id)
+        trust_cache, reconnected = True, False
+        while True:
+            try:
+                return self._step_once(
+                    session_id,
+                    grads=grads,
+                    request_hash=request_hash,
+                    idempotency_key=idempotency_key,
+                    if_match=if_match,
+                    render=render,
+                    trust_cache=trust_cache,
+                )
+            except StaleAssumption:
+                if not trust_cache:
+                    raise
+                # The cached optimizer was not the stored one after all (another process stepped the
+                # session, or this is a retry): nothing was changed; run it again from storage.
+                trust_cache = False
+            except StorageUnavailable as failure:
+                if not failure.before_commit or reconnected:
+                    raise
+                # The connection was lost before anything was committed (a PostgreSQL backend killed,
+                # say): the unit of work is run again, once, on a new connection.
+                reconnected = True
+
+    def _step_once(
+        self,
+        session_id: str,
+        *,
+        grads: dict[str, np.ndarray],
+        request_hash: str,
+        idempotency_key: str | None,
+        if_match: str | None,
+        render: Callable[[StepOutcome], Rendered],
+        trust_cache: bool,
+    ) -> Rendered:
         rendering: Future[Rendered] | None = None
-        with self._store.locked(session_id, need_arrays=True, known_version=self._cache.version(session_id)) as locked:
-            record = locked.idempotency_record(idempotency_key) if idempotency_key is not None else None
+        cached_version = self._cache.version(session_id) if trust_cache else None
+        with self._held(session_id, idempotency_key=idempotency_key, cached_version=cached_version) as locked:
+            record = locked.record
             if record is not None:
                 if record.request_hash != request_hash:
                     raise IdempotencyKeyReused(
@@ -380,15 +455,12 @@ class Sessions:
         return StepOutcome(step=record.step, version=record.version, params=optimizer.params), optimizer
 
     def _optimizer(self, locked: LockedSession) -> Optimizer[Any, Any]:
-        """The held session's optimizer: the cached one when it is at the stored version, else restored.
-
-        The arrays were skipped when the cache held this version as the lock was taken; a failed
-        request may have dropped that entry since, and then they are read now, still under the lock.
-        """
+        """The held session's optimizer: the cached one when it is at the stored version, else restored
+        from the stored arrays. While the session is held, nobody else can change either."""
         cached = self._cache.take(locked.meta.id, locked.meta.version)
         if cached is not None:
             return cached
-        return _restore(locked.meta, locked.arrays if locked.arrays is not None else locked.read_arrays())
+        return _restore(locked.meta, locked.read_arrays())
 
     def _stored(self, session_id: str) -> tuple[SessionMeta, bytes]:
         found = self._store.get(session_id, with_arrays=True)
@@ -422,7 +494,7 @@ class Sessions:
     def load_state_dict(self, *, session_id: str, state_dict: dict[str, Any], if_match: str | None) -> SessionMeta:
         _require_well_formed(session_id)
         converted = state_dict_from_json(state_dict, loc=("body",))
-        with self._store.locked(session_id, need_arrays=True, known_version=self._cache.version(session_id)) as locked:
+        with self._held(session_id) as locked:
             _require_match(if_match, locked.meta.version)
             optimizer = self._optimizer(locked)
             try:

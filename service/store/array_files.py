@@ -22,15 +22,18 @@ version has committed, so an unchanged version means the bytes read were whole.
 
 import os
 import re
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 
 from service.safetensors_format import Buffers
-from service.store.writeback import start_writeback
+from service.store.writeback import finish_writeback, start_writeback
 
 SLOTS = (0, 1)
 WRITEBACK_CHUNK = 4 << 20
 """Bytes copied before the kernel is asked to start writing them (writeback.py); 4 MiB did best for 80 MB."""
+WRITEBACK_IN_FLIGHT = 2
+"""Chunks whose writeback may be under way at once; the writer waits for older ones (writeback.py)."""
 sync_data = getattr(os, "fdatasync", os.fsync)
 """fdatasync where the platform has it (not macOS); fsync elsewhere, as SQLite does."""
 _SLOT_FILE = re.compile(r"(?P<session>[A-Za-z0-9_-]{1,64})\.(?P<slot>[01])")
@@ -51,13 +54,18 @@ def sync_path(path: Path) -> None:
 
 
 def _write_all(descriptor: int, buffers: Buffers) -> int:
-    """Write ``buffers`` from the file's start, starting each ``WRITEBACK_CHUNK`` on its way to disk as it is copied."""
+    """Write ``buffers`` from the file's start, starting each ``WRITEBACK_CHUNK`` on its way to disk as it is
+    copied, with at most ``WRITEBACK_IN_FLIGHT`` chunks under way."""
     written = 0
+    started: deque[tuple[int, int]] = deque()
     for buffer in buffers:
         view = memoryview(buffer).cast("B")
         while view:
             count = os.write(descriptor, view[:WRITEBACK_CHUNK])
             start_writeback(descriptor, written, count)
+            started.append((written, count))
+            if len(started) > WRITEBACK_IN_FLIGHT:
+                finish_writeback(descriptor, *started.popleft())
             view = view[count:]
             written += count
     return written

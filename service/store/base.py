@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from service.safetensors_format import Buffers
+from service.store.health import WriteHealth
 
 
 @dataclass(frozen=True)
@@ -36,16 +37,15 @@ class IdempotencyRecord:
 
 
 class LockedSession(Protocol):
-    """A session held exclusively until the surrounding transaction ends."""
+    """A session held for a read-modify-write until the ``locked`` block ends (its changes commit then)."""
 
     meta: SessionMeta
-    arrays: bytes | None
-    """The stored arrays, or None when the caller said it holds this version already."""
-
-    def idempotency_record(self, key: str) -> IdempotencyRecord | None: ...
+    record: IdempotencyRecord | None
+    """The record of the Idempotency-Key the block was opened with, if the session has one (None also
+    when the store trusted the caller's cached version and did not look: a conflict then says so)."""
 
     def read_arrays(self) -> bytes:
-        """The stored arrays, read now (for when ``arrays`` was skipped)."""
+        """The stored arrays, read now."""
         ...
 
     def save(self, meta: SessionMeta, arrays: Buffers | None, record: IdempotencyRecord | None = None) -> None:
@@ -57,8 +57,17 @@ class LockedSession(Protocol):
 
 
 class SessionStore(Protocol):
-    def ping(self) -> None:
-        """Raise if storage does not answer."""
+    """Session storage. Raises ``SessionMissing`` and ``VersionMismatch`` for what callers asked of a
+    session, and ``StorageFailure`` when storage itself fails (errors.py); never an HTTP error."""
+
+    health: WriteHealth
+
+    def ping(self, *, timeout: float) -> None:
+        """Raise if storage does not answer a read of the sessions table within ``timeout`` s."""
+        ...
+
+    def probe_writes(self, *, timeout: float) -> None:
+        """Commit a small write within ``timeout`` s, or raise."""
         ...
 
     def create(self, meta: SessionMeta, arrays: Buffers) -> None: ...
@@ -70,19 +79,24 @@ class SessionStore(Protocol):
         ...
 
     def delete(self, session_id: str, *, expected_version: int | None = None) -> bool:
-        """Delete; False when absent. With ``expected_version``, only at that version (else raises)."""
+        """Delete; ``SessionMissing`` when absent, ``VersionMismatch`` when not at ``expected_version``."""
         ...
 
     def locked(
-        self, session_id: str, *, need_arrays: bool, known_version: int | None = None
+        self, session_id: str, *, idempotency_key: str | None = None, cached_version: int | None = None
     ) -> AbstractContextManager[LockedSession]:
-        """Hold the session for a read-modify-write; raises SessionNotFound when absent.
+        """Hold the session for a read-modify-write; ``SessionMissing`` when absent.
 
-        The arrays are read when ``need_arrays``, unless the caller already holds ``known_version``.
-
-        Steps on one session are serialised by this lock, which the database enforces,
-        so it holds across processes and replicas.
+        Writes of one session are serialised by this, across processes and replicas. What
+        ``save`` prepared is committed when the block ends without an error. A caller that holds
+        ``cached_version`` of the session lets the store skip reading it where the store can check
+        at commit instead; ``StaleAssumption`` then means: run the unit of work again, without it.
         """
+        ...
+
+    def forget_records(self, *, created_before: datetime, total_response_bytes: int) -> None:
+        """Forget Idempotency-Key records older than ``created_before``, and the oldest first responses
+        beyond ``total_response_bytes`` over all sessions."""
         ...
 
     def close(self) -> None: ...

@@ -66,8 +66,15 @@ class DriverStatement:
         try:
             cursor.execute(self.sql, parameters)
         except self.driver_error as error:
+            # As SQLAlchemy does: a connection the database dropped is invalidated, so that the pool
+            # replaces it instead of handing it out again.
+            lost = connection.dialect.is_disconnect(error, connection.connection.dbapi_connection, cursor)  # type: ignore[arg-type]  # the driver's Error
             cursor.close()
-            raise sa.exc.DBAPIError.instance(self.sql, parameters, error, self.driver_error) from error
+            if lost:
+                connection.invalidate(error)
+            raise sa.exc.DBAPIError.instance(
+                self.sql, parameters, error, self.driver_error, connection_invalidated=lost
+            ) from error
         except BaseException:
             cursor.close()
             raise

@@ -1,38 +1,59 @@
 """The session store on SQLAlchemy 2 Core: SQLite (WAL) by default, PostgreSQL for scale-out.
 
-Dialect details stay here. A read-modify-write holds the session's row with
-``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite has no row locks, so there its
-transactions begin IMMEDIATE, taking the database's single write lock up front.
-Either way the database serialises steps on a session, across processes.
+A read-modify-write of a session (``locked``) is a unit of work: hold the session,
+read it, let the caller compute, then save and commit. How a session is held
+differs by engine:
+
+- PostgreSQL: ``SELECT ... FOR UPDATE`` holds the session's row for the whole
+  transaction; replicas wait for each other's row locks, and ``lock_timeout``,
+  ``statement_timeout`` and the pool's timeout bound every wait.
+- SQLite: a lock per session, shared by the server processes on the database
+  (``sqlite/file_locks.py``), holds the session while the row is read outside any
+  write transaction and the caller computes. Only the save takes the database's
+  single write lock, in a transaction shared with the other writes that arrive
+  together (``sqlite/commit_queue.py``), so a large step's arithmetic and array
+  files never make other sessions wait.
 
 On SQLite, arrays of at least ``array_files_min_bytes`` live in slot files beside
-the database (``array_files.py``); smaller ones, and all of them on PostgreSQL,
-whose replicas share nothing but the database, live in the ``arrays`` column.
+the database (``array_files.py``), written while the session is held and before
+the commit that names them; smaller ones, and all of them on PostgreSQL, whose
+replicas share nothing but the database, live in the ``arrays`` column.
 
-A step's two statements (lock the row, save it) run on the driver's cursor
-(``driver_statements.py``), and on SQLite a process writes through one connection
-it keeps: for a small step, SQLAlchemy's per-statement and per-checkout work cost
-more than the durable commit.
+Failures of storage itself leave as ``StorageFailure`` (``errors.py``), and the
+store remembers whether its last write failed, so that readiness tells the truth.
 """
 
-from collections.abc import Iterator, Mapping
+import contextlib
+import functools
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from service.errors import PreconditionFailed, SessionNotFound
 from service.safetensors_format import Buffers, buffers_size
 from service.store.array_files import ArrayFiles, other_slot
 from service.store.base import IdempotencyRecord, SessionMeta
 from service.store.driver_statements import DriverStatement
-from service.store.group_commit import GroupCommit
+from service.store.errors import (
+    SessionMissing,
+    StaleAssumption,
+    StorageFailure,
+    StorageFull,
+    StorageUnavailable,
+    VersionMismatch,
+    storage_errors,
+)
+from service.store.health import WriteHealth
 from service.store.schema import ensure_schema
-from service.store.writer_lock import WriterLock
+from service.store.sqlite.commit_queue import Batch, CommitQueue, Write, run_batch
+from service.store.sqlite.file_locks import WRITE_LOCK, LockFile, session_lock
 
 metadata = sa.MetaData()
 """The tables as the queries see them; migrations/ creates them, and a test checks the two agree."""
@@ -64,8 +85,18 @@ idempotency_records = sa.Table(
     sa.Column("step", sa.BigInteger, nullable=False),
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.Column("params", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
     sa.UniqueConstraint("session_id", "key", name="one_record_per_key"),
     sa.Index("records_by_session", "session_id", "seq"),
+    sa.Index("records_by_age", "created_at"),
+)
+
+storage_probes = sa.Table(
+    "storage_probes",
+    metadata,
+    sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("written_at", sa.DateTime, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
 )
 
 SMALL_PAGES = 4096
@@ -75,27 +106,46 @@ LARGE_PAGES = 65536
 64 KiB pages commit a megabyte-sized blob several times faster than 4 KiB ones. They cost a 1k-param
 step about 0.2 ms more."""
 LARGE_ROW_BYTES = 1 << 20
+SQLITE_CONNECTIONS_KEPT = 64
+"""More than the request threads (anyio's 40) and the writer: connections a SQLite engine keeps open."""
+WAL_KEPT_BYTES = 64 << 20
+"""SQLite's ``journal_size_limit``: after a checkpoint the WAL is truncated to this, so that a burst
+(or a disk that filled up) does not leave a large WAL behind for good."""
+PROBE_MIN_BYTES = 64 << 10
+PROBE_MAX_BYTES = 64 << 20
+"""The readiness probe, when writes have been failing, writes as many bytes as the largest write that failed,
+within these bounds: then a write of that size has room again."""
 
 META_COLUMNS = [column for column in sessions.c if column.name not in ("arrays", "arrays_slot")]
 NEVER = 1 << 62
 """A size no blob reaches."""
 READ_ATTEMPTS = 8
-"""Reads of a slot file outside the write lock that may race a writer before one takes the lock."""
+SESSIONS_REMEMBERED = 1 << 16
+"""SQLite: sessions whose last commit this process remembers, so as not to read them back before the next."""
+CLOSE_WAIT_SECONDS = 2.0
+"""How long closing waits for a write transaction still running before it leaves SQLite to roll it back."""
+STARTUP_LOCK_SECONDS = 300.0
+"""How long a process starting on a SQLite file waits for another's migration."""
+"""Reads of a slot file outside the session's lock that may race a writer before one takes the lock."""
 
-# The hot path's statements, built once: building a statement costs more than running a small one.
-LOCKED_COLUMNS = [*META_COLUMNS, sessions.c.arrays_slot]
-LOCK_SESSION = sa.select(*LOCKED_COLUMNS).where(sessions.c.id == sa.bindparam("session_id")).with_for_update()
-READ_SESSION = sa.select(*[*LOCKED_COLUMNS, sessions.c.arrays]).where(sessions.c.id == sa.bindparam("session_id"))
+HELD_COLUMNS = [*META_COLUMNS, sessions.c.arrays_slot]
+READ_HELD = sa.select(*HELD_COLUMNS).where(sessions.c.id == sa.bindparam("session_id"))
+LOCK_HELD = READ_HELD.with_for_update()
+READ_SESSION = sa.select(*[*HELD_COLUMNS, sessions.c.arrays]).where(sessions.c.id == sa.bindparam("session_id"))
 READ_ARRAYS = sa.select(sessions.c.arrays).where(sessions.c.id == sa.bindparam("session_id"))
 READ_VERSION = sa.select(sessions.c.version).where(sessions.c.id == sa.bindparam("session_id"))
+READ_SLOT = sa.select(sessions.c.arrays_slot).where(sessions.c.id == sa.bindparam("session_id"))
 READ_RECORD = sa.select(idempotency_records).where(
     idempotency_records.c.session_id == sa.bindparam("session_id"), idempotency_records.c.key == sa.bindparam("key")
 )
 _SAVE_WHERE = (sessions.c.id == sa.bindparam("session_id"), sessions.c.version == sa.bindparam("old_version"))
 
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
 
 def _save_statement(*, groups: bool, arrays: bool) -> sa.Update:
-    """The UPDATE that saves a locked session: always its step, version and update time; its param
+    """The UPDATE that saves a held session: always its step, version and update time; its param
     groups only when they changed (a step leaves them, and they are JSON to encode); its arrays if given."""
     values: dict[str, Any] = {
         "step": sa.bindparam("new_step"),
@@ -118,17 +168,47 @@ SAVE = {
 """By (param groups changed, arrays given)."""
 
 
-def build_engine(
-    database_url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10, page_size: int = SMALL_PAGES
-) -> Engine:
-    """An engine for ``database_url``; a new SQLite database gets pages of ``page_size`` bytes."""
+@dataclass(frozen=True)
+class StoreSettings:
+    """How the store keeps records and bounds its waits (``service.config.Settings`` documents each)."""
+
+    idempotency_keys_kept: int = 1000
+    idempotency_response_bytes_kept: int = 64 << 20
+    sqlite_synchronous: str = "FULL"
+    pool_size: int = 10
+    auto_migrate: bool = True
+    array_files_min_bytes: int = 256 << 10
+    lock_timeout_seconds: float = 10.0
+    """Waiting for a session another request holds (SQLite's session lock, PostgreSQL's row lock)."""
+    write_timeout_seconds: float = 10.0
+    """Waiting for SQLite's write lock, a place in a write transaction, or SQLite's own busy lock."""
+    statement_timeout_seconds: float = 30.0
+    """PostgreSQL: any one statement."""
+    pool_timeout_seconds: float = 5.0
+    """Waiting for a free database connection."""
+
+
+def build_engine(database_url: str, settings: StoreSettings | None = None, *, page_size: int = SMALL_PAGES) -> Engine:
+    """An engine for ``database_url`` whose waits are bounded; a new SQLite database gets ``page_size``-byte pages."""
+    settings = settings or StoreSettings()
     url = make_url(database_url)
+    pool = {
+        "pool_size": settings.pool_size,
+        "max_overflow": settings.pool_size,
+        "pool_timeout": settings.pool_timeout_seconds,
+    }
     if url.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+        engine = sa.create_engine(url, pool_pre_ping=True, **pool)
+        _bound_postgres_statements(engine, settings)
+        return engine
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    # A SQLite connection is a file handle and a page cache, but opening one costs a dozen statements:
+    # keep one for each request thread (every request reads through one), so none is opened per request.
+    pool["pool_size"] = max(settings.pool_size, SQLITE_CONNECTIONS_KEPT)
+    busy_ms = int(settings.write_timeout_seconds * 1000)
     engine = sa.create_engine(
-        url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=pool_size, max_overflow=pool_size
+        url, connect_args={"timeout": settings.write_timeout_seconds, "check_same_thread": False}, **pool
     )
 
     @sa.event.listens_for(engine, "connect")
@@ -139,8 +219,9 @@ def build_engine(
         # Only takes effect on a new database, so it comes before WAL mode is set.
         cursor.execute(f"PRAGMA page_size={page_size}")
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
-        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cursor.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -151,6 +232,22 @@ def build_engine(
         )
 
     return engine
+
+
+def _bound_postgres_statements(engine: Engine, settings: StoreSettings) -> None:
+    """Every new PostgreSQL connection gets the statement and lock timeouts (and one for a forgotten transaction)."""
+    timeouts = {
+        "statement_timeout": settings.statement_timeout_seconds,
+        "lock_timeout": settings.lock_timeout_seconds,
+        "idle_in_transaction_session_timeout": max(60.0, 2 * settings.statement_timeout_seconds),
+    }
+
+    @sa.event.listens_for(engine, "connect")
+    def configure(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            for name, seconds in timeouts.items():
+                cursor.execute("SELECT set_config(%s, %s, false)", (name, f"{int(seconds * 1000)}ms"))
+        dbapi_connection.commit()
 
 
 def _meta(row: sa.Row[Any]) -> SessionMeta:
@@ -167,6 +264,14 @@ def _meta(row: sa.Row[Any]) -> SessionMeta:
     )
 
 
+def _record(row: sa.Row[Any] | None) -> IdempotencyRecord | None:
+    if row is None:
+        return None
+    return IdempotencyRecord(
+        key=row.key, request_hash=row.request_hash, step=row.step, version=row.version, params=row.params
+    )
+
+
 class _ArrayPlacement:
     """Where a session's arrays go: slot files for large ones when there are slot files, else the row."""
 
@@ -174,9 +279,12 @@ class _ArrayPlacement:
         self.files = files
         self._min_bytes = min_bytes
 
+    def goes_to_a_file(self, arrays: Buffers) -> bool:
+        return self.files is not None and buffers_size(arrays) >= self._min_bytes
+
     def place(self, session_id: str, current_slot: int | None, arrays: Buffers) -> dict[str, Any]:
         """Write ``arrays`` where they belong (a slot file durably); the row's new column values."""
-        if self.files is not None and buffers_size(arrays) >= self._min_bytes:
+        if self.files is not None and self.goes_to_a_file(arrays):
             slot = other_slot(current_slot)
             self.files.write(session_id, slot, arrays)
             return {"arrays": b"", "arrays_slot": slot}
@@ -190,7 +298,7 @@ class _ArrayPlacement:
 
     def read_file(self, session_id: str, slot: int) -> bytes:
         if self.files is None:
-            raise RuntimeError(f"session {session_id} keeps its arrays in a slot file, but this store has none")
+            raise StorageUnavailable(f"session {session_id} keeps its arrays in a slot file, but this store has none")
         return self.files.read(session_id, slot)
 
 
@@ -201,98 +309,6 @@ class RecordsKept:
 
     keys: int
     response_bytes: int
-
-
-class _Locked:
-    def __init__(
-        self,
-        connection: Connection,
-        meta: SessionMeta,
-        arrays: bytes | None,
-        *,
-        slot: int | None,
-        placement: _ArrayPlacement,
-        kept: RecordsKept,
-        saves: Mapping[tuple[bool, bool], DriverStatement],
-    ) -> None:
-        self._connection = connection
-        self._saves = saves
-        self._slot = slot
-        self._placement = placement
-        self._kept = kept
-        self._arrays_saved = False
-        self.meta = meta
-        self.arrays = arrays
-
-    def read_arrays(self) -> bytes:
-        return self._placement.read(self._connection, self.meta.id, self._slot)
-
-    def idempotency_record(self, key: str) -> IdempotencyRecord | None:
-        row = self._connection.execute(READ_RECORD, {"session_id": self.meta.id, "key": key}).first()
-        if row is None:
-            return None
-        return IdempotencyRecord(
-            key=row.key, request_hash=row.request_hash, step=row.step, version=row.version, params=row.params
-        )
-
-    def save(self, meta: SessionMeta, arrays: Buffers | None, record: IdempotencyRecord | None = None) -> None:
-        values: dict[str, Any] = {
-            "session_id": meta.id,
-            "old_version": self.meta.version,
-            "new_step": meta.step,
-            "new_version": meta.version,
-            "new_updated_at": meta.updated_at,
-        }
-        groups_changed = meta.param_groups != self.meta.param_groups
-        if groups_changed:
-            values["new_param_groups"] = meta.param_groups
-        if arrays is not None:
-            if self._arrays_saved:
-                # The other slot would now be the committed one (array_files.py).
-                raise RuntimeError(f"session {meta.id}'s arrays were already saved in this transaction")
-            self._arrays_saved = True
-            placed = self._placement.place(meta.id, self._slot, arrays)
-            values["new_arrays"], values["new_arrays_slot"] = placed["arrays"], placed["arrays_slot"]
-        if self._saves[groups_changed, arrays is not None].rowcount(self._connection, values) != 1:
-            raise RuntimeError(f"session {meta.id} changed while it was locked")
-        if record is not None:
-            self._connection.execute(
-                sa.insert(idempotency_records).values(
-                    session_id=meta.id,
-                    key=record.key,
-                    request_hash=record.request_hash,
-                    step=record.step,
-                    version=record.version,
-                    params=record.params,
-                )
-            )
-            self._forget_old_records(meta.id)
-            responses_kept = max(1, self._kept.response_bytes // max(1, len(record.params)))
-            if responses_kept < self._kept.keys:
-                self._forget_old_responses(meta.id, responses_kept)
-        self.meta = meta
-        if arrays is not None:
-            self._slot = values["new_arrays_slot"]
-
-    def _forget_old_records(self, session_id: str) -> None:
-        self._connection.execute(
-            sa.delete(idempotency_records).where(
-                idempotency_records.c.session_id == session_id,
-                idempotency_records.c.seq < _nth_newest_record(session_id, self._kept.keys),
-            )
-        )
-
-    def _forget_old_responses(self, session_id: str, kept: int) -> None:
-        """Keep the first responses of the newest ``kept`` records; older records keep their key only."""
-        self._connection.execute(
-            sa.update(idempotency_records)
-            .where(
-                idempotency_records.c.session_id == session_id,
-                idempotency_records.c.seq < _nth_newest_record(session_id, kept),
-                sa.func.length(idempotency_records.c.params) > 0,
-            )
-            .values(params=b"")
-        )
 
 
 def _nth_newest_record(session_id: str, n: int) -> sa.ScalarSelect[Any]:
@@ -306,44 +322,161 @@ def _nth_newest_record(session_id: str, n: int) -> sa.ScalarSelect[Any]:
     )
 
 
-class SqlSessionStore:
+def _record_writes(record: IdempotencyRecord, session_id: str, kept: RecordsKept, now: datetime) -> list[Write]:
+    """Store ``record``, and forget what the session keeps beyond its bounds."""
+    writes = [
+        Write(
+            sa.insert(idempotency_records).values(
+                session_id=session_id,
+                key=record.key,
+                request_hash=record.request_hash,
+                step=record.step,
+                version=record.version,
+                params=record.params,
+                created_at=now,
+            ),
+            payload_bytes=len(record.params),
+        ),
+        Write(
+            sa.delete(idempotency_records).where(
+                idempotency_records.c.session_id == session_id,
+                idempotency_records.c.seq < _nth_newest_record(session_id, kept.keys),
+            )
+        ),
+    ]
+    responses_kept = max(1, kept.response_bytes // max(1, len(record.params)))
+    if responses_kept < kept.keys:
+        # The first responses of the newest records only; older records keep their key.
+        writes.append(
+            Write(
+                sa.update(idempotency_records)
+                .where(
+                    idempotency_records.c.session_id == session_id,
+                    idempotency_records.c.seq < _nth_newest_record(session_id, responses_kept),
+                    sa.func.length(idempotency_records.c.params) > 0,
+                )
+                .values(params=b"")
+            )
+        )
+    return writes
+
+
+class _Held:
+    """A session held for a read-modify-write: what was read, and the writes its save prepared."""
+
     def __init__(
         self,
-        database_url: str,
+        meta: SessionMeta,
         *,
-        idempotency_keys_kept: int = 1000,
-        idempotency_response_bytes_kept: int = 64 << 20,
-        sqlite_synchronous: str = "FULL",
-        pool_size: int = 10,
-        auto_migrate: bool = True,
-        array_files_min_bytes: int = 256 << 10,
+        slot: int | None,
+        record: IdempotencyRecord | None,
+        read_arrays: Callable[[], bytes],
+        placement: _ArrayPlacement,
+        kept: RecordsKept,
+        health: WriteHealth,
+        saves: Mapping[tuple[bool, bool], DriverStatement],
+        trusted: bool = False,
     ) -> None:
+        self.meta = meta
+        self.record = record
+        self.trusted = trusted
+        """Whether ``meta`` is what this process last committed, not read now: the record, then, was not
+        looked up, and a conflict at commit raises ``StaleAssumption``."""
+        self.saved = False
+        self.slot = slot
+        """The slot file that holds the arrays (once the save commits), or None when the row does."""
+        self._saves = saves
+        self._read_arrays = read_arrays
+        self._placement = placement
+        self._kept = kept
+        self._health = health
+        self.writes: list[Write] = []
+
+    def read_arrays(self) -> bytes:
+        with storage_errors(before_commit=True):
+            return self._read_arrays()
+
+    def save(self, meta: SessionMeta, arrays: Buffers | None, record: IdempotencyRecord | None = None) -> None:
+        if self.writes:
+            # A slot file written twice before one commit would overwrite the committed one (array_files.py).
+            raise RuntimeError(f"session {meta.id} was already saved in this unit of work")
+        values: dict[str, Any] = {
+            "session_id": meta.id,
+            "old_version": self.meta.version,
+            "new_step": meta.step,
+            "new_version": meta.version,
+            "new_updated_at": meta.updated_at,
+        }
+        groups_changed = meta.param_groups != self.meta.param_groups
+        if groups_changed:
+            values["new_param_groups"] = meta.param_groups
+        if arrays is not None:
+            if self.trusted and self._placement.goes_to_a_file(arrays):
+                # The slot a file write must spare is the committed one, which only a read can tell.
+                raise StaleAssumption(f"session {meta.id}'s arrays move into a slot file: read it first")
+            try:
+                with storage_errors(before_commit=True):
+                    placed = self._placement.place(meta.id, self.slot, arrays)
+            except StorageFailure as failure:
+                self._health.failed(failure, size=buffers_size(arrays))
+                raise
+            values["new_arrays"], values["new_arrays_slot"] = placed["arrays"], placed["arrays_slot"]
+            self.slot = placed["arrays_slot"]
+        self.writes.append(
+            Write(
+                self._saves[groups_changed, arrays is not None],
+                values,
+                expect_rows=1,
+                payload_bytes=len(values.get("new_arrays", b"")),
+            )
+        )
+        if record is not None:
+            self.writes.extend(_record_writes(record, meta.id, self._kept, meta.updated_at))
+        self.meta = meta
+        self.saved = True
+
+
+class SqlSessionStore:
+    def __init__(self, database_url: str, settings: StoreSettings | None = None) -> None:
+        self.settings = settings = settings or StoreSettings()
         # Slot files rely on each commit being durable before the next change overwrites the slot it
         # left; with synchronous=NORMAL a power loss can undo commits, so new arrays stay in the row
         # (existing slot files are still read).
-        durable_commits = sqlite_synchronous.upper() in ("FULL", "EXTRA")
-        rows_hold_large_arrays = not durable_commits or array_files_min_bytes > LARGE_ROW_BYTES
+        durable_commits = settings.sqlite_synchronous.upper() in ("FULL", "EXTRA")
+        rows_hold_large_arrays = not durable_commits or settings.array_files_min_bytes > LARGE_ROW_BYTES
         self._engine = build_engine(
-            database_url,
-            sqlite_synchronous=sqlite_synchronous,
-            pool_size=pool_size,
-            page_size=LARGE_PAGES if rows_hold_large_arrays else SMALL_PAGES,
+            database_url, settings, page_size=LARGE_PAGES if rows_hold_large_arrays else SMALL_PAGES
         )
-        # SQLite has one writer at a time: writers that arrive together share a commit.
-        self._group_commit = GroupCommit(self._transaction) if self._engine.dialect.name == "sqlite" else None
+        self._sqlite = self._engine.dialect.name == "sqlite"
         dialect = self._engine.dialect
-        self._lock_session = DriverStatement.compile(LOCK_SESSION, dialect)
+        # The statements every step runs, on the driver's cursor (driver_statements.py says why).
+        self._read_held = DriverStatement.compile(READ_HELD, dialect)
+        self._lock_held = DriverStatement.compile(LOCK_HELD, dialect)
+        self._read_record = DriverStatement.compile(READ_RECORD, dialect)
         self._saves = {key: DriverStatement.compile(statement, dialect) for key, statement in SAVE.items()}
+        self._kept = RecordsKept(
+            keys=settings.idempotency_keys_kept, response_bytes=settings.idempotency_response_bytes_kept
+        )
+        self.health = WriteHealth()
+        self._committed: OrderedDict[str, SessionMeta] = OrderedDict()
+        """SQLite: sessions whose arrays are in their row, as this process last committed them (newest last)."""
         self._writer_connection: Connection | None = None
-        """The one connection this process writes a SQLite file through, taken under the writer lock
-        (kept open: a checkout from the pool and back costs about 50 µs a transaction)."""
-        self._kept = RecordsKept(keys=idempotency_keys_kept, response_bytes=idempotency_response_bytes_kept)
-        self._writer_lock = self._sqlite_writer_lock(database_url)
+        """The one connection this process writes a SQLite file through, under the write lock."""
+        database = self._sqlite_file(database_url)
+        self._locks = LockFile(database.with_name(database.name + "-locks")) if database else None
+        self._queue = CommitQueue(
+            self._write_transaction,
+            in_transaction=lambda connection: bool(connection.connection.driver_connection.in_transaction),  # type: ignore[union-attr]
+            wait_seconds=settings.write_timeout_seconds,
+            settle_seconds=3 * settings.write_timeout_seconds + settings.statement_timeout_seconds,
+        )
         try:
-            ensure_schema(self._engine, upgrade=auto_migrate)
-            self._placement = _ArrayPlacement(
-                self._array_files(database_url), array_files_min_bytes if durable_commits else NEVER
-            )
+            # Processes starting together on a new SQLite file take turns: switching it to WAL mode
+            # (the first connection does) fails at once, not after the busy timeout, if another does too.
+            with self._write_lock(STARTUP_LOCK_SECONDS):
+                ensure_schema(self._engine, upgrade=settings.auto_migrate)
+            files = ArrayFiles(database.with_name(database.name + "-arrays")) if database else None
+            self._placement = _ArrayPlacement(files, settings.array_files_min_bytes if durable_commits else NEVER)
             self._remove_unused_array_files()
         except BaseException:
             self.close()
@@ -351,52 +484,33 @@ class SqlSessionStore:
 
     def _sqlite_file(self, database_url: str) -> Path | None:
         database = make_url(database_url).database
-        if self._engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        if not self._sqlite or not database or database == ":memory:":
             return None
         return Path(database)
 
-    def _sqlite_writer_lock(self, database_url: str) -> WriterLock | None:
-        """For a SQLite database in a file, the lock its writers take first (``<database file>-writer-lock``)."""
-        database = self._sqlite_file(database_url)
-        return None if database is None else WriterLock(database.with_name(database.name + "-writer-lock"))
-
-    def _array_files(self, database_url: str) -> ArrayFiles | None:
-        """Slot files in ``<database file>-arrays/``, for a SQLite database in a file."""
-        database = self._sqlite_file(database_url)
-        return None if database is None else ArrayFiles(database.with_name(database.name + "-arrays"))
-
-    def _remove_unused_array_files(self) -> None:
-        """Slot files a crash left behind (a session deleted, or one that never committed).
-
-        Inside the write lock, since slot files are only written inside it, so that a
-        session being created by another process is not mistaken for a leftover.
-        """
-        files = self._placement.files
-        if files is None:
-            return
-        with self._transaction() as connection:
-            in_files = connection.execute(sa.select(sessions.c.id).where(sessions.c.arrays_slot.is_not(None)))
-            files.remove_all_but(row.id for row in in_files)
-
-    def _writing(self, session_id: str) -> AbstractContextManager[Connection]:
-        """A write transaction for ``session_id``; on SQLite, one shared with the writers that arrive
-        meanwhile, for other sessions (a transaction writes a session's arrays once: array_files.py)."""
-        if self._group_commit is not None:
-            return self._group_commit.transaction(key=session_id)
-        return self._transaction()
+    # Holding sessions and writing, by engine.
 
     @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
-        if self._writer_lock is None:
-            with self._engine.connect() as connection:
-                connection.info["writes"] = True
-                try:
-                    with connection.begin():
-                        yield connection
-                finally:
-                    connection.info.pop("writes", None)
+    def _session_held(self, session_id: str) -> Iterator[None]:
+        """On SQLite, hold the session against every other writer of it, in any process."""
+        if self._locks is None:
+            yield
             return
-        with self._writer_lock.held():
+        with self._locks.held(
+            session_lock(session_id), timeout=self.settings.lock_timeout_seconds, what=f"session {session_id}"
+        ):
+            yield
+
+    def _write_lock(self, timeout: float) -> AbstractContextManager[None]:
+        """SQLite's write lock among this store's processes, waited for up to ``timeout`` s."""
+        if self._locks is None:
+            return _nothing()
+        return self._locks.held(WRITE_LOCK, timeout=timeout, what="the database's write lock")
+
+    @contextmanager
+    def _write_transaction(self, timeout: float) -> Iterator[Connection]:
+        """A SQLite write transaction on the kept connection, under the write lock (waited for up to ``timeout`` s)."""
+        with self._write_lock(timeout):
             writer = self._writer_connection
             if writer is None:
                 writer = self._writer_connection = self._engine.connect()
@@ -407,104 +521,364 @@ class SqlSessionStore:
                 with writer.begin():
                     yield writer
             except sa.exc.DBAPIError:
-                # The next transaction starts on a new connection: errors from statements run on the
-                # driver's cursor do not reach SQLAlchemy, which would otherwise decide.
+                # Start afresh after any database error: the driver's state is not worth trusting.
                 writer.invalidate()
                 raise
 
-    def ping(self) -> None:
-        with self._engine.connect() as connection:
-            connection.execute(sa.select(1))
+    def _commit_batch(self, batch: Batch, *, timeout: float | None = None) -> None:
+        """Commit ``batch`` durably in a SQLite write transaction (shared with others); storage failures classified."""
+        try:
+            with storage_errors():
+                self._queue.commit(batch, timeout=timeout)
+        except StorageFailure as failure:
+            self.health.failed(failure, size=_payload_bytes(batch))
+            if isinstance(failure, StorageFull):
+                self._reclaim_wal()
+            raise
+        self.health.succeeded()
+
+    def _reclaim_wal(self) -> None:
+        """After a write found the disk full: checkpoint the WAL and truncate it, which gives back the room
+        its frames held once they are in the database file. Best effort, within the write timeout."""
+        try:
+            with self._write_lock(self.settings.write_timeout_seconds), self._engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception as error:  # the next write will tell again
+            log.info("could not checkpoint the WAL after a full disk: %s", error)
+
+    @contextmanager
+    def _postgres_transaction(self) -> Iterator[Connection]:
+        """A transaction on a pooled connection; storage failures classified and remembered (the caller
+        reports a success that wrote something: ``health.succeeded()``)."""
+        try:
+            with storage_errors(before_commit=True):
+                connection = self._engine.connect()
+            try:
+                transaction = connection.begin()
+                with storage_errors(before_commit=True):
+                    yield connection
+                with storage_errors():
+                    transaction.commit()
+            except BaseException:
+                # The connection may be the reason: closing it must not hide what went wrong.
+                with contextlib.suppress(Exception):
+                    connection.close()
+                raise
+            with storage_errors():
+                connection.close()
+        except StorageFailure as failure:
+            self.health.failed(failure)
+            raise
+
+    def _read(self, work: Callable[[Connection], T]) -> T:
+        """``work`` on a pooled connection, outside any write transaction; storage failures classified."""
+        with storage_errors(before_commit=True), self._engine.connect() as connection:
+            return work(connection)
+
+    # The interface.
+
+    def ping(self, *, timeout: float) -> None:
+        """Read from the sessions table, as requests do, within ``timeout`` s (on PostgreSQL; SQLite's
+        reads do not wait)."""
+
+        def read(connection: Connection) -> None:
+            if not self._sqlite:
+                _bound_transaction(connection, timeout)
+            connection.execute(sa.select(sessions.c.id).limit(1)).all()
+
+        self._read(read)
+
+    def probe_writes(self, *, timeout: float) -> None:
+        """Commit a write as large as the largest that failed lately (at least ``PROBE_MIN_BYTES``), then
+        drop it again, waiting at most ``timeout`` s for each; raises if it fails."""
+        failure = self.health.failure
+        size = min(max(failure.size if failure else 0, PROBE_MIN_BYTES), PROBE_MAX_BYTES)
+        for payload in (bytes(size), b""):
+            probe = (
+                sa.update(storage_probes)
+                .where(storage_probes.c.id == 1)
+                .values(written_at=sa.func.current_timestamp(), payload=payload)
+            )
+            if self._sqlite:
+                self._commit_batch([Write(probe, payload_bytes=len(payload))], timeout=timeout)
+                continue
+            with self._postgres_transaction() as connection:
+                _bound_transaction(connection, timeout)
+                # A row lock on the sessions table, as a step takes, without waiting for other steps' locks.
+                connection.execute(sa.select(sessions.c.id).limit(1).with_for_update(skip_locked=True)).all()
+                connection.execute(probe)
+        self.health.succeeded()
 
     def create(self, meta: SessionMeta, arrays: Buffers) -> None:
-        with self._writing(meta.id) as connection:
-            placed = self._placement.place(meta.id, None, arrays)
-            connection.execute(sa.insert(sessions).values(**_row_values(meta), **placed))
+        if not self._sqlite:
+            with self._postgres_transaction() as connection:
+                placed = self._placement.place(meta.id, None, arrays)
+                connection.execute(sa.insert(sessions).values(**_row_values(meta), **placed))
+            self.health.succeeded()
+            return
+        with self._session_held(meta.id):
+            try:
+                with storage_errors(before_commit=True):
+                    placed = self._placement.place(meta.id, None, arrays)
+                insert = sa.insert(sessions).values(**_row_values(meta), **placed)
+                self._commit_batch([Write(insert, payload_bytes=len(placed["arrays"]))])
+                if placed["arrays_slot"] is None:
+                    self._remember(meta)
+            except BaseException:
+                if self._placement.files is not None:
+                    self._placement.files.remove(meta.id)
+                raise
 
     def get(self, session_id: str, *, with_arrays: bool) -> tuple[SessionMeta, bytes | None] | None:
         if not with_arrays:
-            with self._engine.connect() as connection:
-                row = connection.execute(sa.select(*META_COLUMNS).where(sessions.c.id == session_id)).first()
+            row = self._read(
+                lambda connection: connection.execute(
+                    sa.select(*META_COLUMNS).where(sessions.c.id == session_id)
+                ).first()
+            )
             return None if row is None else (_meta(row), None)
         for _ in range(READ_ATTEMPTS):
             read = self._read_unlocked(session_id)
             if read != "moved":
                 return read
-        # Writers kept overtaking: read under the write lock, where nothing moves.
-        with self._writing(session_id) as connection:
-            row = connection.execute(LOCK_SESSION, {"session_id": session_id}).first()
+        # Writers kept overtaking: read while holding the session, where nothing moves.
+        with self._session_held(session_id):
+            row = self._read(lambda connection: connection.execute(READ_HELD, {"session_id": session_id}).first())
             if row is None:
                 return None
-            return _meta(row), self._placement.read(connection, session_id, row.arrays_slot)
+            arrays = self._read(lambda connection: self._placement.read(connection, session_id, row.arrays_slot))
+            return _meta(row), arrays
 
     def _read_unlocked(self, session_id: str) -> tuple[SessionMeta, bytes] | Literal["moved"] | None:
         """The session and its arrays, or "moved" when a writer may have overwritten the slot file read."""
-        with self._engine.connect() as connection:
-            row = connection.execute(READ_SESSION, {"session_id": session_id}).first()
+        row = self._read(lambda connection: connection.execute(READ_SESSION, {"session_id": session_id}).first())
         if row is None:
             return None
         if row.arrays_slot is None:
             return _meta(row), row.arrays
         try:
-            arrays = self._placement.read_file(session_id, row.arrays_slot)
+            with storage_errors():
+                arrays = self._placement.read_file(session_id, row.arrays_slot)
         except FileNotFoundError:
             return "moved"
-        with self._engine.connect() as connection:
-            version = connection.execute(READ_VERSION, {"session_id": session_id}).scalar_one_or_none()
+        version = self._read(
+            lambda connection: connection.execute(READ_VERSION, {"session_id": session_id}).scalar_one_or_none()
+        )
         return (_meta(row), arrays) if version == row.version else "moved"
 
     def list(self, *, limit: int, after: tuple[datetime, str] | None) -> list[SessionMeta]:
         query = sa.select(*META_COLUMNS).order_by(sessions.c.created_at, sessions.c.id).limit(limit)
         if after is not None:
             query = query.where(sa.tuple_(sessions.c.created_at, sessions.c.id) > sa.tuple_(*after))
-        with self._engine.connect() as connection:
-            return [_meta(row) for row in connection.execute(query)]
+        return self._read(lambda connection: [_meta(row) for row in connection.execute(query)])
 
     def delete(self, session_id: str, *, expected_version: int | None = None) -> bool:
-        with self._writing(session_id) as connection:
-            row = connection.execute(
-                sa.select(sessions.c.version).where(sessions.c.id == session_id).with_for_update()
-            ).first()
-            if row is None:
-                return False
-            if expected_version is not None and row.version != expected_version:
-                raise PreconditionFailed("If-Match does not match the session's current ETag")
-            connection.execute(sa.delete(idempotency_records).where(idempotency_records.c.session_id == session_id))
-            connection.execute(sa.delete(sessions).where(sessions.c.id == session_id))
+        with self.locked(session_id) as held:
+            if expected_version is not None and held.meta.version != expected_version:
+                raise VersionMismatch(f"session {session_id} is at version {held.meta.version}")
+            held.writes.extend(
+                [
+                    Write(sa.delete(idempotency_records).where(idempotency_records.c.session_id == session_id)),
+                    Write(
+                        sa.delete(sessions).where(sessions.c.id == session_id, sessions.c.version == held.meta.version),
+                        expect_rows=1,
+                    ),
+                ]
+            )
         if self._placement.files is not None:
             # After the commit: a crash before this leaves files that the next start removes.
             self._placement.files.remove(session_id)
         return True
 
     @contextmanager
-    def locked(self, session_id: str, *, need_arrays: bool, known_version: int | None = None) -> Iterator[_Locked]:
-        with self._writing(session_id) as connection:
-            row = self._lock_session.first(connection, {"session_id": session_id})
-            if row is None:
-                raise SessionNotFound(f"no session {session_id!r}")
-            meta = _meta(row)
-            arrays = None
-            if need_arrays and known_version != meta.version:
-                arrays = self._placement.read(connection, session_id, row.arrays_slot)
-            yield _Locked(
-                connection,
-                meta,
-                arrays,
-                slot=row.arrays_slot,
-                placement=self._placement,
-                kept=self._kept,
-                saves=self._saves,
+    def locked(
+        self, session_id: str, *, idempotency_key: str | None = None, cached_version: int | None = None
+    ) -> Iterator[_Held]:
+        """Hold the session for a read-modify-write, and commit what ``save`` prepared on a clean exit.
+
+        On SQLite, when the caller holds ``cached_version`` of a session whose arrays are in its row and
+        which this process last committed at that version, nothing is read: the commit checks the
+        version instead, and the Idempotency-Key's uniqueness; if either fails, ``StaleAssumption``
+        asks for the unit of work again, which then reads.
+        """
+        if not self._sqlite:
+            with self._postgres_transaction() as connection:
+                held = self._held(connection, session_id, idempotency_key, self._lock_held)
+                yield held
+                run_batch(connection, held.writes)
+            if held.writes:
+                self.health.succeeded()
+            return
+        with self._session_held(session_id):
+            held = self._trusted(session_id, cached_version) or self._read(
+                lambda connection: self._held(connection, session_id, idempotency_key, self._read_held)
             )
+            yield held
+            if not held.writes:
+                return
+            self._committed.pop(session_id, None)
+            try:
+                self._commit_batch(held.writes)
+            except (VersionMismatch, sa.exc.IntegrityError) as conflict:
+                if held.trusted:
+                    raise StaleAssumption(f"session {session_id} changed elsewhere: {conflict}") from conflict
+                raise
+            if held.saved and held.slot is None:
+                self._remember(held.meta)
+
+    def _trusted(self, session_id: str, cached_version: int | None) -> _Held | None:
+        meta = self._committed.get(session_id)
+        if cached_version is None or meta is None or meta.version != cached_version:
+            return None
+
+        def read_arrays() -> bytes:
+            row = self._read(lambda reader: self._read_held.first(reader, {"session_id": session_id}))
+            if row is None or row.version != meta.version or row.arrays_slot is not None:
+                raise StaleAssumption(f"session {session_id} changed elsewhere")
+            return self._read(lambda reader: self._placement.read(reader, session_id, None))
+
+        return self._new_held(meta, slot=None, record=None, read_arrays=read_arrays, trusted=True)
+
+    def _new_held(
+        self,
+        meta: SessionMeta,
+        *,
+        slot: int | None,
+        record: IdempotencyRecord | None,
+        read_arrays: Callable[[], bytes],
+        trusted: bool = False,
+    ) -> _Held:
+        return _Held(
+            meta,
+            slot=slot,
+            record=record,
+            read_arrays=read_arrays,
+            placement=self._placement,
+            kept=self._kept,
+            health=self.health,
+            saves=self._saves,
+            trusted=trusted,
+        )
+
+    def _remember(self, meta: SessionMeta) -> None:
+        self._committed[meta.id] = meta
+        self._committed.move_to_end(meta.id)
+        while len(self._committed) > SESSIONS_REMEMBERED:
+            self._committed.popitem(last=False)
+
+    def _held(self, connection: Connection, session_id: str, key: str | None, query: DriverStatement) -> _Held:
+        row = query.first(connection, {"session_id": session_id})
+        if row is None:
+            raise SessionMissing(f"no session {session_id!r}")
+        record = None
+        if key is not None:
+            record = _record(self._read_record.first(connection, {"session_id": session_id, "key": key}))
+        slot = row.arrays_slot
+        if self._sqlite:
+
+            def read_arrays() -> bytes:
+                return self._read(lambda reader: self._placement.read(reader, session_id, slot))
+        else:
+
+            def read_arrays() -> bytes:
+                return self._placement.read(connection, session_id, slot)
+
+        return self._new_held(_meta(row), slot=slot, record=record, read_arrays=read_arrays)
+
+    def forget_records(self, *, created_before: datetime, total_response_bytes: int) -> None:
+        """Forget the Idempotency-Key records older than ``created_before``, and the first responses of the
+        oldest records beyond ``total_response_bytes`` kept over every session."""
+        writes = [Write(sa.delete(idempotency_records).where(idempotency_records.c.created_at < created_before))]
+        cutoff = self._read(lambda connection: _response_cutoff(connection, total_response_bytes))
+        if cutoff is not None:
+            writes.append(
+                Write(
+                    sa.update(idempotency_records)
+                    .where(idempotency_records.c.seq <= cutoff, sa.func.length(idempotency_records.c.params) > 0)
+                    .values(params=b"")
+                )
+            )
+        if self._sqlite:
+            self._commit_batch(writes)
+            return
+        with self._postgres_transaction() as connection:
+            run_batch(connection, writes)
+        self.health.succeeded()
 
     def close(self) -> None:
-        if self._writer_lock is not None:
-            with self._writer_lock.held():  # after a transaction still running
-                if self._writer_connection is not None:
+        if self._writer_connection is not None:
+            try:
+                # After a transaction still running, but not for long: the process is stopping.
+                with self._write_lock(min(self.settings.write_timeout_seconds, CLOSE_WAIT_SECONDS)):
                     self._writer_connection.close()
-                    self._writer_connection = None
+            except StorageFailure:
+                pass  # a transaction still runs; the process is ending, and SQLite rolls back what it left
+            self._writer_connection = None
         self._engine.dispose()
-        if self._writer_lock is not None:
-            self._writer_lock.close()
+        if self._locks is not None:
+            self._locks.close()
+
+    def _remove_unused_array_files(self) -> None:
+        """Slot files that no row names: of a session deleted, of one whose creation never committed, or of
+        one whose arrays went back into its row.
+
+        Slot files are written only while their session is held, and before the commit that names
+        them; so files that the row of a session nobody holds does not name can go.
+        """
+        files = self._placement.files
+        if files is None or self._locks is None:
+            return
+        in_files = self._read(
+            lambda connection: {
+                row.id
+                for row in connection.execute(sa.select(sessions.c.id).where(sessions.c.arrays_slot.is_not(None)))
+            }
+        )
+        for session_id in files.sessions() - in_files:
+            with self._locks.held_if_free(session_lock(session_id)) as held:
+                if not held:
+                    continue
+                row = self._read(functools.partial(_slot_row, session_id=session_id))
+                if row is None or row.arrays_slot is None:
+                    files.remove(session_id)
+
+
+def _bound_transaction(connection: Connection, timeout: float) -> None:
+    """PostgreSQL: this transaction's statements and lock waits last at most ``timeout`` s."""
+    milliseconds = max(1, int(timeout * 1000))
+    connection.execute(sa.text(f"SET LOCAL lock_timeout = {milliseconds}"))
+    connection.execute(sa.text(f"SET LOCAL statement_timeout = {milliseconds}"))
+
+
+def _slot_row(connection: Connection, session_id: str) -> sa.Row[Any] | None:
+    return connection.execute(READ_SLOT, {"session_id": session_id}).first()
+
+
+def _response_cutoff(connection: Connection, total_response_bytes: int) -> int | None:
+    """The newest record whose first response, with all older ones, must go to keep ``total_response_bytes``."""
+    size = sa.func.length(idempotency_records.c.params)
+    total = connection.execute(sa.select(sa.func.coalesce(sa.func.sum(size), 0))).scalar_one()
+    excess = int(total) - total_response_bytes
+    if excess <= 0:
+        return None
+    rows = connection.execute(
+        sa.select(idempotency_records.c.seq, size.label("size")).where(size > 0).order_by(idempotency_records.c.seq)
+    )
+    for row in rows:
+        excess -= row.size
+        if excess <= 0:
+            return int(row.seq)
+    return None
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _payload_bytes(batch: Batch) -> int:
+    """The bytes of arrays and responses a batch writes: what its commit needed room for."""
+    return sum(write.payload_bytes for write in batch)
 
 
 def _row_values(meta: SessionMeta) -> dict[str, Any]:

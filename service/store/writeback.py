@@ -7,14 +7,23 @@ during the copy, and ``fdatasync`` then waits for less: for 80 MB on the machine
 this service was measured on, 28 ms instead of 40 to 48. This only starts the
 writes; durability still comes from ``fdatasync``. Where the call is missing
 (not Linux), nothing is started early.
+
+A large write that the kernel is told to start all at once fills the disk's queue,
+and every other sync waits behind it: other sessions' commits, whose own sync is a
+few kilobytes, took up to 28 ms (their p99) while a 10M-param session streamed
+steps, against under 1 ms alone. So a writer also waits, as it goes, for all but
+the last few megabytes it started (``finish_writeback``): the queue never holds
+more than that of one large write.
 """
 
 import ctypes
 import functools
 from collections.abc import Callable
 
+SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
 """Start writeback of the range's dirty pages; do not wait for it."""
+SYNC_FILE_RANGE_WAIT_AFTER = 4
 
 
 @functools.cache
@@ -34,3 +43,12 @@ def start_writeback(descriptor: int, offset: int, length: int) -> None:
     sync_file_range = _bind()
     if sync_file_range is not None:
         sync_file_range(descriptor, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+def finish_writeback(descriptor: int, offset: int, length: int) -> None:
+    """Wait until the range's dirty pages are on their way to the disk and written (not a durability
+    guarantee: the file's metadata and the disk's cache still need ``fdatasync``); never an error."""
+    sync_file_range = _bind()
+    if sync_file_range is not None:
+        flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
+        sync_file_range(descriptor, offset, length, flags)

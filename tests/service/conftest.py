@@ -30,6 +30,7 @@ from optim_core import RMSprop, Rprop
 from service.app import create_app
 from service.config import Settings
 from tests.databases import ENGINES, NO_POSTGRES, fresh_database, postgres_base_url
+from tests.databases import postgres_url as postgres_url  # the fixture, for every test here
 
 PROBLEM_KEYS = ("type", "title", "status", "detail")
 JSON = "application/json"

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from service.store import SqlSessionStore
 from service.store.base import SessionMeta
 from service.store.driver_statements import DriverStatement
-from service.store.sql import LOCK_SESSION, SAVE, sessions
+from service.store.sql import LOCK_HELD, SAVE, StoreSettings, sessions
+from service.store.sqlite.commit_queue import Write
 from tests.databases import fresh_database
 
 GROUPS: list[dict[str, Any]] = [
@@ -54,7 +55,7 @@ def _meta(session_id: str, *, version: int = 1) -> SessionMeta:
 @pytest.fixture
 def store(engine: str, tmp_path: Path) -> Iterator[SqlSessionStore]:
     with fresh_database(engine, tmp_path) as url:
-        opened = SqlSessionStore(url, array_files_min_bytes=1 << 30)
+        opened = SqlSessionStore(url, StoreSettings(array_files_min_bytes=1 << 30))
         try:
             yield opened
         finally:
@@ -62,13 +63,13 @@ def store(engine: str, tmp_path: Path) -> Iterator[SqlSessionStore]:
 
 
 def _row(connection: sa.Connection, session_id: str) -> tuple[Any, ...] | None:
-    row = connection.execute(LOCK_SESSION, {"session_id": session_id}).first()
+    row = connection.execute(LOCK_HELD, {"session_id": session_id}).first()
     return None if row is None else tuple(row)
 
 
 def test_the_lock_query_returns_the_row_sqlalchemy_returns(store: SqlSessionStore) -> None:
     store.create(_meta("first"), [b"\x00\x01arrays"])
-    statement = DriverStatement.compile(LOCK_SESSION, store._engine.dialect)
+    statement = DriverStatement.compile(LOCK_HELD, store._engine.dialect)
     with store._engine.connect() as connection:
         expected = _row(connection, "first")
         found = statement.first(connection, {"session_id": "first"})
@@ -128,13 +129,13 @@ def test_a_driver_error_is_raised_as_sqlalchemy_raises_it_and_the_next_write_goe
     store.create(_meta("session"), [b"arrays"])
     missing = sa.Table("missing", sa.MetaData(), sa.Column("x", sa.Integer))
     broken = DriverStatement.compile(
-        sa.select(missing.c.x).where(missing.c.x == sa.bindparam("x")), store._engine.dialect
+        sa.update(missing).where(missing.c.x == sa.bindparam("x")).values(x=sa.bindparam("y")), store._engine.dialect
     )
     expected = sa.exc.ProgrammingError if store._engine.dialect.name == "postgresql" else sa.exc.OperationalError
 
     def failing_step() -> None:
-        with store.locked("session", need_arrays=False) as locked:
-            broken.first(locked._connection, {"x": 1})
+        with store.locked("session") as held:
+            held.writes.append(Write(broken, {"x": 1, "y": 2}))
 
     with pytest.raises(expected):
         failing_step()
@@ -142,7 +143,7 @@ def test_a_driver_error_is_raised_as_sqlalchemy_raises_it_and_the_next_write_goe
 
 
 def _step(store: SqlSessionStore, session_id: str) -> int:
-    with store.locked(session_id, need_arrays=False) as locked:
+    with store.locked(session_id) as locked:
         meta = locked.meta
         locked.save(replace(meta, step=meta.step + 1, version=meta.version + 1), None)
     found = store.get(session_id, with_arrays=False)
@@ -157,7 +158,7 @@ def test_writes_go_on_after_a_failed_transaction_and_after_the_connection_is_inv
     assert _step(store, "session") == 8
 
     def failing_step() -> None:
-        with store.locked("session", need_arrays=False) as locked:
+        with store.locked("session") as locked:
             locked.save(replace(locked.meta, step=100, version=locked.meta.version + 1), None)
             raise RuntimeError("mid-step")
 
@@ -180,7 +181,7 @@ def test_sqlite_write_transactions_hold_the_write_lock_from_their_start_after_an
     try:
         store.create(_meta("session"), [b"arrays"])
         for _ in range(2):
-            with store._transaction(), pytest.raises(sqlite3.OperationalError, match="locked"):
+            with store._write_transaction(10), pytest.raises(sqlite3.OperationalError, match="locked"):
                 other.execute("BEGIN IMMEDIATE")
             assert store._writer_connection is not None
             store._writer_connection.invalidate()

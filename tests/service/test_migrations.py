@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from service.store.schema import SchemaOutOfDate, current_revision, head_revision
-from service.store.sql import SqlSessionStore, build_engine, metadata
+from service.store.sql import SqlSessionStore, StoreSettings, build_engine, metadata
 
 
 def test_the_migrated_schema_is_exactly_the_tables_the_queries_use(new_database: Callable[[], str]) -> None:
@@ -44,7 +44,7 @@ def test_without_auto_migrate_a_server_on_an_older_database_refuses_to_start_nam
     url = new_database()
 
     with pytest.raises(SchemaOutOfDate, match=f"revision none but this server needs {head_revision()}"):
-        SqlSessionStore(url, auto_migrate=False)
+        SqlSessionStore(url, StoreSettings(auto_migrate=False))
 
     engine = build_engine(url)
     try:
