@@ -20,6 +20,7 @@ from service.routes.deps import (
     array_responses,
     body_schema,
     hash_request,
+    joined,
     parse,
     read_body,
     summary,
@@ -68,9 +69,10 @@ STALE: dict[int | str, dict[str, Any]] = {412: {"description": "If-Match failed"
 )
 async def create_session(request: Request, service: ServiceDep, accept: Accept = None) -> Response:
     answer_as = negotiate(accept)
-    media_type, body = await read_body(request, service.settings.max_body_bytes)
+    media_type, chunks = await read_body(request, service.settings.max_body_bytes)
 
     def run() -> Response:
+        body = joined(chunks)
         meta, params = service.sessions.create(
             request=parse(CreateSessionRequest, service.wire.document(media_type, body, array_paths=CREATE_ARRAYS))
         )
@@ -119,9 +121,10 @@ async def patch_session(
     accept: Accept = None,
 ) -> Response:
     negotiate(accept, (JSON,))
-    media_type, body = await read_body(request, service.settings.max_body_bytes, (JSON,))
+    media_type, chunks = await read_body(request, service.settings.max_body_bytes, (JSON,))
 
     def run() -> Response:
+        body = joined(chunks)
         patch = parse(PatchSessionRequest, service.wire.document(media_type, body))
         meta = service.sessions.patch(session_id=session_id, request=patch, if_match=if_match)
         return service.wire.respond(summary(meta), version=meta.version)
@@ -167,9 +170,10 @@ async def step_session(session_id: str, request: Request) -> Response:
         raise ValidationFailed.at(
             ("header", "idempotency-key"), f"String should have at most {MAX_IDEMPOTENCY_KEY} characters"
         )
-    media_type, body = await read_body(request, service.settings.max_body_bytes)
+    media_type, chunks = await read_body(request, service.settings.max_body_bytes)
 
     def run() -> Response:
+        body = joined(chunks)
         step_request = parse(
             StepRequest, service.wire.document(media_type, body, root="grads", array_paths=STEP_ARRAYS)
         )
@@ -233,9 +237,10 @@ async def put_state_dict(
     accept: Accept = None,
 ) -> Response:
     negotiate(accept, (JSON,))
-    media_type, body = await read_body(request, service.settings.max_body_bytes)
+    media_type, chunks = await read_body(request, service.settings.max_body_bytes)
 
     def run() -> Response:
+        body = joined(chunks)
         state_dict = service.wire.document(media_type, body, array_paths=STATE_DICT_ARRAYS)
         meta = service.sessions.load_state_dict(session_id=session_id, state_dict=state_dict, if_match=if_match)
         return service.wire.respond(summary(meta), version=meta.version)
