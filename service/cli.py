@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from service.config import Settings
-from service.server_processes import serve as serve_processes
+from service.server import run
 from service.store.backup import BackupError, backup_sqlite
 from service.store.schema import ensure_schema, head_revision
 from service.store.sql import build_engine
@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
         "--workers",
         type=_positive,
         default=1,
-        help="server processes sharing the port and the database (default 1); one per core serves the most steps",
+        help="server processes sharing the port and the database (default 1); one per core serves the most steps. "
+        "A process that dies is replaced.",
     )
     serve.add_argument(
         "--no-access-log", dest="access_log", action="store_false", help="do not log each request (saves CPU)"
@@ -69,6 +70,6 @@ def main(argv: list[str] | None = None) -> None:
             f"and {summary.array_files} array files ({summary.array_bytes} bytes) beside it"
         )
         return
-    serve_processes(
+    run.serve(
         host=args.host, port=args.port, workers=args.workers, log_level=args.log_level, access_log=args.access_log
     )

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -84,9 +86,12 @@ class ServerProcess:
         name: str = "server",
         startup_timeout: float = STARTUP_TIMEOUT,
         workers: int = 1,
+        open_files: int | None = None,
     ) -> None:
+        """``open_files``, if given, is the server's limit on open files, which it cannot raise."""
         self.database_url = database_url
         self.workers = workers
+        self.open_files = open_files
         self.env = dict(env or {})
         self.port = port if port is not None else free_port()
         self.startup_timeout = startup_timeout
@@ -236,6 +241,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             # Its own process group, so that kill() takes anything the server started along with it.
             start_new_session=True,
+            preexec_fn=None if self.open_files is None else functools.partial(_limit_open_files, self.open_files),
         )
         _running.add(self)
 
@@ -295,6 +301,10 @@ class ServerProcess:
             self._log.close()
             self._log = None
         return code
+
+
+def _limit_open_files(count: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
 @atexit.register

@@ -33,12 +33,21 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield running
 
 
-def spawned_children(pid: int) -> list[int]:
-    """multiprocessing's spawned children of the process ``pid``, whichever of its threads started them."""
-    children = [
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid``, whichever of its threads started them."""
+    return [
         int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
     ]
-    return [child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+def spawned_children(pid: int) -> list[int]:
+    """multiprocessing's spawned processes under the server ``pid`` (gunicorn's master, whose workers start them)."""
+    descendants, frontier = [], [pid]
+    while frontier:
+        found = [child for parent in frontier for child in children(parent)]
+        descendants += found
+        frontier = found
+    return [child for child in descendants if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
 
 
 def json_workers_of(server: ServerProcess) -> list[int]:

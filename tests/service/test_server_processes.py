@@ -4,7 +4,7 @@ Connections opened together are spread over both processes; steps on one session
 through both are each applied exactly once and in one order (each process checks the
 optimizers it caches against the database); and the server starts and stops as one: a
 port in use is refused, a stop signal stops every process, a worker that dies is
-replaced, and a killed supervisor takes its workers with it.
+replaced at any time (even as it starts), and a killed supervisor takes its workers with it.
 """
 
 import asyncio
@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.server_processes import STARTUP_GRACE_SECONDS
 from tests.service.server_process import (
     HOST,
     REPO_ROOT,
@@ -38,9 +37,9 @@ EXIT_TIMEOUT = 20.0
 
 
 def worker_pids(supervisor: int) -> list[int]:
-    """The server processes under uvicorn's supervisor (multiprocessing's spawned children)."""
+    """The server processes under gunicorn's master (its children; theirs, such as JSON workers, are not)."""
     children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    return [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return [int(pid) for pid in children if alive(int(pid))]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -64,10 +63,15 @@ def wait_until_gone(pids: list[int]) -> None:
 
 
 def wait_until_every_worker_serves(server: ServerProcess, workers: int = WORKERS) -> None:
-    """Until each worker has logged the end of its startup: ``GET /healthz`` answers once the first one has,
-    and connections opened before another is up all go to the first."""
+    """Until ``workers`` workers run and each has logged the end of its startup: ``GET /healthz`` answers once
+    the first one has, and connections opened before another is up all go to the first."""
+    assert server.pid is not None
     deadline = time.monotonic() + EXIT_TIMEOUT
-    while server.log_tail(1 << 20).count("Application startup complete.") < workers:
+    while True:
+        pids = worker_pids(server.pid)
+        log = server.log_tail(1 << 20)
+        if len(pids) == workers and all(f"[{pid}] [INFO] Application startup complete." in log for pid in pids):
+            return
         assert time.monotonic() < deadline, f"not every worker started:\n{server.log_tail()}"
         time.sleep(0.05)
 
@@ -154,20 +158,43 @@ def test_a_stop_signal_stops_every_process(server: ServerProcess) -> None:
     wait_until_gone(workers)
 
 
+def replaced(server: ServerProcess, dead: int) -> list[int]:
+    """Once gunicorn has replaced the worker ``dead``: the workers, none of them ``dead``."""
+    assert server.pid is not None
+    deadline = time.monotonic() + EXIT_TIMEOUT
+    while len(workers := [pid for pid in worker_pids(server.pid) if pid != dead]) < WORKERS:
+        assert time.monotonic() < deadline, f"no new worker after {EXIT_TIMEOUT} s: {workers}"
+        time.sleep(0.05)
+    return workers
+
+
 def test_a_worker_that_dies_is_replaced(server: ServerProcess) -> None:
     assert server.pid is not None
     dead, *others = worker_pids(server.pid)
-    time.sleep(STARTUP_GRACE_SECONDS)  # a worker that dies as it starts stops the server instead
     os.kill(dead, signal.SIGKILL)
-    deadline = time.monotonic() + EXIT_TIMEOUT
-    while len(replaced := [pid for pid in worker_pids(server.pid) if pid != dead]) < WORKERS:
-        assert time.monotonic() < deadline, f"no new worker after {EXIT_TIMEOUT} s: {replaced}"
-        time.sleep(0.05)
-    assert set(others) <= set(replaced)
-    wait_until_every_worker_serves(server, WORKERS + 1)
+    assert set(others) <= set(replaced(server, dead))
+    wait_until_every_worker_serves(server)
     with httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as client:
         for _ in range(CONNECTIONS):  # each on a new connection, so both workers answer some
             assert client.get("/healthz", headers={"Connection": "close"}).status_code == 200
+
+
+def test_a_worker_killed_as_it_starts_is_replaced_and_the_server_goes_on(tmp_path: Path) -> None:
+    with ServerProcess(sqlite_url(tmp_path / "optim.sqlite3"), log_dir=tmp_path, workers=WORKERS) as server:
+        assert server.pid is not None
+        # Each time, a worker gets killed within a second of its start: three times in a row.
+        for round_number in range(3):
+            dead = max(worker_pids(server.pid))  # the newest
+            os.kill(dead, signal.SIGKILL)
+            workers = replaced(server, dead)
+            assert server.running, f"the server stopped after kill {round_number + 1}:\n{server.log_tail()}"
+            assert len(workers) == WORKERS
+        wait_until_every_worker_serves(server)
+        with httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as client:
+            created = client.post("/v1/sessions", json={"optimizer": "rprop", "params": {"w": [1.0]}})
+            assert created.status_code == 201, created.text
+            stepped = client.post(f"/v1/sessions/{created.json()['id']}/step", json={"grads": {"w": [1.0]}})
+            assert stepped.status_code == 200, stepped.text
 
 
 def test_a_killed_supervisor_takes_its_workers_with_it(server: ServerProcess) -> None:
