@@ -23,6 +23,7 @@ Run as a module (a script named http.py would shadow the standard library):
 
 import argparse
 import asyncio
+import functools
 import multiprocessing
 import os
 import socket
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, closing, contextmanager
 
 import httpx
 import numpy as np
@@ -59,12 +60,12 @@ STARTED = b"Application startup complete."
 
 
 @contextmanager
-def serving(command: list[str], ready_path: str, processes: int = 1) -> Iterator[str]:
-    """Run ``command`` (given ``--port``) until it answers ``ready_path`` and all its ``processes`` have
-    started (a worker that starts late would get none of the connections opened before); its base URL."""
+def serving(command: list[str], ready_path: str, processes: int = 1, cwd: str | None = None) -> Iterator[str]:
+    """Run ``command`` (given ``--port``, in ``cwd``) until it answers ``ready_path`` and all its ``processes``
+    have started (a worker that starts late would get none of the connections opened before); its base URL."""
     port = free_port()
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen([*command, "--port", str(port), "--log-level", "info"], stderr=log)
+        process = subprocess.Popen([*command, "--port", str(port), "--log-level", "info"], stderr=log, cwd=cwd)
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
@@ -86,9 +87,13 @@ def serving(command: list[str], ready_path: str, processes: int = 1) -> Iterator
             process.wait(timeout=30)
 
 
-def server(database_url: str, workers: int = 1) -> AbstractContextManager[str]:
+def server(database_url: str, workers: int = 1, checkout: str | None = None) -> AbstractContextManager[str]:
+    """The service of this checkout (or of the one at ``checkout``) on ``database_url``, migrated first (older
+    releases could fail to start several workers on a new SQLite file together)."""
+    migrate = [sys.executable, "-m", "service", "migrate", "--database-url", database_url]
+    subprocess.run(migrate, cwd=checkout, check=True, capture_output=True)
     command = [sys.executable, "-m", "service", "serve", "--database-url", database_url]
-    return serving([*command, "--workers", str(workers), "--no-access-log"], "/healthz", workers)
+    return serving([*command, "--workers", str(workers), "--no-access-log"], "/healthz", workers, cwd=checkout)
 
 
 def echo_endpoint() -> AbstractContextManager[str]:
@@ -293,6 +298,19 @@ def latency_table(base: str, sizes: list[int], rng: np.random.Generator) -> None
             bare_echo.close()
 
 
+async def round_trip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
+    """Send ``request`` and read its whole response; the status line."""
+    writer.write(request)
+    status = await reader.readline()
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
+
+
 async def drive_connection(host: str, port: int, request: bytes, stop: float) -> int:
     """Keep one HTTP/1.1 connection busy with ``request`` until ``stop``; the number of 200 answers.
 
@@ -302,14 +320,7 @@ async def drive_connection(host: str, port: int, request: bytes, stop: float) ->
     done = 0
     try:
         while time.monotonic() < stop:
-            writer.write(request)
-            status = await reader.readline()
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            await reader.readexactly(length)
+            status = await round_trip(reader, writer, request)
             if not status.startswith(b"HTTP/1.1 200"):
                 raise RuntimeError(f"step answered {status!r}")
             done += 1
@@ -327,6 +338,31 @@ def step_request(base: str, session_id: str, grads: np.ndarray, transport: str) 
     lines = [f"POST /v1/sessions/{session_id}/step HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def ab_table(bases: dict[str, str], sizes: list[int], rng: np.random.Generator) -> None:
+    """The step's p50 on two servers (this checkout and another), their requests taken in turn."""
+    labels = list(bases)
+    print(f"\n| params | transport | {' | '.join(f'{label} p50 ms' for label in labels)} | {labels[0]} ÷ {labels[1]} |")
+    print("|---:|---|" + "---:|" * (len(labels) + 1))
+    with ExitStack() as stack:
+        clients = {
+            label: stack.enter_context(httpx.Client(base_url=base, timeout=600)) for label, base in bases.items()
+        }
+        for size in sizes:
+            repeats = 2000 if size <= 1_000 else 200 if size <= 100_000 else 40 if size <= 1_000_000 else 16
+            grads = rng.standard_normal(size, dtype=np.float32)
+            initial = rng.standard_normal(size, dtype=np.float32)
+            for transport in ("json", "binary") if size <= 1_000_000 else ("binary",):
+                runs: list[Callable[[], object]] = []
+                for label, base in bases.items():
+                    bare = stack.enter_context(closing(BareHttp(base)))
+                    request = step_request(base, create(clients[label], initial), grads, transport)
+                    runs.append(functools.partial(bare.round_trip, request))
+                samples = timed_together(runs, repeats)
+                p50s = [statistics.median(taken) for taken in samples]
+                cells = " | ".join(f"{p50 * 1e3:.3f}" for p50 in p50s)
+                print(f"| {size:,} | {transport} | {cells} | {p50s[0] / p50s[1]:.3f} |", flush=True)
 
 
 def throughput(bases: list[str], sessions: int, seconds: float, transport: str, rng: np.random.Generator) -> float:
@@ -354,7 +390,9 @@ def fresh_database(database_url: str | None, directory: str, label: str) -> str:
         return f"sqlite:///{os.path.join(directory, label + '.sqlite3')}"
     engine = sa.create_engine(database_url)
     with engine.begin() as connection:
-        connection.execute(sa.text("DROP TABLE IF EXISTS idempotency_records, sessions, alembic_version"))
+        connection.execute(
+            sa.text("DROP TABLE IF EXISTS idempotency_records, sessions, storage_probes, alembic_version")
+        )
     engine.dispose()
     return database_url
 
@@ -373,25 +411,46 @@ def main() -> None:
         default=sorted({1, os.cpu_count() or 1}),
         help="processes per replica (serve --workers) for the throughput rows; default 1 and one per core",
     )
+    parser.add_argument(
+        "--checkout",
+        help="also run the service of this checkout (the previous main, say): an A/B table of step p50s, each "
+        "pair of requests taken in turn, and its throughput rows beside this checkout's",
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     engine = (args.database_url or "sqlite").split(":")[0]
     print(f"database: {engine}; RMSprop, float32; loopback; {os.cpu_count()} cores\n")
     with tempfile.TemporaryDirectory() as directory:
-        if args.sizes:
+        checkouts: dict[str, str | None] = {"this checkout": None}
+        if args.checkout:
+            checkouts[args.checkout] = args.checkout
+        if args.sizes and args.checkout:
+            if args.database_url:
+                raise SystemExit("--checkout compares two servers on SQLite: leave out --database-url")
+            with ExitStack() as stack:
+                bases = {
+                    label: stack.enter_context(server(f"sqlite:///{directory}/ab-{index}.sqlite3", checkout=checkout))
+                    for index, (label, checkout) in enumerate(checkouts.items())
+                }
+                ab_table(bases, args.sizes, rng)
+        elif args.sizes:
             with server(fresh_database(args.database_url, directory, "latency")) as base:
                 latency_table(base, args.sizes, rng)
-        print(f"\n| replicas | workers each | {args.sessions} sessions x 1k params, JSON steps/s | binary steps/s |")
-        print("|---:|---:|---:|---:|")
+        sessions = f"{args.sessions} sessions x 1k params"
+        print(f"\n| server | replicas | workers each | {sessions}, JSON steps/s | binary steps/s |")
+        print("|---|---:|---:|---:|---:|")
         for replicas in args.replicas:
             for workers in args.workers:
-                rates = []
+                rates: dict[str, list[float]] = {label: [] for label in checkouts}
                 for transport in ("json", "binary"):
-                    url = fresh_database(args.database_url, directory, f"throughput-{replicas}-{workers}-{transport}")
-                    with ExitStack() as stack:
-                        bases = [stack.enter_context(server(url, workers)) for _ in range(replicas)]
-                        rates.append(throughput(bases, args.sessions, args.seconds, transport, rng))
-                print(f"| {replicas} | {workers} | {rates[0]:.0f} | {rates[1]:.0f} |", flush=True)
+                    for label, checkout in checkouts.items():  # in turn, so that both see the same minutes
+                        name = f"throughput-{replicas}-{workers}-{transport}-{len(rates[label])}-{label[:4]}"
+                        url = fresh_database(args.database_url, directory, name.replace("/", "_"))
+                        with ExitStack() as stack:
+                            urls = [stack.enter_context(server(url, workers, checkout)) for _ in range(replicas)]
+                            rates[label].append(throughput(urls, args.sessions, args.seconds, transport, rng))
+                for label, (json_rate, binary_rate) in rates.items():
+                    print(f"| {label} | {replicas} | {workers} | {json_rate:.0f} | {binary_rate:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

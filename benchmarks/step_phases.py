@@ -38,6 +38,7 @@ from service.routes.deps import Wire, parse
 from service.schemas import CreateSessionRequest, StepRequest
 from service.sessions import Sessions, StepOutcome
 from service.store import SqlSessionStore, array_files
+from service.store.sqlite.commit_queue import CommitQueue
 
 CHUNK = 1 << 16
 """What uvicorn hands a handler at a time."""
@@ -111,6 +112,8 @@ def main() -> None:
         targets = [
             (deps, "document_from_safetensors", "read the safetensors file"),
             (Sessions, "step", "Sessions.step: all that follows, and the store's transaction"),
+            (SqlSessionStore, "_read", "read the session (a pooled connection, SELECTs)"),
+            (CommitQueue, "commit", "commit (the write lock, UPDATE, COMMIT)"),
             (RMSprop, "step", "core step"),
             (service_sessions, "_finite", "finiteness check"),
             (array_files.ArrayFiles, "write", "write and sync the slot file"),
