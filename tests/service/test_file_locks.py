@@ -104,7 +104,7 @@ def test_waiting_longer_than_the_timeout_for_another_thread_raises(tmp_path: Pat
     assert holding.wait(10)
     with (
         pytest.raises(StorageBusy, match="session s stayed locked"),
-        lock.held(session_lock("s"), timeout=0.2, what="s"),
+        lock.held(session_lock("s"), timeout=0.2, what="session s"),
     ):
         pass
     with lock.held(session_lock("t"), timeout=0.2, what="session t"):
