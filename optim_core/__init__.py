@@ -1,4 +1,4 @@
-"""Rprop and RMSprop in numpy, with exactly torch.optim's numbers and state_dict layout."""
+"""Optimizers in numpy, with exactly torch.optim's numbers and state_dict layout (``registry.NAMES`` lists them)."""
 
 from optim_core.errors import (
     InvalidGradientError,
@@ -7,9 +7,16 @@ from optim_core.errors import (
     InvalidStateDictError,
     OptimCoreError,
 )
-from optim_core.optimizer import Optimizer, RMSprop, Rprop
+from optim_core.optimizer import Optimizer
+from optim_core.registry import ALGORITHMS, NAMES
+from optim_core.rmsprop import RMSprop
+from optim_core.rprop import Rprop
+from optim_core.spec import AlgorithmSpec
 
 __all__ = [
+    "ALGORITHMS",
+    "NAMES",
+    "AlgorithmSpec",
     "InvalidGradientError",
     "InvalidHyperparameterError",
     "InvalidParameterError",

@@ -1,20 +1,18 @@
-"""The stateful optimizers: param groups, per-parameter state and torch's state_dict.
+"""The stateful optimizer, built from an algorithm's spec: param groups, per-parameter state, torch's state_dict.
 
-The arithmetic lives in ``rprop_update`` and ``rmsprop_update``; this module keeps
-the books around them: which parameters exist, their groups and hyperparameters,
-their state, and the torch-layout ``state_dict`` that saves and restores it all.
-Every public method validates its whole input before it changes anything.
+The arithmetic lives in each algorithm's in-place kernel (``rprop.py``, ``rmsprop.py``);
+this module keeps the books around it: which parameters exist, their groups and
+hyperparameters, their state, and the torch-layout ``state_dict`` that saves and
+restores it all. Every public method validates its whole input before it changes anything.
 """
 
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar, Generic, Protocol, TypeGuard, TypeVar
+from typing import Any, Generic, TypeGuard
 
 import numpy as np
 
-from optim_core import rmsprop, rprop
 from optim_core.checks import all_finite, is_number
 from optim_core.errors import (
     InvalidGradientError,
@@ -24,27 +22,13 @@ from optim_core.errors import (
     Loc,
     OptimCoreError,
 )
-from optim_core.rmsprop import RMSpropHyperparams, RMSpropState, rmsprop_complete, rmsprop_init, rmsprop_update
-from optim_core.rprop import RpropHyperparams, RpropState, rprop_init, rprop_update
+from optim_core.spec import AlgorithmSpec, H, S
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 Params = Mapping[str, np.ndarray]
 ParamGroupSpec = Mapping[str, Any]
 """A group as given to a constructor: ``{"params": {name: array}, **hyperparameters}``."""
-
-
-class Hyperparams(Protocol):
-    def to_group(self) -> dict[str, object]: ...
-
-
-class State(Protocol):
-    @property
-    def step(self) -> int: ...
-
-
-H = TypeVar("H", bound=Hyperparams)
-S = TypeVar("S", bound=State)
 
 
 def _identical(first: object, second: object) -> bool:
@@ -94,15 +78,32 @@ def _located(*prefix: str | int, as_type: type[OptimCoreError] | None = None) ->
         raise (as_type or type(error))(error.message, loc=(*prefix, *error.loc)) from None
 
 
-class Optimizer(ABC, Generic[H, S]):
-    """Bookkeeping shared by the optimizers; subclasses name the algorithm."""
+class Optimizer(Generic[H, S]):
+    """An optimizer of the algorithm ``spec`` describes, over named params in torch-style groups.
 
-    defaults: ClassVar[Mapping[str, object]]
-    """torch's group keys, in torch's order, with its defaults."""
-    state_arrays: ClassVar[tuple[str, ...]]
-    """State arrays in torch's key order."""
+    ``params`` is ``{name: array}`` or a list of groups ``{"params": {name: array}, **overrides}``;
+    ``hyperparameters`` fill in what a group does not override, and torch's defaults the rest.
+    The algorithms' own classes (``Rprop``, ``RMSprop``) take torch's keyword arguments instead.
 
-    def __init__(self, params: Params | Sequence[ParamGroupSpec], hyperparameters: Mapping[str, object]) -> None:
+    >>> import numpy as np
+    >>> from optim_core.registry import ALGORITHMS
+    >>> opt = Optimizer(ALGORITHMS["rprop"], {"w": np.array([1.0, 2.0])}, {"lr": 0.1})
+    >>> opt.step({"w": np.array([1.0, -1.0])})
+    >>> opt.params["w"].tolist()
+    [0.9, 2.1]
+    """
+
+    def __init__(
+        self,
+        spec: AlgorithmSpec[H, S],
+        params: Params | Sequence[ParamGroupSpec],
+        hyperparameters: Mapping[str, object] | None = None,
+    ) -> None:
+        self.spec = spec
+        hyperparameters = {**spec.defaults, **(hyperparameters or {})}
+        for key in hyperparameters:
+            if key not in spec.defaults:
+                raise InvalidHyperparameterError(f"unknown hyperparameter {key!r}", loc=(key,))
         with _located():
             self._parse_hyperparams(hyperparameters)
         group_specs = _group_specs(params)
@@ -110,8 +111,8 @@ class Optimizer(ABC, Generic[H, S]):
         self._group_names: list[list[str]] = []
         self.param_groups: list[dict[str, Any]] = []
         """torch-style groups: hyperparameters and ``params`` (names). Editable between steps."""
-        for index, spec in enumerate(group_specs):
-            overrides = {key: value for key, value in spec.items() if key != "params"}
+        for index, group_spec in enumerate(group_specs):
+            overrides = {key: value for key, value in group_spec.items() if key != "params"}
             for key in overrides:
                 if key not in self.defaults:
                     raise InvalidHyperparameterError(
@@ -120,35 +121,44 @@ class Optimizer(ABC, Generic[H, S]):
                     )
             with _located("param_groups", index):
                 hyperparams = self._parse_hyperparams({**hyperparameters, **overrides})
-            names = self._adopt_params(spec["params"], index)
+            names = self._adopt_params(group_spec["params"], index)
             self._group_names.append(names)
             self.param_groups.append({**hyperparams.to_group(), "params": list(names)})
         self._state: dict[str, S] = {}
         self._last_parsed: tuple[list[dict[str, Any]], list[H]] | None = None
         """The groups as last parsed (a copy), and what they parsed to."""
 
-    # The algorithm, supplied by each optimizer.
+    @property
+    def defaults(self) -> Mapping[str, object]:
+        """torch's group keys, in torch's order, with its defaults."""
+        return self.spec.defaults
 
-    @classmethod
-    @abstractmethod
-    def _parse_hyperparams(cls, group: Mapping[str, object]) -> H: ...
+    @property
+    def state_arrays(self) -> tuple[str, ...]:
+        """State arrays in torch's key order."""
+        return self.spec.state_arrays
 
-    @abstractmethod
-    def _init_state(self, param: np.ndarray, hyperparams: H) -> S: ...
+    # The algorithm, from the spec.
 
-    @abstractmethod
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: S, hyperparams: H) -> S: ...
+    def _parse_hyperparams(self, group: Mapping[str, object]) -> H:
+        return self.spec.parse(group)
 
-    @abstractmethod
-    def _make_state(self, step: int, arrays: Mapping[str, np.ndarray]) -> S: ...
+    def _init_state(self, param: np.ndarray, hyperparams: H) -> S:
+        return self.spec.init(param, hyperparams)
 
-    def _required_state_arrays(self, hyperparams: H) -> set[str]:
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: S, hyperparams: H) -> S:
+        return self.spec.update_in_place(param, grad, state, hyperparams)
+
+    def _make_state(self, step: int, arrays: Mapping[str, np.ndarray]) -> S:
+        return self.spec.make_state(step, arrays)
+
+    def _required_state_arrays(self, hyperparams: H) -> frozenset[str]:
         """The state arrays a param of a group with ``hyperparams`` must have."""
-        return set(self.state_arrays)
+        return self.spec.required_state_arrays(hyperparams)
 
     def _completed_state(self, param: np.ndarray, state: S, hyperparams: H) -> S:
         """``state`` with whatever the current ``hyperparams`` need and it lacks."""
-        return state
+        return self.spec.complete_state(param, state, hyperparams)
 
     # The public API.
 
@@ -440,156 +450,6 @@ def _to_lists(value: Any) -> Any:
     if isinstance(value, list):
         return [_to_lists(item) for item in value]
     return value
-
-
-class Rprop(Optimizer[RpropHyperparams, RpropState]):
-    """Resilient backpropagation with torch's semantics (iRprop-); see ``optim_core.rprop``.
-
-    >>> import numpy as np
-    >>> opt = Rprop({"w": np.array([1.0, 2.0])}, lr=0.1)
-    >>> opt.step({"w": np.array([1.0, -1.0])})
-    >>> opt.params["w"].tolist()
-    [0.9, 2.1]
-    """
-
-    defaults = rprop.DEFAULTS
-    state_arrays = rprop.STATE_ARRAYS
-
-    def __init__(
-        self,
-        params: Params | Sequence[ParamGroupSpec],
-        lr: float = 1e-2,
-        etas: tuple[float, float] = (0.5, 1.2),
-        step_sizes: tuple[float, float] = (1e-6, 50.0),
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        differentiable: bool = False,
-        capturable: bool = False,
-    ) -> None:
-        super().__init__(
-            params,
-            {
-                "lr": lr,
-                "etas": etas,
-                "step_sizes": step_sizes,
-                "foreach": foreach,
-                "maximize": maximize,
-                "differentiable": differentiable,
-                "capturable": capturable,
-            },
-        )
-
-    @classmethod
-    def _parse_hyperparams(cls, group: Mapping[str, object]) -> RpropHyperparams:
-        return RpropHyperparams.from_group(group)
-
-    def _init_state(self, param: np.ndarray, hyperparams: RpropHyperparams) -> RpropState:
-        return rprop_init(param, lr=hyperparams.lr)
-
-    def _update(
-        self, param: np.ndarray, grad: np.ndarray, state: RpropState, hyperparams: RpropHyperparams
-    ) -> RpropState:
-        return rprop_update(
-            param,
-            grad,
-            state,
-            etaminus=hyperparams.etaminus,
-            etaplus=hyperparams.etaplus,
-            step_size_min=hyperparams.step_size_min,
-            step_size_max=hyperparams.step_size_max,
-            maximize=hyperparams.maximize,
-        )
-
-    def _make_state(self, step: int, arrays: Mapping[str, np.ndarray]) -> RpropState:
-        return RpropState(step=step, prev=arrays["prev"], step_size=arrays["step_size"])
-
-
-class RMSprop(Optimizer[RMSpropHyperparams, RMSpropState]):
-    """RMSprop with torch's semantics (eps outside the square root); see ``optim_core.rmsprop``.
-
-    >>> import numpy as np
-    >>> opt = RMSprop({"w": np.array([1.0])}, lr=0.01)
-    >>> opt.step({"w": np.array([2.0])})
-    >>> round(float(opt.params["w"][0]), 6)
-    0.9
-    """
-
-    defaults = rmsprop.DEFAULTS
-    state_arrays = rmsprop.STATE_ARRAYS
-
-    def __init__(
-        self,
-        params: Params | Sequence[ParamGroupSpec],
-        lr: float = 1e-2,
-        alpha: float = 0.99,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        momentum: float = 0.0,
-        centered: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        differentiable: bool = False,
-        capturable: bool = False,
-    ) -> None:
-        super().__init__(
-            params,
-            {
-                "lr": lr,
-                "momentum": momentum,
-                "alpha": alpha,
-                "eps": eps,
-                "centered": centered,
-                "weight_decay": weight_decay,
-                "capturable": capturable,
-                "foreach": foreach,
-                "maximize": maximize,
-                "differentiable": differentiable,
-            },
-        )
-
-    @classmethod
-    def _parse_hyperparams(cls, group: Mapping[str, object]) -> RMSpropHyperparams:
-        return RMSpropHyperparams.from_group(group)
-
-    def _init_state(self, param: np.ndarray, hyperparams: RMSpropHyperparams) -> RMSpropState:
-        return rmsprop_init(param, momentum=hyperparams.momentum, centered=hyperparams.centered)
-
-    def _update(
-        self, param: np.ndarray, grad: np.ndarray, state: RMSpropState, hyperparams: RMSpropHyperparams
-    ) -> RMSpropState:
-        return rmsprop_update(
-            param,
-            grad,
-            state,
-            lr=hyperparams.lr,
-            alpha=hyperparams.alpha,
-            eps=hyperparams.eps,
-            weight_decay=hyperparams.weight_decay,
-            momentum=hyperparams.momentum,
-            centered=hyperparams.centered,
-            maximize=hyperparams.maximize,
-        )
-
-    def _required_state_arrays(self, hyperparams: RMSpropHyperparams) -> set[str]:
-        required = {"square_avg"}
-        if hyperparams.momentum > 0:
-            required.add("momentum_buffer")
-        if hyperparams.centered:
-            required.add("grad_avg")
-        return required
-
-    def _completed_state(self, param: np.ndarray, state: RMSpropState, hyperparams: RMSpropHyperparams) -> RMSpropState:
-        return rmsprop_complete(param, state, momentum=hyperparams.momentum, centered=hyperparams.centered)
-
-    def _make_state(self, step: int, arrays: Mapping[str, np.ndarray]) -> RMSpropState:
-        return RMSpropState(
-            step=step,
-            square_avg=arrays["square_avg"],
-            momentum_buffer=arrays.get("momentum_buffer"),
-            grad_avg=arrays.get("grad_avg"),
-        )
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

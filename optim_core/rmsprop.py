@@ -1,4 +1,4 @@
-r"""RMSprop, as torch computes it, as a pure update function.
+r"""RMSprop, as torch computes it: its math, an in-place kernel, its spec, and the torch-shaped ``RMSprop``.
 
 With :math:`g_t` the gradient (negated under ``maximize``, then plus
 ``weight_decay`` times the parameter):
@@ -19,14 +19,14 @@ eps=1e-8, weight_decay=0, momentum=0, centered=False``.
 >>> import numpy as np
 >>> param = np.array([1.0])
 >>> state = rmsprop_init(param, momentum=0.0, centered=False)
->>> state = rmsprop_update(param, np.array([2.0]), state, lr=0.01, alpha=0.99,
-...                        eps=1e-8, weight_decay=0.0, momentum=0.0,
-...                        centered=False, maximize=False)
+>>> state = rmsprop_update_in_place(param, np.array([2.0]), state, lr=0.01, alpha=0.99,
+...                                 eps=1e-8, weight_decay=0.0, momentum=0.0,
+...                                 centered=False, maximize=False)
 >>> round(float(param[0]), 6), state.step
 (0.9, 1)
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -34,6 +34,8 @@ import numpy as np
 
 from optim_core.checks import flag, number_at_least_zero, optional_flag
 from optim_core.chunks import chunk_bounds, scratch
+from optim_core.optimizer import Optimizer, ParamGroupSpec, Params
+from optim_core.spec import AlgorithmSpec
 
 DEFAULTS: Mapping[str, object] = {
     "lr": 1e-2,
@@ -133,7 +135,7 @@ def rmsprop_complete(param: np.ndarray, state: RMSpropState, *, momentum: float,
 
 
 @np.errstate(all="ignore")  # like torch: overflow gives inf or NaN, not warnings
-def rmsprop_update(
+def rmsprop_update_in_place(
     param: np.ndarray,
     grad: np.ndarray,
     state: RMSpropState,
@@ -146,7 +148,7 @@ def rmsprop_update(
     centered: bool,
     maximize: bool,
 ) -> RMSpropState:
-    """One RMSprop step. Updates ``param`` and the state's buffers in place.
+    """One RMSprop step, in place: writes ``param`` and the state's buffers.
 
     ``param`` and the state buffers must be C-contiguous arrays of one float
     dtype, owned by the caller's optimizer; ``grad`` has the same shape and dtype
@@ -211,3 +213,79 @@ def rmsprop_update(
             np.divide(own_grad, avg, out=avg)
         np.add(p, avg, out=p)
     return state._replace(step=state.step + 1)
+
+
+def _required_state_arrays(hyperparams: RMSpropHyperparams) -> frozenset[str]:
+    required = {"square_avg"}
+    if hyperparams.momentum > 0:
+        required.add("momentum_buffer")
+    if hyperparams.centered:
+        required.add("grad_avg")
+    return frozenset(required)
+
+
+SPEC: AlgorithmSpec[RMSpropHyperparams, RMSpropState] = AlgorithmSpec(
+    name="rmsprop",
+    torch_name="RMSprop",
+    defaults=DEFAULTS,
+    parse=RMSpropHyperparams.from_group,
+    state_type=RMSpropState,
+    state_arrays=STATE_ARRAYS,
+    init=lambda param, hyperparams: rmsprop_init(param, momentum=hyperparams.momentum, centered=hyperparams.centered),
+    update_in_place=lambda param, grad, state, hyperparams: rmsprop_update_in_place(
+        param,
+        grad,
+        state,
+        lr=hyperparams.lr,
+        alpha=hyperparams.alpha,
+        eps=hyperparams.eps,
+        weight_decay=hyperparams.weight_decay,
+        momentum=hyperparams.momentum,
+        centered=hyperparams.centered,
+        maximize=hyperparams.maximize,
+    ),
+    required_state_arrays=_required_state_arrays,
+    complete_state=lambda param, state, hyperparams: rmsprop_complete(
+        param, state, momentum=hyperparams.momentum, centered=hyperparams.centered
+    ),
+)
+
+
+class RMSprop(Optimizer[RMSpropHyperparams, RMSpropState]):
+    """RMSprop with torch's semantics (eps outside the square root), and torch's signature.
+
+    >>> import numpy as np
+    >>> opt = RMSprop({"w": np.array([1.0])}, lr=0.01)
+    >>> opt.step({"w": np.array([2.0])})
+    >>> round(float(opt.params["w"][0]), 6)
+    0.9
+    """
+
+    def __init__(
+        self,
+        params: Params | Sequence[ParamGroupSpec],
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        capturable: bool = False,
+    ) -> None:
+        hyperparameters = {
+            "lr": lr,
+            "momentum": momentum,
+            "alpha": alpha,
+            "eps": eps,
+            "centered": centered,
+            "weight_decay": weight_decay,
+            "capturable": capturable,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+        }
+        super().__init__(SPEC, params, hyperparameters)

@@ -1,4 +1,4 @@
-r"""Rprop, torch's iRprop- variant, as a pure update function.
+r"""Rprop, torch's iRprop- variant: its math, an in-place kernel, its spec, and the torch-shaped ``Rprop``.
 
 For every element, with :math:`g_t` the gradient (negated under ``maximize``)
 and :math:`g_{prev}` the previous (possibly zeroed) gradient:
@@ -22,14 +22,14 @@ Defaults: ``lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-6, 50)``.
 >>> import numpy as np
 >>> param = np.array([1.0, -2.0])
 >>> state = rprop_init(param, lr=0.01)
->>> state = rprop_update(param, np.array([0.5, -0.5]), state, etaminus=0.5,
-...                      etaplus=1.2, step_size_min=1e-6, step_size_max=50.0,
-...                      maximize=False)
+>>> state = rprop_update_in_place(param, np.array([0.5, -0.5]), state, etaminus=0.5,
+...                               etaplus=1.2, step_size_min=1e-6, step_size_max=50.0,
+...                               maximize=False)
 >>> param.tolist(), state.step
 ([0.99, -1.99], 1)
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -38,6 +38,8 @@ import numpy as np
 from optim_core.checks import flag, number_at_least_zero, number_pair, optional_flag
 from optim_core.chunks import chunk_bounds, scratch
 from optim_core.errors import InvalidHyperparameterError
+from optim_core.optimizer import Optimizer, ParamGroupSpec, Params
+from optim_core.spec import AlgorithmSpec
 
 DEFAULTS: Mapping[str, object] = {
     "lr": 1e-2,
@@ -120,7 +122,7 @@ def rprop_init(param: np.ndarray, *, lr: float) -> RpropState:
 
 
 @np.errstate(all="ignore")  # like torch: overflow gives inf or NaN, not warnings
-def rprop_update(
+def rprop_update_in_place(
     param: np.ndarray,
     grad: np.ndarray,
     state: RpropState,
@@ -131,7 +133,7 @@ def rprop_update(
     step_size_max: float,
     maximize: bool,
 ) -> RpropState:
-    """One Rprop step. Updates ``param``, ``state.prev`` and ``state.step_size`` in place.
+    """One Rprop step, in place: writes ``param``, ``state.prev`` and ``state.step_size``.
 
     ``param`` and the state buffers must be C-contiguous arrays of one float
     dtype, owned by the caller's optimizer; ``grad`` has the same shape and dtype
@@ -203,3 +205,58 @@ def rprop_update(
 def _bit_pattern(value: np.floating) -> int:
     """The IEEE bits of a float32 or float64 scalar, as an int."""
     return int(np.array(value).view(f"i{value.itemsize}"))
+
+
+SPEC: AlgorithmSpec[RpropHyperparams, RpropState] = AlgorithmSpec(
+    name="rprop",
+    torch_name="Rprop",
+    defaults=DEFAULTS,
+    parse=RpropHyperparams.from_group,
+    state_type=RpropState,
+    state_arrays=STATE_ARRAYS,
+    init=lambda param, hyperparams: rprop_init(param, lr=hyperparams.lr),
+    update_in_place=lambda param, grad, state, hyperparams: rprop_update_in_place(
+        param,
+        grad,
+        state,
+        etaminus=hyperparams.etaminus,
+        etaplus=hyperparams.etaplus,
+        step_size_min=hyperparams.step_size_min,
+        step_size_max=hyperparams.step_size_max,
+        maximize=hyperparams.maximize,
+    ),
+)
+
+
+class Rprop(Optimizer[RpropHyperparams, RpropState]):
+    """Resilient backpropagation with torch's semantics (iRprop-), and torch's signature.
+
+    >>> import numpy as np
+    >>> opt = Rprop({"w": np.array([1.0, 2.0])}, lr=0.1)
+    >>> opt.step({"w": np.array([1.0, -1.0])})
+    >>> opt.params["w"].tolist()
+    [0.9, 2.1]
+    """
+
+    def __init__(
+        self,
+        params: Params | Sequence[ParamGroupSpec],
+        lr: float = 1e-2,
+        etas: tuple[float, float] = (0.5, 1.2),
+        step_sizes: tuple[float, float] = (1e-6, 50.0),
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        capturable: bool = False,
+    ) -> None:
+        hyperparameters = {
+            "lr": lr,
+            "etas": etas,
+            "step_sizes": step_sizes,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "capturable": capturable,
+        }
+        super().__init__(SPEC, params, hyperparameters)
