@@ -19,8 +19,9 @@ install: $(VENV)/.installed
 serve: install
 	$(BIN)/optim-service serve --host $(or $(HOST),127.0.0.1) --port $(or $(PORT),8000)
 
+# In as many processes as there are cores: each test file runs whole in one of them.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from service.config import Settings
-from service.memory import keep_large_allocations
+from service.server.memory import keep_large_allocations
 
 
 @asynccontextmanager

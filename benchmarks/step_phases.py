@@ -3,9 +3,8 @@
 Builds the service's parts as the app does (a SQLite store in a temporary directory, durable
 commits, slot files), creates one RMSprop session of N float32 params, and runs the step a
 request makes: join the body's chunks, read the safetensors file, step, check, write and sync,
-render the response. It prints the median of each phase. With params and state of at least
-``OVERLAP_MIN_BYTES``, the finiteness check and the rendering run in helper threads beside the
-write and sync, so the phases add up to more than the total.
+render the response. It prints the median of each phase; phases nest (the store's inside
+``Sessions.step``), so they add up to more than the total.
 
 ``python -m benchmarks.step_phases --params 10000000``;
 ``--params 1000 --steps 2000 --idle-ms 1`` shows a small step with an idle millisecond between
@@ -23,22 +22,23 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import save
-from starlette.responses import Response
 
-from optim_core import RMSprop
-from service import sessions as service_sessions
-from service.cache import OptimizerCache
-from service.codecs import arrays_from_json
+from optim_core import Optimizer
+from service.api.bodies import parse
+from service.api.schemas import StepRequest
 from service.config import Settings
-from service.json_workers import JsonWorkers
-from service.media import SAFETENSORS
-from service.memory import keep_large_allocations
-from service.routes import deps
-from service.routes.deps import Wire, parse
-from service.schemas import CreateSessionRequest, StepRequest
-from service.sessions import Sessions, StepOutcome
-from service.store import SqlSessionStore, array_files
+from service.server.memory import keep_large_allocations
+from service.sessions import service as service_sessions
+from service.sessions.cache import OptimizerCache
+from service.sessions.service import Sessions
+from service.store import SqlSessionStore
+from service.store.sql import SqlSessionStore as Store
+from service.store.sqlite import array_files
 from service.store.sqlite.commit_queue import CommitQueue
+from service.wire import documents as wire_documents
+from service.wire.documents import Documents
+from service.wire.json_arrays import arrays_from_json
+from service.wire.media_types import SAFETENSORS
 
 CHUNK = 1 << 16
 """What uvicorn hands a handler at a time."""
@@ -83,42 +83,45 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         store = SqlSessionStore(f"sqlite:///{directory}/optim.sqlite3")
         sessions = Sessions(store=store, cache=OptimizerCache(settings.cache_bytes))
-        wire = Wire(JsonWorkers(processes=0, threshold_bytes=settings.json_worker_threshold_bytes))
-        initial = {"optimizer": "rmsprop", "params": {"w": rng.standard_normal(args.params, dtype=np.float32)}}
-        meta, _ = sessions.create(request=parse(CreateSessionRequest, initial))
+        documents = Documents(processes=0, threshold_bytes=settings.json_worker_threshold_bytes)
+        meta, _ = sessions.create(
+            optimizer="rmsprop",
+            params={"w": rng.standard_normal(args.params, dtype=np.float32)},
+            hyperparameters={},
+            param_groups=None,
+            dtype="float32",
+            state_dict=None,
+            step=0,
+        )
         body = save({"w": rng.standard_normal(args.params, dtype=np.float32)})
         chunks = [body[start : start + CHUNK] for start in range(0, len(body), CHUNK)]
         phases: Phases = {}
         samples: dict[str, list[float]] = {}
 
-        def render(outcome: StepOutcome) -> Response:
-            return wire.respond(
-                {"step": outcome.step, "params": outcome.params},
-                media_type=SAFETENSORS,
-                root="params",
-                version=outcome.version,
-            )
-
         def one_step() -> None:
             joining = time.perf_counter()
             joined = b"".join(chunks)
             phases["join the body"] = time.perf_counter() - joining
-            document = wire.document(SAFETENSORS, joined, root="grads", array_paths=[("grads", "*")])
+            document = documents.decode(SAFETENSORS, joined, root="grads", array_paths=[("grads", "*")])
             grads = arrays_from_json(parse(StepRequest, document).grads, loc=("body", "grads"), check_finite=False)
-            sessions.step(
-                session_id=meta.id, grads=grads, request_hash="", idempotency_key=None, if_match=None, render=render
-            )
+            with sessions.step(
+                session_id=meta.id, grads=grads, request_hash="", idempotency_key=None, expected_versions=None
+            ) as outcome:
+                rendering = time.perf_counter()
+                documents.encode(
+                    {"step": outcome.step, "params": outcome.params}, media_type=SAFETENSORS, root="params"
+                )
+                phases["render the response"] = time.perf_counter() - rendering
 
         targets = [
-            (deps, "document_from_safetensors", "read the safetensors file"),
-            (Sessions, "step", "Sessions.step: all that follows, and the store's transaction"),
-            (SqlSessionStore, "_read", "read the session (a pooled connection, SELECTs)"),
+            (wire_documents, "document_from_safetensors", "read the safetensors file"),
+            (Sessions, "_step_once", "the unit of work (store included)"),
+            (Store, "_read", "read the session (a pooled connection, SELECTs)"),
             (CommitQueue, "commit", "commit (the write lock, UPDATE, COMMIT)"),
-            (RMSprop, "step", "core step"),
+            (Optimizer, "step", "core step"),
             (service_sessions, "_finite", "finiteness check"),
             (array_files.ArrayFiles, "write", "write and sync the slot file"),
             (array_files, "sync_data", "  of which fdatasync"),
-            (Wire, "respond", "render the response"),
         ]
         with phases_timed(phases, targets):
             for index in range(args.steps + 1):
@@ -134,7 +137,7 @@ def main() -> None:
         store.close()
     print(f"{args.params:,} float32 params, RMSprop, SQLite FULL; median of {args.steps} steps\n")
     print("| phase | ms |\n|---|---:|")
-    for phase in ["join the body", *(phase for _, _, phase in targets), "total"]:
+    for phase in ["join the body", *(phase for _, _, phase in targets), "render the response", "total"]:
         if phase in samples:
             print(f"| {phase} | {statistics.median(samples[phase]) * 1e3:.3f} |")
 

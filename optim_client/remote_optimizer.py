@@ -11,6 +11,7 @@ from optim_client.client import Client
 from optim_client.params import BoundParams, Param, ParamGroup, bind_params
 from optim_client.session import ArrayLike, Session
 from optim_client.values import dtype_name, plain, torch_style
+from optim_core import NAMES
 
 NOT_HYPERPARAMETERS = ("params", "param_names")
 
@@ -29,9 +30,22 @@ class RemoteOptimizer:
     """
 
     optimizer_name: ClassVar[str]
+    """The name of the optimizer in optim_core's registry, which the service speaks."""
+    _by_name: ClassVar[dict[str, type[RemoteOptimizer]]] = {}
     session: Session
     param_groups: list[dict[str, Any]]
     defaults: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.optimizer_name not in NAMES:
+            raise TypeError(f"{cls.__name__}.optimizer_name {cls.optimizer_name!r} is not one of {NAMES}")
+        RemoteOptimizer._by_name[cls.optimizer_name] = cls
+
+    @staticmethod
+    def of(optimizer_name: str) -> type[RemoteOptimizer]:
+        """The class of the remote optimizer ``optimizer_name`` (KeyError if the SDK has none)."""
+        return RemoteOptimizer._by_name[optimizer_name]
 
     def __init__(self, params: object, defaults: Mapping[str, Any], *, client: Client) -> None:
         bound = bind_params(params)

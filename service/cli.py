@@ -7,9 +7,9 @@ from pathlib import Path
 
 from service.config import Settings
 from service.server import run
-from service.store.backup import BackupError, backup_sqlite
 from service.store.schema import ensure_schema, head_revision
 from service.store.sql import build_engine
+from service.store.sqlite.backup import BackupError, backup_sqlite
 
 
 def _positive(text: str) -> int:

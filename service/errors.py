@@ -1,4 +1,5 @@
-"""Every error leaves as RFC 9457 problem+json; domain errors are mapped here, and only here."""
+"""Every error leaves as RFC 9457 problem+json: the one place where the errors of the sessions, the wire
+formats, the store and the numeric core become problems, beside the problems only HTTP has."""
 
 import logging
 import uuid
@@ -13,6 +14,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from optim_core import OptimCoreError
+from service.sessions import errors as sessions
 from service.store import (
     SessionMissing,
     StorageBusy,
@@ -21,6 +23,7 @@ from service.store import (
     StorageUnavailable,
     VersionMismatch,
 )
+from service.wire import errors as wire
 
 PROBLEM_JSON = "application/problem+json"
 logger = logging.getLogger("service")
@@ -44,33 +47,12 @@ class ProblemError(Exception):
         self.headers = headers or {}
 
 
-class MalformedBody(ProblemError):
-    status, slug, title = 400, "malformed-body", "Malformed request body"
-
-
 class ValidationFailed(ProblemError):
     status, slug, title = 422, "validation-error", "Invalid request"
 
     @classmethod
     def at(cls, loc: Loc, msg: str) -> "ValidationFailed":
         return cls(msg, errors=[{"loc": list(loc), "msg": msg}])
-
-
-class IdempotencyKeyReused(ProblemError):
-    status, slug, title = 422, "idempotency-key-reused", "Idempotency-Key reused with a different request"
-
-
-class IdempotentResponseExpired(ProblemError):
-    status, slug = 409, "idempotent-response-expired"
-    title = "The first response to this Idempotency-Key is no longer kept"
-
-
-class SessionNotFound(ProblemError):
-    status, slug, title = 404, "session-not-found", "No such session"
-
-
-class PreconditionFailed(ProblemError):
-    status, slug, title = 412, "precondition-failed", "The session has moved on"
 
 
 class BodyTooLarge(ProblemError):
@@ -89,9 +71,24 @@ class StorageNotAnswering(ProblemError):
     status, slug, title = 503, "storage-unavailable", "Storage is not answering"
 
 
-def core_error(error: OptimCoreError, *prefix: str | int) -> ValidationFailed:
-    """A core rejection as a 422 naming the field under ``prefix``."""
-    return ValidationFailed.at((*prefix, *error.loc), error.message)
+REFUSALS: dict[type[Exception], tuple[int, str, str]] = {
+    sessions.SessionNotFound: (404, "session-not-found", "No such session"),
+    SessionMissing: (404, "session-not-found", "No such session"),
+    sessions.PreconditionFailed: (412, "precondition-failed", "The session has moved on"),
+    VersionMismatch: (412, "precondition-failed", "The session has moved on"),
+    sessions.IdempotencyKeyReused: (
+        422,
+        "idempotency-key-reused",
+        "Idempotency-Key reused with a different request",
+    ),
+    sessions.IdempotentResponseExpired: (
+        409,
+        "idempotent-response-expired",
+        "The first response to this Idempotency-Key is no longer kept",
+    ),
+    wire.MalformedBody: (400, "malformed-body", "Malformed request body"),
+}
+"""Refusals of the layers below HTTP that name no field: status, type and title."""
 
 
 def problem_response(
@@ -141,13 +138,17 @@ def install_error_handlers(app: FastAPI, *, retry_after_seconds: int = 1) -> Non
         logger.warning("storage failure on %s %s: %s", request.method, request.url.path, failure)
         return storage_problem(failure, retry_after_seconds=retry_after_seconds)
 
-    @app.exception_handler(SessionMissing)
-    async def on_session_missing(request: Request, error: SessionMissing) -> Response:
-        return await on_problem(request, SessionNotFound(str(error)))
+    @app.exception_handler(sessions.InvalidRequest)
+    @app.exception_handler(wire.InvalidValue)
+    async def on_invalid(request: Request, error: sessions.InvalidRequest | wire.InvalidValue) -> Response:
+        return await on_problem(request, ValidationFailed.at(error.loc, error.message))
 
-    @app.exception_handler(VersionMismatch)
-    async def on_version_mismatch(request: Request, error: VersionMismatch) -> Response:
-        return await on_problem(request, PreconditionFailed(str(error)))
+    async def on_refusal(request: Request, error: Exception) -> Response:
+        status, slug, title = next(problem for kind, problem in REFUSALS.items() if isinstance(error, kind))
+        return problem_response(status=status, slug=slug, title=title, detail=str(error))
+
+    for kind in REFUSALS:
+        app.add_exception_handler(kind, on_refusal)
 
     @app.exception_handler(ProblemError)
     async def on_problem(request: Request, error: ProblemError) -> Response:
@@ -162,7 +163,7 @@ def install_error_handlers(app: FastAPI, *, retry_after_seconds: int = 1) -> Non
 
     @app.exception_handler(OptimCoreError)
     async def on_core_error(request: Request, error: OptimCoreError) -> Response:
-        return await on_problem(request, core_error(error, "body"))
+        return await on_problem(request, ValidationFailed.at(("body", *error.loc), error.message))
 
     @app.exception_handler(RequestValidationError)
     async def on_request_validation(request: Request, error: RequestValidationError) -> Response:

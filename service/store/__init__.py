@@ -1,6 +1,6 @@
 """Session storage: one interface, one SQLAlchemy implementation for SQLite and PostgreSQL."""
 
-from service.store.base import IdempotencyRecord, LockedSession, SessionMeta, SessionStore
+from service.store.base import IdempotencyRecord, LockedSession, RecordsKept, SessionMeta, SessionStore
 from service.store.errors import (
     SessionMissing,
     StaleAssumption,
@@ -16,6 +16,7 @@ from service.store.sql import SqlSessionStore, StoreSettings
 __all__ = [
     "IdempotencyRecord",
     "LockedSession",
+    "RecordsKept",
     "SessionMeta",
     "SessionMissing",
     "SessionStore",

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from service.safetensors_format import Buffers
+from service.buffers import Buffers
 from service.store.health import WriteHealth
 
 
@@ -36,6 +36,15 @@ class IdempotencyRecord:
     """The response's params as a packed blob; empty once the response is no longer kept."""
 
 
+@dataclass(frozen=True)
+class RecordsKept:
+    """What a session keeps of its Idempotency-Key records once a new one is stored: the newest ``keys``
+    records, and the first responses of the newest ``responses`` of them (older ones keep their key)."""
+
+    keys: int
+    responses: int
+
+
 class LockedSession(Protocol):
     """A session held for a read-modify-write until the ``locked`` block ends (its changes commit then)."""
 
@@ -48,8 +57,15 @@ class LockedSession(Protocol):
         """The stored arrays, read now."""
         ...
 
-    def save(self, meta: SessionMeta, arrays: Buffers | None, record: IdempotencyRecord | None = None) -> None:
-        """Store the new meta (and arrays, when given) at commit; ``record`` answers later retries.
+    def save(
+        self,
+        meta: SessionMeta,
+        arrays: Buffers | None,
+        record: IdempotencyRecord | None = None,
+        kept: RecordsKept | None = None,
+    ) -> None:
+        """Store the new meta (and arrays, when given) at commit; ``record`` answers later retries, and the
+        session's older records are trimmed to ``kept``.
 
         ``arrays`` is a blob as its pieces, which may view live arrays: they are written before this returns.
         """

@@ -37,9 +37,8 @@ from typing import Any, Literal, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from service.safetensors_format import Buffers, buffers_size
-from service.store.array_files import ArrayFiles, other_slot
-from service.store.base import IdempotencyRecord, SessionMeta
+from service.buffers import Buffers, buffers_size
+from service.store.base import IdempotencyRecord, RecordsKept, SessionMeta
 from service.store.driver_statements import DriverStatement
 from service.store.errors import (
     SessionMissing,
@@ -52,6 +51,7 @@ from service.store.errors import (
 )
 from service.store.health import WriteHealth
 from service.store.schema import ensure_schema
+from service.store.sqlite.array_files import ArrayFiles, other_slot
 from service.store.sqlite.commit_queue import Batch, CommitQueue, Write, run_batch
 from service.store.sqlite.file_locks import WRITE_LOCK, LockFile, session_lock
 
@@ -170,10 +170,8 @@ SAVE = {
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """How the store keeps records and bounds its waits (``service.config.Settings`` documents each)."""
+    """How the store keeps its data and bounds its waits (``service.config.Settings`` documents each)."""
 
-    idempotency_keys_kept: int = 1000
-    idempotency_response_bytes_kept: int = 64 << 20
     sqlite_synchronous: str = "FULL"
     pool_size: int = 10
     auto_migrate: bool = True
@@ -302,15 +300,6 @@ class _ArrayPlacement:
         return self.files.read(session_id, slot)
 
 
-@dataclass(frozen=True)
-class RecordsKept:
-    """How much of their Idempotency-Key records sessions keep: how many keys, and how many
-    bytes of first responses (at least the newest one's, whatever its size)."""
-
-    keys: int
-    response_bytes: int
-
-
 def _nth_newest_record(session_id: str, n: int) -> sa.ScalarSelect[Any]:
     return (
         sa.select(idempotency_records.c.seq)
@@ -322,21 +311,24 @@ def _nth_newest_record(session_id: str, n: int) -> sa.ScalarSelect[Any]:
     )
 
 
-def _record_writes(record: IdempotencyRecord, session_id: str, kept: RecordsKept, now: datetime) -> list[Write]:
-    """Store ``record``, and forget what the session keeps beyond its bounds."""
-    writes = [
-        Write(
-            sa.insert(idempotency_records).values(
-                session_id=session_id,
-                key=record.key,
-                request_hash=record.request_hash,
-                step=record.step,
-                version=record.version,
-                params=record.params,
-                created_at=now,
-            ),
-            payload_bytes=len(record.params),
+def _record_writes(record: IdempotencyRecord, session_id: str, kept: RecordsKept | None, now: datetime) -> list[Write]:
+    """Store ``record``, and forget what the session keeps beyond ``kept`` (if given)."""
+    insert = Write(
+        sa.insert(idempotency_records).values(
+            session_id=session_id,
+            key=record.key,
+            request_hash=record.request_hash,
+            step=record.step,
+            version=record.version,
+            params=record.params,
+            created_at=now,
         ),
+        payload_bytes=len(record.params),
+    )
+    if kept is None:
+        return [insert]
+    writes = [
+        insert,
         Write(
             sa.delete(idempotency_records).where(
                 idempotency_records.c.session_id == session_id,
@@ -344,15 +336,14 @@ def _record_writes(record: IdempotencyRecord, session_id: str, kept: RecordsKept
             )
         ),
     ]
-    responses_kept = max(1, kept.response_bytes // max(1, len(record.params)))
-    if responses_kept < kept.keys:
+    if kept.responses < kept.keys:
         # The first responses of the newest records only; older records keep their key.
         writes.append(
             Write(
                 sa.update(idempotency_records)
                 .where(
                     idempotency_records.c.session_id == session_id,
-                    idempotency_records.c.seq < _nth_newest_record(session_id, responses_kept),
+                    idempotency_records.c.seq < _nth_newest_record(session_id, kept.responses),
                     sa.func.length(idempotency_records.c.params) > 0,
                 )
                 .values(params=b"")
@@ -372,7 +363,6 @@ class _Held:
         record: IdempotencyRecord | None,
         read_arrays: Callable[[], bytes],
         placement: _ArrayPlacement,
-        kept: RecordsKept,
         health: WriteHealth,
         saves: Mapping[tuple[bool, bool], DriverStatement],
         trusted: bool = False,
@@ -388,7 +378,6 @@ class _Held:
         self._saves = saves
         self._read_arrays = read_arrays
         self._placement = placement
-        self._kept = kept
         self._health = health
         self.writes: list[Write] = []
 
@@ -396,7 +385,13 @@ class _Held:
         with storage_errors(before_commit=True):
             return self._read_arrays()
 
-    def save(self, meta: SessionMeta, arrays: Buffers | None, record: IdempotencyRecord | None = None) -> None:
+    def save(
+        self,
+        meta: SessionMeta,
+        arrays: Buffers | None,
+        record: IdempotencyRecord | None = None,
+        kept: RecordsKept | None = None,
+    ) -> None:
         if self.writes:
             # A slot file written twice before one commit would overwrite the committed one (array_files.py).
             raise RuntimeError(f"session {meta.id} was already saved in this unit of work")
@@ -431,7 +426,7 @@ class _Held:
             )
         )
         if record is not None:
-            self.writes.extend(_record_writes(record, meta.id, self._kept, meta.updated_at))
+            self.writes.extend(_record_writes(record, meta.id, kept, meta.updated_at))
         self.meta = meta
         self.saved = True
 
@@ -454,9 +449,6 @@ class SqlSessionStore:
         self._lock_held = DriverStatement.compile(LOCK_HELD, dialect)
         self._read_record = DriverStatement.compile(READ_RECORD, dialect)
         self._saves = {key: DriverStatement.compile(statement, dialect) for key, statement in SAVE.items()}
-        self._kept = RecordsKept(
-            keys=settings.idempotency_keys_kept, response_bytes=settings.idempotency_response_bytes_kept
-        )
         self.health = WriteHealth()
         self._committed: OrderedDict[str, SessionMeta] = OrderedDict()
         """SQLite: sessions whose arrays are in their row, as this process last committed them (newest last)."""
@@ -754,7 +746,6 @@ class SqlSessionStore:
             record=record,
             read_arrays=read_arrays,
             placement=self._placement,
-            kept=self._kept,
             health=self.health,
             saves=self._saves,
             trusted=trusted,

@@ -19,7 +19,7 @@ import pytest
 from optim_client import Client, RetryPolicy
 from optim_client.transports import TRANSPORTS, Transport
 from tests.client.fault_proxy import FaultProxy
-from tests.service.server_process import ServerProcess, sqlite_url
+from tests.e2e.server_process import ServerProcess, sqlite_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=5.0, jitter=False)

@@ -7,12 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from optim_core import RMSprop, Rprop
+from optim_core import Optimizer
+from tests import optimizers
+from tests.optimizers import OPTIMIZERS as OPTIMIZERS
+from tests.optimizers import example_hyperparameters as example_hyperparameters
+from tests.optimizers import hyperparameter as hyperparameter
 
 RPROP: dict[str, Any] = {"lr": 0.01, "etas": (0.5, 1.2), "step_sizes": (1e-6, 50.0)}
 RMSPROP: dict[str, Any] = {"lr": 0.01, "alpha": 0.9, "momentum": 0.9, "centered": True, "weight_decay": 0.1}
-HYPERPARAMETERS = {"rprop": RPROP, "rmsprop": RMSPROP}
-CORE: dict[str, type[Rprop] | type[RMSprop]] = {"rprop": Rprop, "rmsprop": RMSprop}
+"""Hyperparameters of the tests about one optimizer; the tests of all of them take ``example_hyperparameters``."""
 SHAPES = {"w": (3, 2), "b": (2,), "s": ()}
 
 
@@ -38,18 +41,9 @@ def core_optimizer(
     params: Mapping[str, np.ndarray],
     hyperparameters: Mapping[str, Any],
     param_groups: Sequence[Mapping[str, Any]] | None = None,
-) -> Rprop | RMSprop:
+) -> Optimizer[Any, Any]:
     copies = {name: value.copy() for name, value in params.items()}
-    if param_groups is None:
-        return CORE[optimizer](copies, **hyperparameters)
-    specs = [
-        {
-            **{key: value for key, value in group.items() if key != "params"},
-            "params": {n: copies[n] for n in group["params"]},
-        }
-        for group in param_groups
-    ]
-    return CORE[optimizer](specs, **hyperparameters)
+    return optimizers.core_optimizer(optimizer, copies, hyperparameters, param_groups)
 
 
 def assert_same_bits(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], where: str = "") -> None:

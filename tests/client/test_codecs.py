@@ -10,7 +10,7 @@ import pytest
 
 from optim_client.json_codec import JsonCodec, decode_json
 from optim_client.safetensors_codec import SafetensorsCodec, decode_safetensors
-from service.binary import document_from_safetensors
+from service.wire.safetensors_documents import document_from_safetensors
 
 CREATE: dict[str, Any] = {
     "optimizer": "rprop",

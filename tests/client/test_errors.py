@@ -27,7 +27,7 @@ from optim_client import (
 from optim_client.transports import Transport
 from tests.client.fault_proxy import FaultProxy
 from tests.client.reference import RPROP, initial_params
-from tests.service.server_process import free_port
+from tests.e2e.server_process import free_port
 
 
 def test_an_invalid_hyperparameter_raises_validation_error_with_the_problem_and_is_sent_once(

@@ -12,23 +12,28 @@ pytest.importorskip("torch", reason="the torch parity tests compare with torch.o
 
 import torch
 
-from optim_client import Client, RemoteRMSprop, RemoteRprop, ValidationError
+from optim_client import Client, RemoteOptimizer, RemoteRMSprop, RemoteRprop, ValidationError
 from tests.client.torch_models import (
-    TOLERANCES,
     assert_same_params,
     batches,
     make_model,
+    tolerances,
     train_step,
     twin,
 )
+from tests.optimizers import OPTIMIZERS, example_hyperparameters, hyperparameter, torch_name
 
-HYPERPARAMETERS: dict[str, dict[str, Any]] = {
-    "rprop": {"lr": 0.01, "etas": (0.5, 1.2), "step_sizes": (1e-6, 50)},
-    "rmsprop": {"lr": 0.01, "alpha": 0.9, "momentum": 0.9, "centered": True, "weight_decay": 0.01},
-}
-REMOTE = {"rprop": RemoteRprop, "rmsprop": RemoteRMSprop}
-LOCAL = {"rprop": torch.optim.Rprop, "rmsprop": torch.optim.RMSprop}
-OPTIMIZERS = pytest.mark.parametrize("optimizer", ["rprop", "rmsprop"])
+
+def remote_class(optimizer: str) -> Any:
+    """The SDK's class of ``optimizer`` (each takes torch's signature, which ``RemoteOptimizer`` does not)."""
+    return RemoteOptimizer.of(optimizer)
+
+
+def local_class(optimizer: str) -> Any:
+    return getattr(torch.optim, torch_name(optimizer))
+
+
+EVERY_OPTIMIZER = pytest.mark.parametrize("optimizer", OPTIMIZERS)
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 
 
@@ -36,26 +41,26 @@ def pair(optimizer: str, client: Client, dtype: torch.dtype = torch.float32, **o
     """A model with a remote optimizer, and its twin with torch.optim's, with the same hyperparameters."""
     remote_model = make_model(dtype=dtype)
     local_model = twin(remote_model)
-    hyperparameters = {**HYPERPARAMETERS[optimizer], **overrides}
-    remote = REMOTE[optimizer](remote_model.named_parameters(), client=client, **hyperparameters)
-    local = LOCAL[optimizer](local_model.named_parameters(), **hyperparameters)
+    hyperparameters = {**example_hyperparameters(optimizer), **overrides}
+    remote = remote_class(optimizer)(remote_model.named_parameters(), client=client, **hyperparameters)
+    local = local_class(optimizer)(local_model.named_parameters(), **hyperparameters)
     return remote_model, remote, local_model, local
 
 
-@OPTIMIZERS
+@EVERY_OPTIMIZER
 @DTYPES
 def test_training_gives_torch_optims_params_step_after_step(client: Client, optimizer: str, dtype: torch.dtype) -> None:
     remote_model, remote, local_model, local = pair(optimizer, client, dtype)
     for index, (x, y) in enumerate(batches(8, dtype)):
         remote_loss = train_step(remote_model, remote, x, y)
         local_loss = train_step(local_model, local, x, y)
-        assert_same_params(remote_model, local_model, *TOLERANCES[optimizer, dtype])
-        if TOLERANCES[optimizer, dtype] == (0.0, 0.0):
+        assert_same_params(remote_model, local_model, *tolerances(optimizer, dtype))
+        if tolerances(optimizer, dtype) == (0.0, 0.0):
             assert remote_loss == local_loss, f"step {index + 1}"
     assert remote.session.step_count == 8
 
 
-@OPTIMIZERS
+@EVERY_OPTIMIZER
 def test_a_learning_rate_set_in_param_groups_applies_to_the_next_step_as_in_torch(
     client: Client, optimizer: str
 ) -> None:
@@ -69,15 +74,15 @@ def test_a_learning_rate_set_in_param_groups_applies_to_the_next_step_as_in_torc
     x, y = data[2]
     train_step(remote_model, remote, x, y)
     train_step(local_model, local, x, y)
-    assert_same_params(remote_model, local_model, *TOLERANCES[optimizer, torch.float32])
+    assert_same_params(remote_model, local_model, *tolerances(optimizer, torch.float32))
     assert remote.session.param_groups[0]["lr"] == 1e-3
     for x, y in data[3:]:  # and keeps applying, as a scheduler's change would
         train_step(remote_model, remote, x, y)
         train_step(local_model, local, x, y)
-    assert_same_params(remote_model, local_model, *TOLERANCES[optimizer, torch.float32])
+    assert_same_params(remote_model, local_model, *tolerances(optimizer, torch.float32))
 
 
-@OPTIMIZERS
+@EVERY_OPTIMIZER
 def test_param_groups_with_their_own_hyperparameters_match_torch(client: Client, optimizer: str) -> None:
     remote_model = make_model()
     local_model = twin(remote_model)
@@ -85,18 +90,18 @@ def test_param_groups_with_their_own_hyperparameters_match_torch(client: Client,
     def groups(model: torch.nn.Sequential) -> list[dict[str, Any]]:
         return [{"params": model[0].parameters(), "lr": 0.05}, {"params": model[2].parameters()}]
 
-    remote = REMOTE[optimizer](groups(remote_model), client=client, **HYPERPARAMETERS[optimizer])
-    local = LOCAL[optimizer](groups(local_model), **HYPERPARAMETERS[optimizer])
+    remote = remote_class(optimizer)(groups(remote_model), client=client, **example_hyperparameters(optimizer))
+    local = local_class(optimizer)(groups(local_model), **example_hyperparameters(optimizer))
     assert [group["lr"] for group in remote.param_groups] == [group["lr"] for group in local.param_groups]
     for index, (x, y) in enumerate(batches(5)):
         if index == 3:
             remote.param_groups[1]["lr"] = local.param_groups[1]["lr"] = 0.2
         train_step(remote_model, remote, x, y)
         train_step(local_model, local, x, y)
-    assert_same_params(remote_model, local_model, *TOLERANCES[optimizer, torch.float32])
+    assert_same_params(remote_model, local_model, *tolerances(optimizer, torch.float32))
 
 
-@OPTIMIZERS
+@EVERY_OPTIMIZER
 def test_params_without_grad_are_left_alone_as_torch_leaves_them(client: Client, optimizer: str) -> None:
     remote_model, remote, local_model, local = pair(optimizer, client)
     remote_model[0].bias.requires_grad_(False)
@@ -106,7 +111,7 @@ def test_params_without_grad_are_left_alone_as_torch_leaves_them(client: Client,
         train_step(remote_model, remote, x, y)
         train_step(local_model, local, x, y)
     assert torch.equal(remote_model[0].bias, frozen)
-    assert_same_params(remote_model, local_model, *TOLERANCES[optimizer, torch.float32])
+    assert_same_params(remote_model, local_model, *tolerances(optimizer, torch.float32))
     assert sorted(remote.state_dict()["state"]) == sorted(local.state_dict()["state"]) == [0, 2, 3]
 
 
@@ -181,10 +186,10 @@ def test_an_invalid_hyperparameter_set_between_steps_fails_the_next_step_and_cha
         train_step(remote_model, remote, *data[1])
     assert all(torch.equal(param, old) for param, old in zip(remote_model.parameters(), before, strict=True))
     assert remote.session.refresh()["step"] == 1
-    remote.param_groups[0]["alpha"] = HYPERPARAMETERS["rmsprop"]["alpha"]
+    remote.param_groups[0]["alpha"] = hyperparameter("rmsprop", "alpha")
     train_step(remote_model, remote, *data[2])
     train_step(local_model, local, *data[2])
-    assert_same_params(remote_model, local_model, *TOLERANCES["rmsprop", torch.float32])
+    assert_same_params(remote_model, local_model, *tolerances("rmsprop", torch.float32))
 
 
 def test_params_must_be_float32_or_float64(client: Client) -> None:

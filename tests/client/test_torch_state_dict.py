@@ -10,21 +10,26 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="these tests exchange state with torch.optim, which needs torch")
 
-from optim_client import Checkpoint, Client, RemoteRMSprop, RemoteRprop  # noqa: E402
-from tests.client.torch_models import TOLERANCES, assert_same_params, batches, make_model, train_step, twin  # noqa: E402
+from optim_client import Checkpoint, Client, RemoteOptimizer, RemoteRMSprop, RemoteRprop  # noqa: E402
+from tests.client.torch_models import assert_same_params, batches, make_model, tolerances, train_step, twin  # noqa: E402
+from tests.optimizers import OPTIMIZERS, example_hyperparameters, hyperparameter, torch_name  # noqa: E402
 
-HYPERPARAMETERS: dict[str, dict[str, Any]] = {
-    "rprop": {"lr": 0.02, "etas": (0.4, 1.3), "step_sizes": (1e-5, 10)},
-    "rmsprop": {"lr": 0.02, "alpha": 0.95, "momentum": 0.5, "centered": True},
-}
-REMOTE: dict[str, type[RemoteRprop] | type[RemoteRMSprop]] = {"rprop": RemoteRprop, "rmsprop": RemoteRMSprop}
-LOCAL = {"rprop": torch.optim.Rprop, "rmsprop": torch.optim.RMSprop}
-OPTIMIZERS = pytest.mark.parametrize("optimizer", ["rprop", "rmsprop"])
+
+def remote_class(optimizer: str) -> Any:
+    """The SDK's class of ``optimizer`` (each takes torch's signature, which ``RemoteOptimizer`` does not)."""
+    return RemoteOptimizer.of(optimizer)
+
+
+def local_class(optimizer: str) -> Any:
+    return getattr(torch.optim, torch_name(optimizer))
+
+
+EVERY_OPTIMIZER = pytest.mark.parametrize("optimizer", OPTIMIZERS)
 
 
 def trained_remote(optimizer: str, client: Client, steps: int = 3) -> tuple[Any, Any]:
     model = make_model()
-    remote = REMOTE[optimizer](model.named_parameters(), client=client, **HYPERPARAMETERS[optimizer])
+    remote = remote_class(optimizer)(model.named_parameters(), client=client, **example_hyperparameters(optimizer))
     for x, y in batches(steps, seed=5):
         train_step(model, remote, x, y)
     return model, remote
@@ -36,11 +41,11 @@ def continue_both(model_a: Any, optimizer_a: Any, model_b: Any, optimizer_b: Any
         train_step(model_b, optimizer_b, x, y)
 
 
-@OPTIMIZERS
+@EVERY_OPTIMIZER
 def test_state_dict_has_torchs_layout_with_tensors(client: Client, optimizer: str) -> None:
     _, remote = trained_remote(optimizer, client)
     local_model = make_model()
-    local = LOCAL[optimizer](local_model.named_parameters(), **HYPERPARAMETERS[optimizer])
+    local = local_class(optimizer)(local_model.named_parameters(), **example_hyperparameters(optimizer))
     for x, y in batches(3, seed=5):
         train_step(local_model, local, x, y)
     ours, theirs = remote.state_dict(), local.state_dict()
@@ -55,39 +60,39 @@ def test_state_dict_has_torchs_layout_with_tensors(client: Client, optimizer: st
     assert our_group == their_group
 
 
-@OPTIMIZERS
+@EVERY_OPTIMIZER
 def test_torch_optim_loads_our_state_dict_and_continues_as_we_do(client: Client, optimizer: str) -> None:
     model, remote = trained_remote(optimizer, client)
     local_model = twin(model)
-    local = LOCAL[optimizer](local_model.named_parameters(), lr=0.5)
+    local = local_class(optimizer)(local_model.named_parameters(), lr=0.5)
     local.load_state_dict(remote.state_dict())
-    assert local.param_groups[0]["lr"] == HYPERPARAMETERS[optimizer]["lr"]
+    assert local.param_groups[0]["lr"] == hyperparameter(optimizer, "lr")
     continue_both(model, remote, local_model, local)
-    assert_same_params(model, local_model, *TOLERANCES[optimizer, torch.float32])
+    assert_same_params(model, local_model, *tolerances(optimizer, torch.float32))
 
 
-@OPTIMIZERS
+@EVERY_OPTIMIZER
 def test_we_load_torch_optims_state_dict_and_continue_as_it_does(client: Client, optimizer: str) -> None:
     local_model = make_model()
-    local = LOCAL[optimizer](local_model.named_parameters(), **HYPERPARAMETERS[optimizer])
+    local = local_class(optimizer)(local_model.named_parameters(), **example_hyperparameters(optimizer))
     for x, y in batches(3, seed=5):
         train_step(local_model, local, x, y)
     model = twin(local_model)
-    remote = REMOTE[optimizer](model.named_parameters(), client=client, lr=0.5)
+    remote = remote_class(optimizer)(model.named_parameters(), client=client, lr=0.5)
     remote.load_state_dict(local.state_dict())
-    assert remote.param_groups[0]["lr"] == HYPERPARAMETERS[optimizer]["lr"]  # as torch: the loaded groups' values
-    assert remote.session.param_groups[0]["lr"] == HYPERPARAMETERS[optimizer]["lr"]
+    assert remote.param_groups[0]["lr"] == hyperparameter(optimizer, "lr")  # as torch: the loaded groups' values
+    assert remote.session.param_groups[0]["lr"] == hyperparameter(optimizer, "lr")
     continue_both(model, remote, local_model, local)
-    assert_same_params(model, local_model, *TOLERANCES[optimizer, torch.float32])
+    assert_same_params(model, local_model, *tolerances(optimizer, torch.float32))
 
 
-@OPTIMIZERS
+@EVERY_OPTIMIZER
 def test_our_state_dict_loaded_into_a_fresh_remote_optimizer_continues_identically(
     client: Client, optimizer: str
 ) -> None:
     model, remote = trained_remote(optimizer, client)
     copy_model = twin(model)
-    fresh = REMOTE[optimizer](copy_model.named_parameters(), client=client)
+    fresh = remote_class(optimizer)(copy_model.named_parameters(), client=client)
     fresh.load_state_dict(remote.state_dict())
     continue_both(model, remote, copy_model, fresh)
     assert_same_params(model, copy_model)
@@ -119,17 +124,17 @@ def test_group_keys_the_service_does_not_know_stay_local_as_torch_keeps_them(cli
     assert "initial_lr" not in fresh.session.param_groups[0]
 
 
-@OPTIMIZERS
+@EVERY_OPTIMIZER
 def test_a_restored_checkpoint_continues_identically_and_overwrites_the_given_params(
     client: Client, optimizer: str
 ) -> None:
     model, remote = trained_remote(optimizer, client)
     checkpoint = Checkpoint.from_bytes(remote.checkpoint().to_bytes())
     other_model = make_model(seed=123)  # different values, which the restore overwrites
-    restored = REMOTE[optimizer].restore(client, checkpoint, other_model.named_parameters())
+    restored = remote_class(optimizer).restore(client, checkpoint, other_model.named_parameters())
     assert_same_params(other_model, model)
     assert restored.session.step_count == 3
-    assert restored.param_groups[0]["lr"] == HYPERPARAMETERS[optimizer]["lr"]
+    assert restored.param_groups[0]["lr"] == hyperparameter(optimizer, "lr")
     continue_both(model, remote, other_model, restored)
     assert_same_params(other_model, model)
     assert restored.session.step_count == remote.session.step_count == 6

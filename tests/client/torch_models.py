@@ -7,14 +7,12 @@ from typing import Any
 
 import torch
 
-TOLERANCES = {
-    # Rprop is bit for bit; RMSprop differs from torch by the rounding of torch's fused multiply-adds,
-    # which float32 magnifies to ~1e-5 relative over a few steps (the core's tolerances, tests/optim_core).
-    ("rprop", torch.float32): (0.0, 0.0),
-    ("rprop", torch.float64): (0.0, 0.0),
-    ("rmsprop", torch.float32): (1e-5, 1e-6),
-    ("rmsprop", torch.float64): (1e-12, 1e-14),
-}
+from tests import optimizers
+
+
+def tolerances(optimizer: str, dtype: torch.dtype) -> tuple[float, float]:
+    """``(rtol, atol)`` within which a remote optimizer follows torch.optim (tests/optimizers.py)."""
+    return optimizers.tolerances(optimizer, str(dtype).removeprefix("torch."))
 
 
 def make_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Sequential:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.server_process import ServerProcess, sqlite_url
+from tests.e2e.server_process import ServerProcess, sqlite_url
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

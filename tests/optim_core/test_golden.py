@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from optim_core import RMSprop, Rprop
+from optim_core import ALGORITHMS, Optimizer
 from tests.fixtures.golden import (
     GOLDEN_DIR,
     all_cases,
@@ -21,8 +21,8 @@ from tests.fixtures.golden import (
     load_case,
     step_grads,
 )
+from tests.optimizers import BIT_FOR_BIT
 
-OPTIMIZERS: dict[str, type[Rprop] | type[RMSprop]] = {"rprop": Rprop, "rmsprop": RMSprop}
 DTYPES = ("float32", "float64")
 
 # Rprop only multiplies, compares, clamps and adds +-step_size, all of which a port can do exactly as
@@ -164,7 +164,7 @@ def test_fixture_is_a_short_torch_2_13_run_with_a_0d_param(path: Path) -> None:
     assert list(case) == FIXTURE_KEYS
     assert case["torch_version"] == "2.13.0"
     assert case["case"] == path.stem
-    assert case["optimizer"] in OPTIMIZERS
+    assert case["optimizer"] in ALGORITHMS
     assert case["dtype"] in DTYPES
     assert 10 <= len(case["steps"]) <= 20
     assert any(np.ndim(value) == 0 for value in case["params"].values())
@@ -214,7 +214,7 @@ class _TorchComparison:
 
     def assert_matches(self, actual: np.ndarray, expected: np.ndarray, key: tuple[str, str], where: str) -> None:
         assert actual.shape == expected.shape, f"{where}: shape {actual.shape}, torch {expected.shape}"
-        if self.case["optimizer"] == "rprop":
+        if self.case["optimizer"] in BIT_FOR_BIT:
             message = f"{where}: not bit for bit torch's\nours  {actual!r}\ntorch {expected!r}"
             assert np.array_equal(actual, expected), message
             assert np.array_equal(np.signbit(actual), np.signbit(expected)), message
@@ -260,7 +260,7 @@ class _TorchComparison:
 def test_replaying_torch_gradients_gives_torch_params_and_state_dict_after_every_step(path: Path) -> None:
     case = load_case(path)
     params, hyperparameters = constructor_args(case)
-    opt = OPTIMIZERS[case["optimizer"]](params, **hyperparameters)
+    opt = Optimizer(ALGORITHMS[case["optimizer"]], params, hyperparameters)
     comparison = _TorchComparison(case)
     for step_index, step in enumerate(case["steps"]):
         opt.step(step_grads(case, step_index))

@@ -18,16 +18,18 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from optim_core import OptimCoreError, RMSprop, Rprop
+from optim_core import ALGORITHMS, OptimCoreError
+from optim_core import Optimizer as CoreOptimizer
+from tests.optimizers import OPTIMIZERS, example_hyperparameters
 
-Optimizer = Rprop | RMSprop
+Optimizer = CoreOptimizer[Any, Any]
 Array = npt.NDArray[Any]
 Grads = dict[str, Any]
 StateDict = dict[str, Any]
 
 NAN = math.nan
 INF = math.inf
-KINDS = ("rprop", "rmsprop")
+KINDS = OPTIMIZERS
 
 # Distinctive names, so that "the message names the param" cannot match by accident.
 MATRIX = "weight_matrix"  # (3, 2) float32, group 0, index 0
@@ -38,32 +40,18 @@ FROZEN = "frozen_param"  # (2,) float64, group 1, index 4: never gets a grad, so
 TRAINED = (MATRIX, VECTOR, SCALAR, SINGLE)
 INDEX = {MATRIX: "0", VECTOR: "1", SCALAR: "2", SINGLE: "3"}
 
-ARRAY_STATE_KEYS = {
-    "rprop": ("prev", "step_size"),
-    "rmsprop": ("square_avg", "momentum_buffer", "grad_avg"),
+ARRAY_STATE_KEYS = {kind: ALGORITHMS[kind].state_arrays for kind in KINDS}
+GROUP_KEYS = {kind: tuple(ALGORITHMS[kind].defaults) for kind in KINDS}
+# A key that is a hyperparameter of another optimizer, hence unknown to this one.
+FOREIGN_GROUP_KEY = {
+    kind: next(
+        (key for other in KINDS for key in ALGORITHMS[other].defaults if key not in ALGORITHMS[kind].defaults),
+        "not_a_hyperparameter",
+    )
+    for kind in KINDS
 }
-GROUP_KEYS = {
-    "rprop": ("lr", "etas", "step_sizes", "foreach", "maximize", "differentiable", "capturable"),
-    "rmsprop": (
-        "lr",
-        "momentum",
-        "alpha",
-        "eps",
-        "centered",
-        "weight_decay",
-        "capturable",
-        "foreach",
-        "maximize",
-        "differentiable",
-    ),
-}
-# A key that is a hyperparameter of the other optimizer, hence unknown to this one.
-FOREIGN_GROUP_KEY = {"rprop": "alpha", "rmsprop": "etas"}
-# RMSprop with momentum and centered, so that every state key exists.
-TRAINING_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
-    "rprop": {"lr": 0.01},
-    "rmsprop": {"lr": 0.01, "momentum": 0.9, "centered": True, "weight_decay": 0.01},
-}
+# Hyperparameters torch ran, so that as many state keys as the optimizer has exist.
+TRAINING_HYPERPARAMETERS: dict[str, dict[str, Any]] = {kind: example_hyperparameters(kind) for kind in KINDS}
 
 # (key, invalid value, torch-style message) per optimizer.
 INVALID_HYPERPARAMETERS: dict[str, list[tuple[str, Any, str]]] = {
@@ -106,7 +94,7 @@ INVALID_HYPERPARAMETERS: dict[str, list[tuple[str, Any, str]]] = {
 INVALID_HYPERPARAMETER_CASES = [
     pytest.param(kind, key, value, message, id=f"{kind}-{message}")
     for kind in KINDS
-    for key, value, message in INVALID_HYPERPARAMETERS[kind]
+    for key, value, message in INVALID_HYPERPARAMETERS.get(kind, [])
 ]
 BOUNDARY_HYPERPARAMETERS: dict[str, list[dict[str, Any]]] = {
     "rprop": [
@@ -127,9 +115,7 @@ NON_FLOAT_DTYPES = [np.int64, np.int32, np.uint8, np.bool_, np.float16, np.compl
 
 
 def _make(kind: str, params: Any, **hyperparameters: Any) -> Optimizer:
-    if kind == "rprop":
-        return Rprop(params, **hyperparameters)
-    return RMSprop(params, **hyperparameters)
+    return CoreOptimizer(ALGORITHMS[kind], params, hyperparameters)
 
 
 def _initial_params() -> dict[str, Array]:
@@ -260,7 +246,7 @@ def test_invalid_hyperparameter_in_a_constructor_group_is_rejected_before_any_up
 
 @pytest.mark.parametrize(
     ("kind", "hyperparameters"),
-    [(kind, hyper) for kind in KINDS for hyper in BOUNDARY_HYPERPARAMETERS[kind]],
+    [(kind, hyper) for kind in KINDS for hyper in BOUNDARY_HYPERPARAMETERS.get(kind, [])],
 )
 def test_constructor_accepts_boundary_hyperparameters(kind: str, hyperparameters: dict[str, Any]) -> None:
     opt = _make(kind, _initial_params(), **hyperparameters)
@@ -584,7 +570,7 @@ def _non_finite_cases(kind: str) -> list[Any]:
 
 @pytest.mark.parametrize(
     ("kind", "where", "bad_value", "match"),
-    _non_finite_cases("rprop") + _non_finite_cases("rmsprop"),
+    [case for kind in KINDS for case in _non_finite_cases(kind)],
 )
 def test_load_state_dict_with_non_finite_value_is_rejected_and_changes_nothing(
     kind: str, where: tuple[str, Any, str], bad_value: float, match: str

@@ -1,0 +1,60 @@
+"""Content negotiation: which media types a request body may have, and which one an answer takes (Accept)."""
+
+from collections.abc import Sequence
+
+from service.errors import NotAcceptable, UnsupportedMediaType
+from service.wire.media_types import ARRAY_TYPES, JSON
+
+
+def body_media_type(content_type: str | None, allowed: Sequence[str] = ARRAY_TYPES) -> str:
+    """The request body's media type, when it is one of ``allowed`` (absent means JSON); else 415."""
+    media_type = (content_type or JSON).split(";")[0].strip().lower()
+    if media_type not in allowed:
+        raise UnsupportedMediaType(f"the body must be one of {', '.join(allowed)}; got {media_type!r}")
+    return media_type
+
+
+def negotiate(accept: str | None, offered: Sequence[str] = ARRAY_TYPES) -> str:
+    """The offered media type the Accept header prefers (ties go to the first offered); else 406.
+
+    Each offered type takes the quality of the most specific range matching it
+    (``type/subtype`` over ``type/*`` over ``*/*``), as RFC 9110 says.
+    """
+    if not accept or not accept.strip():
+        return offered[0]
+    ranges = [_parse_range(entry) for entry in accept.split(",") if entry.strip()]
+    best, best_quality = None, 0.0
+    for media_type in offered:
+        matching = [
+            (specificity, quality)
+            for media_range, quality in ranges
+            if (specificity := _specificity(media_range, media_type)) is not None
+        ]
+        quality = max(matching)[1] if matching else 0.0
+        if quality > best_quality:
+            best, best_quality = media_type, quality
+    if best is None:
+        raise NotAcceptable(f"this resource is available as {', '.join(offered)}; Accept was {accept!r}")
+    return best
+
+
+def _parse_range(entry: str) -> tuple[str, float]:
+    media_range, *parameters = (part.strip() for part in entry.split(";"))
+    quality = 1.0
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                quality = float(value)
+            except ValueError:
+                quality = 0.0
+    return media_range.lower(), quality
+
+
+def _specificity(media_range: str, media_type: str) -> int | None:
+    if media_range == media_type:
+        return 2
+    kind, _, subtype = media_range.partition("/")
+    if subtype == "*" and media_type.startswith(f"{kind}/"):
+        return 1
+    return 0 if media_range == "*/*" else None

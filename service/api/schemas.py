@@ -1,0 +1,123 @@
+"""Request and response envelopes. Arrays inside them are parsed by ``codecs``, not by pydantic."""
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+
+from optim_core import ALGORITHMS, NAMES
+
+if TYPE_CHECKING:
+    OptimizerName = str
+else:
+    OptimizerName = Literal[NAMES]
+    """The registry's algorithms, by name (a Literal built from it, so that the schema lists them)."""
+
+NUMERIC_ARRAY_SCHEMA = {
+    "description": "A number (a 0-d array) or rectangular nested lists of numbers.",
+    "anyOf": [{"type": "number"}, {"type": "array", "items": {}}],
+}
+NumericArray = Annotated[Any, WithJsonSchema(NUMERIC_ARRAY_SCHEMA)]
+"""A number (0-d) or nested lists of numbers; validated with numpy, not element by element."""
+
+NUMERICS_FLAGS = ("foreach", "differentiable", "capturable")
+"""torch's implementation switches: accepted, and without effect on the numbers."""
+HYPERPARAMETERS_BY_OPTIMIZER = "; ".join(
+    f"{spec.torch_name}: {', '.join(key for key in spec.defaults if key not in NUMERICS_FLAGS)}"
+    for spec in ALGORITHMS.values()
+)
+Hyperparameters = Annotated[
+    dict[str, Any],
+    Field(
+        description=f"torch's names and defaults. {HYPERPARAMETERS_BY_OPTIMIZER}. Also torch's "
+        f"{', '.join(NUMERICS_FLAGS)} flags, which do not change the numbers.",
+        examples=[{"lr": 0.01, "momentum": 0.9}],
+    ),
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ParamGroupIn(BaseModel):
+    """A param group: its param names, and hyperparameters that override the session's."""
+
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"additionalProperties": True})
+    params: list[str]
+
+
+class CreateSessionRequest(Strict):
+    optimizer: OptimizerName
+    params: dict[str, NumericArray]
+    hyperparameters: Hyperparameters = Field(default_factory=dict)
+    param_groups: list[ParamGroupIn] | None = Field(
+        default=None, description="Each param in exactly one group; default: one group with every param."
+    )
+    dtype: Literal["float32", "float64"] = "float32"
+    state_dict: dict[str, Any] | None = Field(default=None, description="Optimizer state to start from (torch layout).")
+    step: int = Field(default=0, ge=0, description="The step counter to start from (as in a checkpoint).")
+
+
+class StepRequest(Strict):
+    grads: dict[str, NumericArray] = Field(description="Gradients by param name; absent params are skipped.")
+
+
+class PatchSessionRequest(Strict):
+    hyperparameters: Hyperparameters | None = None
+    param_groups: list[dict[str, Any]] | None = Field(
+        default=None, description="One entry of hyperparameters per group, in order."
+    )
+
+    @model_validator(mode="after")
+    def exactly_one(self) -> "PatchSessionRequest":
+        if (self.hyperparameters is None) == (self.param_groups is None):
+            raise ValueError("give exactly one of 'hyperparameters' and 'param_groups'")
+        return self
+
+
+class ParamGroupOut(BaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": True})
+    params: list[str]
+
+
+class SessionSummary(BaseModel):
+    id: str
+    optimizer: OptimizerName
+    dtype: Literal["float32", "float64"]
+    step: int
+    param_groups: list[ParamGroupOut]
+    shapes: dict[str, list[int]]
+    created_at: datetime
+    updated_at: datetime
+
+
+class SessionWithParams(SessionSummary):
+    params: dict[str, NumericArray]
+
+
+class SessionPage(BaseModel):
+    items: list[SessionSummary]
+    next_cursor: str | None
+
+
+class StepResponse(BaseModel):
+    step: int
+    params: dict[str, NumericArray]
+
+
+class StateDict(BaseModel):
+    """torch's optimizer state_dict layout, with arrays as nested lists."""
+
+    model_config = ConfigDict(extra="forbid")
+    state: dict[str, dict[str, Any]]
+    param_groups: list[dict[str, Any]]
+
+
+class Checkpoint(BaseModel):
+    optimizer: OptimizerName
+    dtype: Literal["float32", "float64"]
+    params: dict[str, NumericArray]
+    param_groups: list[ParamGroupOut]
+    state_dict: StateDict
+    step: int

@@ -1,0 +1,37 @@
+"""What the session logic refuses, and why (``service/errors.py`` maps each to its problem)."""
+
+from collections.abc import Sequence
+
+Loc = Sequence[str | int]
+
+
+class SessionError(Exception):
+    """A refused request; nothing was changed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SessionNotFound(SessionError):
+    """No session has this id."""
+
+
+class PreconditionFailed(SessionError):
+    """The session is no longer at a version the request named (If-Match)."""
+
+
+class IdempotencyKeyReused(SessionError):
+    """An Idempotency-Key was sent again with a different request."""
+
+
+class IdempotentResponseExpired(SessionError):
+    """A retry of an applied step whose first response is no longer kept."""
+
+
+class InvalidRequest(SessionError):
+    """A field of the request is wrong; ``loc`` is its path in the request."""
+
+    def __init__(self, loc: Loc, message: str) -> None:
+        super().__init__(message)
+        self.loc = tuple(loc)

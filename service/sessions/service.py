@@ -1,0 +1,483 @@
+"""Sessions: create, step, change and snapshot optimizers kept in storage, each call a unit of work.
+
+A unit of work holds the session (``store.locked``), reads it (or trusts the cached
+optimizer when the store can check at commit), computes with optim_core, saves, and
+commits; every check runs before anything changes. Nothing here knows HTTP: requests
+arrive as keyword arguments holding numpy arrays, refusals leave as ``errors.py``'s
+classes, and a step's outcome is yielded to the caller, who renders it.
+"""
+
+import base64
+import binascii
+import re
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from optim_core import ALGORITHMS, OptimCoreError, Optimizer
+from optim_core.checks import all_finite
+from service.buffers import Buffers
+from service.sessions.arrays_blob import pack_buffers, unpack
+from service.sessions.cache import OptimizerCache
+from service.sessions.errors import (
+    IdempotencyKeyReused,
+    IdempotentResponseExpired,
+    InvalidRequest,
+    PreconditionFailed,
+    SessionNotFound,
+)
+from service.sessions.idempotency import Retention
+from service.sessions.optimizers import build_optimizer, core_error, summary_groups
+from service.store import (
+    IdempotencyRecord,
+    LockedSession,
+    SessionMeta,
+    SessionMissing,
+    SessionStore,
+    StaleAssumption,
+    StorageUnavailable,
+    VersionMismatch,
+)
+
+MAX_NAME_LENGTH = 256
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What ids this service issues look like; anything else names no session, without asking storage."""
+
+Versions = frozenset[int] | None
+"""The versions a request may change (If-Match); None for any."""
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What a step answers: the step it was applied as, the version it made, and the params, which
+    view the optimizer's memory until the ``step`` block ends."""
+
+    step: int
+    version: int
+    params: dict[str, np.ndarray]
+
+
+def _require_well_formed(session_id: str) -> None:
+    if not SESSION_ID.fullmatch(session_id):
+        raise SessionNotFound(f"no session {session_id!r}")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _require_match(expected: Versions, version: int) -> None:
+    if expected is not None and version not in expected:
+        raise PreconditionFailed(f"the session is at version {version}, which If-Match does not name")
+
+
+def _packed(optimizer: Optimizer[Any, Any]) -> Buffers:
+    """The optimizer's arrays as a blob's pieces, viewing its memory: store them before it changes."""
+    return pack_buffers(optimizer.params, optimizer.state_dict_arrays(copy=False)["state"])
+
+
+def _finite(params: Mapping[str, np.ndarray], state: dict[str, dict[str, Any]]) -> bool:
+    arrays = [*params.values(), *(value for entry in state.values() for key, value in entry.items() if key != "step")]
+    return all(all_finite(array) for array in arrays)
+
+
+def _torch_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Summary groups (names) as state_dict groups (indices, and names as param_names)."""
+    torch_groups, index = [], 0
+    for group in groups:
+        names = list(group["params"])
+        torch_groups.append({**group, "params": list(range(index, index + len(names))), "param_names": names})
+        index += len(names)
+    return torch_groups
+
+
+def _restore(meta: SessionMeta, arrays: bytes) -> Optimizer[Any, Any]:
+    params, state = unpack(arrays)
+    optimizer = build_optimizer(meta.optimizer, params, meta.param_groups, {})
+    optimizer.load_state_dict({"state": state, "param_groups": _torch_groups(meta.param_groups)})
+    return optimizer
+
+
+def _merged_groups(
+    meta: SessionMeta, hyperparameters: dict[str, Any] | None, param_groups: list[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """The session's groups with the change applied, each validated like creation."""
+    spec = ALGORITHMS[meta.optimizer]
+    changes: list[tuple[tuple[str | int, ...], dict[str, Any]]]
+    if hyperparameters is not None:
+        changes = [(("body", "hyperparameters"), hyperparameters)] * len(meta.param_groups)
+    else:
+        assert param_groups is not None
+        if len(param_groups) != len(meta.param_groups):
+            raise InvalidRequest(
+                ("body", "param_groups"),
+                f"the session has {len(meta.param_groups)} param groups; give one entry for each",
+            )
+        changes = [(("body", "param_groups", index), entry) for index, entry in enumerate(param_groups)]
+    merged = []
+    for group, (loc, change) in zip(meta.param_groups, changes, strict=True):
+        for key in change:
+            if key == "params" and change[key] == group["params"]:
+                continue
+            if key not in spec.defaults:
+                reason = "param groups cannot change" if key == "params" else "unknown hyperparameter"
+                raise InvalidRequest((*loc, key), f"{reason}: {key!r}")
+        candidate = {**group, **{key: value for key, value in change.items() if key != "params"}}
+        try:
+            hyperparams = spec.parse(candidate)
+        except OptimCoreError as error:
+            raise core_error(error, *loc) from None
+        merged.append({**hyperparams.to_group(), "params": list(group["params"])})
+    return merged
+
+
+def _encode_cursor(meta: SessionMeta) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([meta.created_at.isoformat(), meta.id])).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created_at, session_id = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not SESSION_ID.fullmatch(session_id):
+            raise ValueError(session_id)
+        return datetime.fromisoformat(created_at), session_id
+    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError):
+        raise InvalidRequest(("query", "cursor"), "not a cursor this service issued") from None
+
+
+def _checked_groups(
+    param_groups: list[dict[str, Any]] | None, params: Mapping[str, np.ndarray]
+) -> list[dict[str, Any]]:
+    if param_groups is None:
+        return [{"params": list(params)}]
+    seen: set[str] = set()
+    for index, group in enumerate(param_groups):
+        for name in group["params"]:
+            loc = ("body", "param_groups", index, "params")
+            if name not in params:
+                raise InvalidRequest(loc, f"unknown param {name!r}")
+            if name in seen:
+                raise InvalidRequest(loc, f"param {name!r} is in more than one group")
+            seen.add(name)
+    missing = [name for name in params if name not in seen]
+    if missing:
+        raise InvalidRequest(("body", "param_groups"), f"params in no group: {missing}")
+    return param_groups
+
+
+class Sessions:
+    """Session operations; each validates fully before it changes anything."""
+
+    def __init__(self, *, store: SessionStore, cache: OptimizerCache, retention: Retention | None = None) -> None:
+        self._store = store
+        self._cache = cache
+        self._retention = retention or Retention()
+
+    def create(
+        self,
+        *,
+        optimizer: str,
+        params: dict[str, np.ndarray],
+        hyperparameters: dict[str, Any],
+        param_groups: list[dict[str, Any]] | None,
+        dtype: str,
+        state_dict: dict[str, Any] | None,
+        step: int,
+    ) -> tuple[SessionMeta, dict[str, np.ndarray]]:
+        """A new session of ``optimizer`` over ``params`` (already of ``dtype``), from ``state_dict`` if given."""
+        spec = ALGORITHMS[optimizer]
+        for name in params:
+            if not name.isprintable() or len(name) > MAX_NAME_LENGTH:
+                raise InvalidRequest(
+                    ("body", "params", name), f"param names are printable and at most {MAX_NAME_LENGTH} characters"
+                )
+        for key in hyperparameters:
+            if key not in spec.defaults:
+                raise InvalidRequest(("body", "hyperparameters", key), f"unknown hyperparameter {key!r}")
+        groups = _checked_groups(param_groups, params)
+        try:
+            built = build_optimizer(optimizer, params, groups, hyperparameters)
+        except OptimCoreError as error:
+            in_body = error.loc[:1] in (("params",), ("param_groups",))
+            raise core_error(error, *(("body",) if in_body else ("body", "hyperparameters"))) from None
+        if state_dict is not None:
+            try:
+                built.load_state_dict(state_dict)
+            except OptimCoreError as error:
+                raise core_error(error, "body", "state_dict") from None
+        now = _now()
+        meta = SessionMeta(
+            id=secrets.token_urlsafe(18),
+            optimizer=optimizer,
+            dtype=dtype,
+            step=step,
+            version=1,
+            param_groups=summary_groups(built),
+            shapes={name: list(value.shape) for name, value in params.items()},
+            created_at=now,
+            updated_at=now,
+        )
+        self._store.create(meta, _packed(built))
+        self._cache.put(meta.id, meta.version, built)
+        return meta, built.params
+
+    def summary(self, *, session_id: str) -> SessionMeta:
+        _require_well_formed(session_id)
+        found = self._store.get(session_id, with_arrays=False)
+        if found is None:
+            raise SessionNotFound(f"no session {session_id!r}")
+        return found[0]
+
+    def page(self, *, limit: int, cursor: str | None) -> tuple[list[SessionMeta], str | None]:
+        after = _decode_cursor(cursor) if cursor else None
+        metas = self._store.list(limit=limit + 1, after=after)
+        if len(metas) > limit:
+            return metas[:limit], _encode_cursor(metas[limit - 1])
+        return metas, None
+
+    def patch(
+        self,
+        *,
+        session_id: str,
+        hyperparameters: dict[str, Any] | None,
+        param_groups: list[dict[str, Any]] | None,
+        expected_versions: Versions,
+    ) -> SessionMeta:
+        """Change hyperparameters, of every group or group by group; they apply from the next step."""
+        _require_well_formed(session_id)
+        with self._held(session_id) as locked:
+            _require_match(expected_versions, locked.meta.version)
+            groups = _merged_groups(locked.meta, hyperparameters, param_groups)
+            meta = replace(locked.meta, param_groups=groups, version=locked.meta.version + 1, updated_at=_now())
+            locked.save(meta, None)
+        optimizer = self._cache.take(session_id, meta.version - 1)
+        if optimizer is not None:
+            optimizer.param_groups = [dict(group) for group in groups]
+            self._cache.put(session_id, meta.version, optimizer)
+        return meta
+
+    def delete(self, *, session_id: str, expected_versions: Versions) -> None:
+        _require_well_formed(session_id)
+        expected = None
+        if expected_versions is not None:
+            expected = self.summary(session_id=session_id).version
+            _require_match(expected_versions, expected)
+        self._cache.discard(session_id)
+        try:
+            self._store.delete(session_id, expected_version=expected)
+        except SessionMissing:
+            raise SessionNotFound(f"no session {session_id!r}") from None
+        except VersionMismatch:
+            raise PreconditionFailed("the session has changed since If-Match was checked") from None
+
+    @contextmanager
+    def _held(
+        self, session_id: str, *, idempotency_key: str | None = None, cached_version: int | None = None
+    ) -> Iterator[LockedSession]:
+        """The store's hold on the session, its absence as ``SessionNotFound``."""
+        try:
+            with self._store.locked(
+                session_id, idempotency_key=idempotency_key, cached_version=cached_version
+            ) as locked:
+                yield locked
+        except SessionMissing:
+            raise SessionNotFound(f"no session {session_id!r}") from None
+
+    @contextmanager
+    def step(
+        self,
+        *,
+        session_id: str,
+        grads: dict[str, np.ndarray],
+        request_hash: str,
+        idempotency_key: str | None,
+        expected_versions: Versions,
+    ) -> Iterator[StepOutcome]:
+        """Apply one step durably (or answer a retry of one), and yield its outcome.
+
+        The outcome's params view the session's optimizer, which goes back into the cache, and
+        may change, once the block ends: render them inside it.
+        """
+        _require_well_formed(session_id)
+        trust_cache, reconnected = True, False
+        while True:
+            try:
+                outcome, optimizer, version = self._step_once(
+                    session_id,
+                    grads=grads,
+                    request_hash=request_hash,
+                    idempotency_key=idempotency_key,
+                    expected_versions=expected_versions,
+                    trust_cache=trust_cache,
+                )
+                break
+            except StaleAssumption:
+                if not trust_cache:
+                    raise
+                # The cached optimizer was not the stored one after all (another process stepped the
+                # session, or this is a retry): nothing was changed; run it again from storage.
+                trust_cache = False
+            except StorageUnavailable as failure:
+                if not failure.before_commit or reconnected:
+                    raise
+                # The connection was lost before anything was committed (a PostgreSQL backend killed,
+                # say): the unit of work runs again, once, on a new connection.
+                reconnected = True
+        try:
+            yield outcome
+        finally:
+            if optimizer is not None:
+                self._cache.put(session_id, version, optimizer)
+
+    def _step_once(
+        self,
+        session_id: str,
+        *,
+        grads: dict[str, np.ndarray],
+        request_hash: str,
+        idempotency_key: str | None,
+        expected_versions: Versions,
+        trust_cache: bool,
+    ) -> tuple[StepOutcome, Optimizer[Any, Any] | None, int]:
+        """The unit of work of a step: its outcome, the optimizer taken out of the cache for it (to put back
+        once the outcome is rendered), and the version to put it back at."""
+        cached_version = self._cache.version(session_id) if trust_cache else None
+        with self._held(session_id, idempotency_key=idempotency_key, cached_version=cached_version) as locked:
+            record = locked.record
+            if record is not None:
+                if record.request_hash != request_hash:
+                    raise IdempotencyKeyReused(
+                        f"Idempotency-Key {idempotency_key!r} was used with a different request body"
+                    )
+                outcome, optimizer = self._replayed(locked, record)
+            else:
+                outcome, optimizer = self._applied(
+                    locked,
+                    grads=grads,
+                    request_hash=request_hash,
+                    idempotency_key=idempotency_key,
+                    expected_versions=expected_versions,
+                )
+            held_version = locked.meta.version
+        return outcome, optimizer, held_version
+
+    def _applied(
+        self,
+        locked: LockedSession,
+        *,
+        grads: dict[str, np.ndarray],
+        request_hash: str,
+        idempotency_key: str | None,
+        expected_versions: Versions,
+    ) -> tuple[StepOutcome, Optimizer[Any, Any]]:
+        """Apply the step to the held session and save it; the outcome views the optimizer's params."""
+        _require_match(expected_versions, locked.meta.version)
+        optimizer = self._optimizer(locked)
+        try:
+            optimizer.step(grads)
+        except OptimCoreError as error:
+            raise core_error(error, "body") from None
+        state = optimizer.state_dict_arrays(copy=False)["state"]
+        params = optimizer.params
+        if not _finite(params, state):
+            # The optimizer is not put back: the next step restores it from storage.
+            raise InvalidRequest(
+                ("body", "grads"),
+                "this step would make params or optimizer state infinite or NaN (an overflow); it was not applied",
+            )
+        meta = replace(locked.meta, step=locked.meta.step + 1, version=locked.meta.version + 1, updated_at=_now())
+        record = None
+        if idempotency_key is not None:
+            record = self._retention.record(
+                key=idempotency_key, request_hash=request_hash, step=meta.step, version=meta.version, params=params
+            )
+        locked.save(meta, pack_buffers(params, state), record, self._retention.kept_with(record) if record else None)
+        return StepOutcome(step=meta.step, version=meta.version, params=params), optimizer
+
+    def _replayed(
+        self, locked: LockedSession, record: IdempotencyRecord
+    ) -> tuple[StepOutcome, Optimizer[Any, Any] | None]:
+        """The first response to a step, again: from its copy, or from the session while no step has
+        changed its params since (hyperparameters and state may have changed); and the optimizer
+        taken out for it, if any."""
+        if record.params:
+            return StepOutcome(step=record.step, version=record.version, params=unpack(record.params)[0]), None
+        if record.step != locked.meta.step:
+            raise IdempotentResponseExpired(
+                f"Idempotency-Key {record.key!r} was applied as step {record.step}; the session is at step "
+                f"{locked.meta.step} now, and the params that step answered are no longer kept. GET the "
+                "session's params for their current values."
+            )
+        optimizer = self._optimizer(locked)
+        return StepOutcome(step=record.step, version=record.version, params=optimizer.params), optimizer
+
+    def _optimizer(self, locked: LockedSession) -> Optimizer[Any, Any]:
+        """The held session's optimizer: the cached one when it is at the stored version, else restored
+        from the stored arrays. While the session is held, nobody else can change either."""
+        cached = self._cache.take(locked.meta.id, locked.meta.version)
+        if cached is not None:
+            return cached
+        return _restore(locked.meta, locked.read_arrays())
+
+    def _stored(self, session_id: str) -> tuple[SessionMeta, bytes]:
+        found = self._store.get(session_id, with_arrays=True)
+        if found is None or found[1] is None:
+            raise SessionNotFound(f"no session {session_id!r}")
+        return found[0], found[1]
+
+    def params(self, *, session_id: str) -> tuple[SessionMeta, dict[str, np.ndarray]]:
+        _require_well_formed(session_id)
+        meta, arrays = self._stored(session_id)
+        return meta, unpack(arrays)[0]
+
+    def state_dict(self, *, session_id: str) -> tuple[SessionMeta, dict[str, Any]]:
+        _require_well_formed(session_id)
+        meta, arrays = self._stored(session_id)
+        return meta, _restore(meta, arrays).state_dict_arrays()
+
+    def checkpoint(self, *, session_id: str) -> tuple[SessionMeta, dict[str, Any]]:
+        _require_well_formed(session_id)
+        meta, arrays = self._stored(session_id)
+        optimizer = _restore(meta, arrays)
+        return meta, {
+            "optimizer": meta.optimizer,
+            "dtype": meta.dtype,
+            "params": optimizer.params,
+            "param_groups": meta.param_groups,
+            "state_dict": optimizer.state_dict_arrays(),
+            "step": meta.step,
+        }
+
+    def load_state_dict(self, *, session_id: str, state_dict: object, expected_versions: Versions) -> SessionMeta:
+        """Replace the optimizer state (torch's layout, arrays as numpy); the params stay."""
+        _require_well_formed(session_id)
+        with self._held(session_id) as locked:
+            _require_match(expected_versions, locked.meta.version)
+            optimizer = self._optimizer(locked)
+            try:
+                optimizer.load_state_dict(state_dict)  # type: ignore[arg-type]
+            except OptimCoreError as error:
+                raise core_error(error, "body") from None
+            meta = replace(
+                locked.meta,
+                param_groups=summary_groups(optimizer),
+                version=locked.meta.version + 1,
+                updated_at=_now(),
+            )
+            locked.save(meta, _packed(optimizer))
+        self._cache.put(session_id, meta.version, optimizer)
+        return meta
+
+    def forget_old_records(self) -> None:
+        """Forget Idempotency-Key records past their time to live, and the oldest first responses beyond the
+        total kept over all sessions (their keys stay: a retry then gets 409, not a new step)."""
+        self._store.forget_records(
+            created_before=self._retention.forgotten_before(_now()),
+            total_response_bytes=self._retention.total_response_bytes,
+        )

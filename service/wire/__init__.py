@@ -1,0 +1,1 @@
+"""Bytes to documents holding numpy arrays and back: JSON and safetensors. No HTTP, no storage."""

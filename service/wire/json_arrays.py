@@ -1,0 +1,125 @@
+"""Arrays in and out of JSON: orjson into numpy, bypassing per-element validation."""
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from optim_core.checks import all_finite
+from service.wire.errors import InvalidValue, Loc, MalformedBody
+
+NUMBER_TYPES = {int, float}
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a 400."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise MalformedBody(f"the body is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise MalformedBody(f"the body must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def array_from_json(
+    value: object, *, loc: Loc, dtype: np.dtype[Any] | None = None, check_finite: bool = True
+) -> np.ndarray:
+    """A number or nested lists of numbers (or a float array) as a finite float array.
+
+    The result has ``dtype``, else the array's own float dtype, else float64. Without
+    ``check_finite`` it may hold NaN or infinities: for arrays the core checks anyway.
+    """
+    if isinstance(value, bool) or (isinstance(value, list) and _holds_non_numbers(value)):
+        raise InvalidValue(loc, "must be a number or rectangular nested lists of numbers")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        raise InvalidValue(loc, "must be a number or rectangular nested lists of numbers") from None
+    if array.dtype.kind not in "fiu":
+        raise InvalidValue(loc, "must be a number or rectangular nested lists of numbers")
+    target = dtype or (array.dtype if array.dtype in (np.float32, np.float64) else np.dtype(np.float64))
+    with np.errstate(over="ignore"):
+        # Numbers beyond the target's range become infinite here, and are refused below.
+        array = array.astype(target, copy=False)
+    if check_finite and not all_finite(array):
+        raise InvalidValue(loc, f"holds NaN or infinite values, or numbers beyond {target}'s range")
+    return array
+
+
+def _holds_non_numbers(rows: list[Any]) -> bool:
+    """True when a leaf of the nested lists is not an int or float (numpy would read true as 1.0)."""
+    if rows and isinstance(rows[0], list):
+        return any(not isinstance(row, list) or _holds_non_numbers(row) for row in rows)
+    return not set(map(type, rows)) <= NUMBER_TYPES
+
+
+ArrayPath = tuple[str, ...]
+"""Where a document holds arrays: keys, with ``*`` for any key (``("grads", "*")``)."""
+
+
+def parse_json_with_arrays(body: bytes, array_paths: Sequence[ArrayPath]) -> dict[str, Any]:
+    """The JSON object in ``body`` with the arrays at ``array_paths`` converted to numpy.
+
+    A ``step`` key at an array path is left alone: it is a state entry's counter.
+    """
+    document = parse_json_object(body)
+    for path in array_paths:
+        _convert_at(document, path, [])
+    return document
+
+
+def _convert_at(node: Any, path: ArrayPath, loc: list[str]) -> None:
+    if not isinstance(node, dict):
+        return
+    head, rest = path[0], path[1:]
+    keys = [key for key in node if key != "step" or rest] if head == "*" else [head] if head in node else []
+    for key in keys:
+        if rest:
+            _convert_at(node[key], rest, [*loc, key])
+        else:
+            node[key] = array_from_json(node[key], loc=("body", *loc, key))
+
+
+def arrays_from_json(
+    values: Mapping[str, object], *, loc: Loc, dtype: np.dtype[Any] | None = None, check_finite: bool = True
+) -> dict[str, np.ndarray]:
+    return {
+        name: array_from_json(value, loc=(*loc, name), dtype=dtype, check_finite=check_finite)
+        for name, value in values.items()
+    }
+
+
+def state_dict_from_json(state_dict: object, *, loc: Loc) -> object:
+    """A JSON state_dict with its state arrays turned into numpy; anything malformed is left to the core to name."""
+    if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
+        return state_dict
+    state = {}
+    for key, entry in state_dict["state"].items():
+        if isinstance(entry, dict):
+            entry = {
+                name: value if name == "step" else array_from_json(value, loc=(*loc, "state", key, name))
+                for name, value in entry.items()
+            }
+        state[key] = entry
+    return {**state_dict, "state": state}
+
+
+def jsonable(value: Any) -> Any:
+    """Nested dicts and lists with 0-d arrays turned into numpy scalars, which orjson writes as numbers."""
+    if isinstance(value, np.ndarray):
+        return value[()] if value.ndim == 0 else value
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [jsonable(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("non-finite float in a response")
+    return value
+
+
+def dump_json(value: Any) -> bytes:
+    """JSON bytes; float32 arrays are written with the shortest digits that read back to the same float32."""
+    return orjson.dumps(jsonable(value), option=orjson.OPT_SERIALIZE_NUMPY)
