@@ -94,5 +94,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(UnhandledErrors)
     app.include_router(health.router)
     app.include_router(sessions.router)
+    app.router.routes.insert(0, sessions.STEP_ROUTE)
     install_openapi(app, REQUEST_MODELS)
     return app
