@@ -1,7 +1,18 @@
 """Session storage: one interface, one SQLAlchemy implementation for SQLite and PostgreSQL."""
 
-from service.store.base import IdempotencyRecord, LockedSession, RecordsKept, SessionMeta, SessionStore
+from service.store.base import (
+    CreationRecord,
+    IdempotencyRecord,
+    LockedSession,
+    Quotas,
+    RecordsKept,
+    SessionMeta,
+    SessionStore,
+    TenantUsage,
+)
 from service.store.errors import (
+    KeyInFlight,
+    QuotaExceeded,
     SessionMissing,
     StaleAssumption,
     StorageBusy,
@@ -14,8 +25,12 @@ from service.store.errors import (
 from service.store.sql import SqlSessionStore, StoreSettings
 
 __all__ = [
+    "CreationRecord",
     "IdempotencyRecord",
+    "KeyInFlight",
     "LockedSession",
+    "QuotaExceeded",
+    "Quotas",
     "RecordsKept",
     "SessionMeta",
     "SessionMissing",
@@ -28,5 +43,6 @@ __all__ = [
     "StorageUnavailable",
     "StoreError",
     "StoreSettings",
+    "TenantUsage",
     "VersionMismatch",
 ]

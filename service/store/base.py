@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 from service.buffers import Buffers
 from service.store.health import WriteHealth
+from service.store.tables import DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,33 @@ class SessionMeta:
     shapes: dict[str, list[int]]
     created_at: datetime
     updated_at: datetime
+    tenant: str = DEFAULT_TENANT
+    stored_bytes: int = 0
+    """The bytes of its arrays (params and optimizer state): what the tenant's byte quota counts."""
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """What one tenant may hold; ``None`` for no limit."""
+
+    max_sessions: int | None = None
+    max_bytes: int | None = None
+    max_params: int | None = None
+
+
+@dataclass(frozen=True)
+class TenantUsage:
+    sessions: int
+    stored_bytes: int
+
+
+@dataclass(frozen=True)
+class CreationRecord:
+    """The session that a creation with an Idempotency-Key made, to answer its retries."""
+
+    key: str
+    request_hash: str
+    session_id: str
 
 
 @dataclass(frozen=True)
@@ -63,9 +91,12 @@ class LockedSession(Protocol):
         arrays: Buffers | None,
         record: IdempotencyRecord | None = None,
         kept: RecordsKept | None = None,
+        *,
+        quotas: Quotas | None = None,
     ) -> None:
         """Store the new meta (and arrays, when given) at commit; ``record`` answers later retries, and the
-        session's older records are trimmed to ``kept``.
+        session's older records are trimmed to ``kept``. When ``meta.stored_bytes`` grows, the commit fails
+        with ``QuotaExceeded`` if the tenant would hold more than ``quotas`` allow.
 
         ``arrays`` is a blob as its pieces, which may view live arrays: they are written before this returns.
         """
@@ -86,12 +117,28 @@ class SessionStore(Protocol):
         """Commit a small write within ``timeout`` s, or raise."""
         ...
 
-    def create(self, meta: SessionMeta, arrays: Buffers) -> None: ...
+    def create(
+        self,
+        meta: SessionMeta,
+        arrays: Buffers,
+        *,
+        quotas: Quotas | None = None,
+        creation: CreationRecord | None = None,
+    ) -> None:
+        """Store a new session, counted in its tenant's usage: ``QuotaExceeded`` if ``quotas`` do not allow
+        it; ``creation`` answers retries of the request (``KeyInFlight`` while another holds its key)."""
+        ...
+
+    def creation(self, tenant: str, key: str) -> CreationRecord | None:
+        """The record of the tenant's creation with ``key``, if one was committed."""
+        ...
+
+    def usage(self, tenant: str) -> TenantUsage: ...
 
     def get(self, session_id: str, *, with_arrays: bool) -> tuple[SessionMeta, bytes | None] | None: ...
 
-    def list(self, *, limit: int, after: tuple[datetime, str] | None) -> list[SessionMeta]:
-        """Sessions in (created_at, id) order, after the given position."""
+    def list(self, *, limit: int, after: tuple[datetime, str] | None, tenant: str | None) -> list[SessionMeta]:
+        """The tenant's sessions (every tenant's for None) in (created_at, id) order, after the given position."""
         ...
 
     def delete(self, session_id: str, *, expected_version: int | None = None) -> bool:
@@ -101,7 +148,8 @@ class SessionStore(Protocol):
     def locked(
         self, session_id: str, *, idempotency_key: str | None = None, cached_version: int | None = None
     ) -> AbstractContextManager[LockedSession]:
-        """Hold the session for a read-modify-write; ``SessionMissing`` when absent.
+        """Hold the session for a read-modify-write; ``SessionMissing`` when absent, ``KeyInFlight`` when
+        another request holds ``idempotency_key`` for it.
 
         Writes of one session are serialised by this, across processes and replicas. What
         ``save`` prepared is committed when the block ends without an error. A caller that holds

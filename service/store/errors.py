@@ -31,6 +31,20 @@ class VersionMismatch(StoreError):
     """The session is not at the version the caller expected."""
 
 
+class QuotaExceeded(StoreError):
+    """The write would take its tenant past a quota (``quota`` names it); nothing was changed."""
+
+    def __init__(self, quota: str, *, requested: int) -> None:
+        super().__init__(f"the write would exceed the tenant's {quota}")
+        self.quota = quota
+        self.requested = requested
+        """How much more the write needed (sessions, or bytes)."""
+
+
+class KeyInFlight(StoreError):
+    """Another request holds this Idempotency-Key right now; nothing was changed."""
+
+
 class StaleAssumption(StoreError):
     """A unit of work that trusted the caller's copy of a session found it changed elsewhere; nothing was
     changed. Run the unit of work again without that trust."""

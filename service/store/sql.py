@@ -38,9 +38,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from service.buffers import Buffers, buffers_size
-from service.store.base import IdempotencyRecord, RecordsKept, SessionMeta
+from service.store.base import CreationRecord, IdempotencyRecord, Quotas, RecordsKept, SessionMeta, TenantUsage
 from service.store.driver_statements import DriverStatement
 from service.store.errors import (
+    KeyInFlight,
     SessionMissing,
     StaleAssumption,
     StorageFailure,
@@ -53,51 +54,15 @@ from service.store.health import WriteHealth
 from service.store.schema import ensure_schema
 from service.store.sqlite.array_files import ArrayFiles, other_slot
 from service.store.sqlite.commit_queue import Batch, CommitQueue, Write, run_batch
-from service.store.sqlite.file_locks import WRITE_LOCK, LockFile, session_lock
-
-metadata = sa.MetaData()
-"""The tables as the queries see them; migrations/ creates them, and a test checks the two agree."""
-
-sessions = sa.Table(
-    "sessions",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("optimizer", sa.String(32), nullable=False),
-    sa.Column("dtype", sa.String(16), nullable=False),
-    sa.Column("step", sa.BigInteger, nullable=False),
-    sa.Column("version", sa.BigInteger, nullable=False),
-    sa.Column("param_groups", sa.JSON, nullable=False),
-    sa.Column("shapes", sa.JSON, nullable=False),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
-    sa.Column("arrays", sa.LargeBinary, nullable=False),
-    sa.Column("arrays_slot", sa.SmallInteger, nullable=True),
-    sa.Index("sessions_by_creation", "created_at", "id"),
+from service.store.sqlite.file_locks import WRITE_LOCK, LockFile, key_lock, session_lock
+from service.store.tables import (
+    creation_records,
+    idempotency_records,
+    sessions,
+    storage_probes,
+    tenants,
 )
-
-idempotency_records = sa.Table(
-    "idempotency_records",
-    metadata,
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
-    sa.Column("session_id", sa.String(64), nullable=False),
-    sa.Column("key", sa.String(255), nullable=False),
-    sa.Column("request_hash", sa.String(64), nullable=False),
-    sa.Column("step", sa.BigInteger, nullable=False),
-    sa.Column("version", sa.BigInteger, nullable=False),
-    sa.Column("params", sa.LargeBinary, nullable=False),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.UniqueConstraint("session_id", "key", name="one_record_per_key"),
-    sa.Index("records_by_session", "session_id", "seq"),
-    sa.Index("records_by_age", "created_at"),
-)
-
-storage_probes = sa.Table(
-    "storage_probes",
-    metadata,
-    sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
-    sa.Column("written_at", sa.DateTime, nullable=False),
-    sa.Column("payload", sa.LargeBinary, nullable=False),
-)
+from service.store.usage import ensure_tenant, usage_writes
 
 SMALL_PAGES = 4096
 """SQLite's default page: a step of a small session rewrites a few pages, and each one is synced."""
@@ -157,6 +122,7 @@ def _save_statement(*, groups: bool, arrays: bool) -> sa.Update:
     if arrays:
         values["arrays"] = sa.bindparam("new_arrays", type_=sa.LargeBinary)
         values["arrays_slot"] = sa.bindparam("new_arrays_slot", type_=sa.SmallInteger)
+        values["stored_bytes"] = sa.bindparam("new_stored_bytes", type_=sa.BigInteger)
     return sa.update(sessions).where(*_SAVE_WHERE).values(**values)
 
 
@@ -259,6 +225,8 @@ def _meta(row: sa.Row[Any]) -> SessionMeta:
         shapes=row.shapes,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        tenant=row.tenant,
+        stored_bytes=row.stored_bytes,
     )
 
 
@@ -391,6 +359,8 @@ class _Held:
         arrays: Buffers | None,
         record: IdempotencyRecord | None = None,
         kept: RecordsKept | None = None,
+        *,
+        quotas: Quotas | None = None,
     ) -> None:
         if self.writes:
             # A slot file written twice before one commit would overwrite the committed one (array_files.py).
@@ -416,6 +386,7 @@ class _Held:
                 self._health.failed(failure, size=buffers_size(arrays))
                 raise
             values["new_arrays"], values["new_arrays_slot"] = placed["arrays"], placed["arrays_slot"]
+            values["new_stored_bytes"] = meta.stored_bytes
             self.slot = placed["arrays_slot"]
         self.writes.append(
             Write(
@@ -425,6 +396,10 @@ class _Held:
                 payload_bytes=len(values.get("new_arrays", b"")),
             )
         )
+        if arrays is not None and meta.stored_bytes != self.meta.stored_bytes:
+            self.writes.extend(
+                usage_writes(meta.tenant, stored_bytes=meta.stored_bytes - self.meta.stored_bytes, quotas=quotas)
+            )
         if record is not None:
             self.writes.extend(_record_writes(record, meta.id, kept, meta.updated_at))
         self.meta = meta
@@ -492,6 +467,24 @@ class SqlSessionStore:
             session_lock(session_id), timeout=self.settings.lock_timeout_seconds, what=f"session {session_id}"
         ):
             yield
+
+    @contextmanager
+    def _key_held(self, scope: str, key: str | None) -> Iterator[None]:
+        """On SQLite, hold Idempotency-Key ``key`` of ``scope`` for the request, or raise ``KeyInFlight``
+        at once if another request holds it (PostgreSQL: ``_try_key_lock``, in the transaction)."""
+        if key is None or self._locks is None:
+            yield
+            return
+        with self._locks.held_if_free(key_lock(scope, key)) as held:
+            if not held:
+                raise KeyInFlight(f"a request with Idempotency-Key {key!r} is still being processed")
+            yield
+
+    def _try_key_lock(self, connection: Connection, scope: str, key: str) -> None:
+        """PostgreSQL: hold Idempotency-Key ``key`` of ``scope`` until the transaction ends, or raise
+        ``KeyInFlight`` at once if another transaction holds it."""
+        if not connection.execute(sa.select(sa.func.pg_try_advisory_xact_lock(key_lock(scope, key)))).scalar_one():
+            raise KeyInFlight(f"a request with Idempotency-Key {key!r} is still being processed")
 
     def _write_lock(self, timeout: float) -> AbstractContextManager[None]:
         """SQLite's write lock among this store's processes, waited for up to ``timeout`` s."""
@@ -601,25 +594,86 @@ class SqlSessionStore:
                 connection.execute(probe)
         self.health.succeeded()
 
-    def create(self, meta: SessionMeta, arrays: Buffers) -> None:
+    def create(
+        self,
+        meta: SessionMeta,
+        arrays: Buffers,
+        *,
+        quotas: Quotas | None = None,
+        creation: CreationRecord | None = None,
+    ) -> None:
+        """Insert the session, count it in its tenant's usage within ``quotas``, and record ``creation``.
+
+        A creation whose key another request holds, or has committed meanwhile, raises ``KeyInFlight``.
+        """
+        with self._key_held(meta.tenant, creation.key if creation else None):
+            try:
+                self._create(meta, arrays, quotas, creation)
+            except sa.exc.IntegrityError as conflict:
+                # Only the creation record can collide: a request with the same key committed first.
+                raise KeyInFlight(f"Idempotency-Key {creation.key if creation else ''!r} was just used") from conflict
+
+    def _create(
+        self, meta: SessionMeta, arrays: Buffers, quotas: Quotas | None, creation: CreationRecord | None
+    ) -> None:
+        def writes(placed: dict[str, Any]) -> list[Write]:
+            batch = [
+                ensure_tenant(self._engine.dialect.name, meta.tenant, meta.created_at),
+                Write(sa.insert(sessions).values(**_row_values(meta), **placed), payload_bytes=len(placed["arrays"])),
+                *usage_writes(meta.tenant, sessions=1, stored_bytes=meta.stored_bytes, quotas=quotas),
+            ]
+            if creation is not None:
+                batch.append(
+                    Write(
+                        sa.insert(creation_records).values(
+                            tenant=meta.tenant,
+                            key=creation.key,
+                            request_hash=creation.request_hash,
+                            session_id=meta.id,
+                            created_at=meta.created_at,
+                        )
+                    )
+                )
+            return batch
+
         if not self._sqlite:
             with self._postgres_transaction() as connection:
-                placed = self._placement.place(meta.id, None, arrays)
-                connection.execute(sa.insert(sessions).values(**_row_values(meta), **placed))
+                if creation is not None:
+                    self._try_key_lock(connection, meta.tenant, creation.key)
+                run_batch(connection, writes(self._placement.place(meta.id, None, arrays)))
             self.health.succeeded()
             return
         with self._session_held(meta.id):
             try:
                 with storage_errors(before_commit=True):
                     placed = self._placement.place(meta.id, None, arrays)
-                insert = sa.insert(sessions).values(**_row_values(meta), **placed)
-                self._commit_batch([Write(insert, payload_bytes=len(placed["arrays"]))])
+                self._commit_batch(writes(placed))
                 if placed["arrays_slot"] is None:
                     self._remember(meta)
             except BaseException:
                 if self._placement.files is not None:
                     self._placement.files.remove(meta.id)
                 raise
+
+    def creation(self, tenant: str, key: str) -> CreationRecord | None:
+        row = self._read(
+            lambda connection: connection.execute(
+                sa.select(creation_records).where(creation_records.c.tenant == tenant, creation_records.c.key == key)
+            ).first()
+        )
+        return (
+            None
+            if row is None
+            else CreationRecord(key=row.key, request_hash=row.request_hash, session_id=row.session_id)
+        )
+
+    def usage(self, tenant: str) -> TenantUsage:
+        row = self._read(
+            lambda connection: connection.execute(
+                sa.select(tenants.c.sessions, tenants.c.stored_bytes).where(tenants.c.name == tenant)
+            ).first()
+        )
+        return TenantUsage(sessions=0, stored_bytes=0) if row is None else TenantUsage(row.sessions, row.stored_bytes)
 
     def get(self, session_id: str, *, with_arrays: bool) -> tuple[SessionMeta, bytes | None] | None:
         if not with_arrays:
@@ -658,8 +712,10 @@ class SqlSessionStore:
         )
         return (_meta(row), arrays) if version == row.version else "moved"
 
-    def list(self, *, limit: int, after: tuple[datetime, str] | None) -> list[SessionMeta]:
+    def list(self, *, limit: int, after: tuple[datetime, str] | None, tenant: str | None) -> list[SessionMeta]:
         query = sa.select(*META_COLUMNS).order_by(sessions.c.created_at, sessions.c.id).limit(limit)
+        if tenant is not None:
+            query = query.where(sessions.c.tenant == tenant)
         if after is not None:
             query = query.where(sa.tuple_(sessions.c.created_at, sessions.c.id) > sa.tuple_(*after))
         return self._read(lambda connection: [_meta(row) for row in connection.execute(query)])
@@ -675,6 +731,7 @@ class SqlSessionStore:
                         sa.delete(sessions).where(sessions.c.id == session_id, sessions.c.version == held.meta.version),
                         expect_rows=1,
                     ),
+                    *usage_writes(held.meta.tenant, sessions=-1, stored_bytes=-held.meta.stored_bytes),
                 ]
             )
         if self._placement.files is not None:
@@ -695,13 +752,15 @@ class SqlSessionStore:
         """
         if not self._sqlite:
             with self._postgres_transaction() as connection:
+                if idempotency_key is not None:
+                    self._try_key_lock(connection, session_id, idempotency_key)
                 held = self._held(connection, session_id, idempotency_key, self._lock_held)
                 yield held
                 run_batch(connection, held.writes)
             if held.writes:
                 self.health.succeeded()
             return
-        with self._session_held(session_id):
+        with self._key_held(session_id, idempotency_key), self._session_held(session_id):
             held = self._trusted(session_id, cached_version) or self._read(
                 lambda connection: self._held(connection, session_id, idempotency_key, self._read_held)
             )
@@ -779,7 +838,10 @@ class SqlSessionStore:
     def forget_records(self, *, created_before: datetime, total_response_bytes: int) -> None:
         """Forget the Idempotency-Key records older than ``created_before``, and the first responses of the
         oldest records beyond ``total_response_bytes`` kept over every session."""
-        writes = [Write(sa.delete(idempotency_records).where(idempotency_records.c.created_at < created_before))]
+        writes = [
+            Write(sa.delete(idempotency_records).where(idempotency_records.c.created_at < created_before)),
+            Write(sa.delete(creation_records).where(creation_records.c.created_at < created_before)),
+        ]
         cutoff = self._read(lambda connection: _response_cutoff(connection, total_response_bytes))
         if cutoff is not None:
             writes.append(
@@ -789,12 +851,24 @@ class SqlSessionStore:
                     .values(params=b"")
                 )
             )
+        self.commit(writes)
+
+    def commit(self, writes: Batch) -> None:
+        """Commit ``writes`` in one transaction (on SQLite, one shared with the writes that arrive together)."""
         if self._sqlite:
             self._commit_batch(writes)
             return
         with self._postgres_transaction() as connection:
             run_batch(connection, writes)
         self.health.succeeded()
+
+    def read(self, work: Callable[[Connection], T]) -> T:
+        """``work`` on a pooled connection, outside any write transaction."""
+        return self._read(work)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
 
     def close(self) -> None:
         if self._writer_connection is not None:
@@ -883,4 +957,6 @@ def _row_values(meta: SessionMeta) -> dict[str, Any]:
         "shapes": meta.shapes,
         "created_at": meta.created_at,
         "updated_at": meta.updated_at,
+        "tenant": meta.tenant,
+        "stored_bytes": meta.stored_bytes,
     }

@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from service.store import SqlSessionStore
 from service.store.base import SessionMeta
 from service.store.driver_statements import DriverStatement
-from service.store.sql import LOCK_HELD, SAVE, StoreSettings, sessions
+from service.store.sql import LOCK_HELD, SAVE, StoreSettings
 from service.store.sqlite.commit_queue import Write
+from service.store.tables import sessions
 from tests.databases import fresh_database
 
 GROUPS: list[dict[str, Any]] = [
@@ -96,6 +97,7 @@ def test_a_save_writes_what_sqlalchemy_writes(store: SqlSessionStore, groups_cha
         values["new_param_groups"] = [{**GROUPS[0], "lr": 0.5}, GROUPS[1]]
     if with_arrays:
         values["new_arrays"], values["new_arrays_slot"] = b"\xff new \x00 arrays", None
+        values["new_stored_bytes"] = 17
     statement = SAVE[groups_changed, with_arrays]
     with store._engine.begin() as connection:
         driver = DriverStatement.compile(statement, store._engine.dialect)
@@ -116,6 +118,7 @@ def test_a_save_writes_what_sqlalchemy_writes(store: SqlSessionStore, groups_cha
     assert rows[0]["updated_at"] == datetime(2027, 1, 2, 3, 4, 5)
     assert rows[0]["arrays"] == (b"\xff new \x00 arrays" if with_arrays else b"old")
     assert rows[0]["param_groups"][0]["lr"] == (0.5 if groups_changed else 0.01)
+    assert rows[0]["stored_bytes"] == (17 if with_arrays else 0)
 
 
 def test_a_statement_with_values_of_its_own_is_refused(store: SqlSessionStore) -> None:

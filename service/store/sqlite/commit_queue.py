@@ -34,7 +34,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from service.store.driver_statements import DriverStatement
-from service.store.errors import StorageBusy, StorageFailure, StorageUnavailable, VersionMismatch, classify
+from service.store.errors import (
+    StorageBusy,
+    StorageFailure,
+    StorageUnavailable,
+    StoreError,
+    VersionMismatch,
+    classify,
+)
 
 MAX_GROUP = 64
 """Batches that may share one commit; more wait for the next one."""
@@ -44,13 +51,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Write:
-    """One statement of a batch; with ``expect_rows``, the batch fails unless it changes that many rows."""
+    """One statement of a batch; with ``expect_rows``, the batch fails unless it changes that many rows,
+    with ``refusal`` if given (a guard's condition failed), else ``VersionMismatch``."""
 
     statement: sa.Executable | DriverStatement
     parameters: Mapping[str, Any] | None = None
     expect_rows: int | None = None
     payload_bytes: int = 0
     """The bytes of arrays or responses it writes: how much room it needs, for readiness probes."""
+    refusal: StoreError | None = None
 
 
 Batch = Sequence[Write]
@@ -90,6 +99,8 @@ def run_batch(connection: Connection, batch: Batch) -> None:
         else:
             changed = connection.execute(write.statement, write.parameters).rowcount
         if write.expect_rows is not None and changed != write.expect_rows:
+            if write.refusal is not None:
+                raise write.refusal
             raise VersionMismatch(f"expected to change {write.expect_rows} row(s), changed {changed}")
 
 

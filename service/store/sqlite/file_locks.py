@@ -41,13 +41,23 @@ WRITE_LOCK = 0
 """The byte of the database's write lock."""
 SESSION_BYTES = 1 << 40
 """Session ids hash to this many bytes after the write lock's: two sessions share a lock about never."""
+KEY_BYTES = 1 << 40
+"""Idempotency-Keys hash to this many bytes after the sessions'."""
 _BUSY = {errno.EAGAIN, errno.EACCES}
+
+
+def _hashed(text: str, size: int) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") % size
 
 
 def session_lock(session_id: str) -> int:
     """The byte that locks ``session_id``."""
-    digest = hashlib.blake2b(session_id.encode(), digest_size=8).digest()
-    return 1 + int.from_bytes(digest, "little") % SESSION_BYTES
+    return 1 + _hashed(session_id, SESSION_BYTES)
+
+
+def key_lock(scope: str, key: str) -> int:
+    """The byte a request holds while it runs with Idempotency-Key ``key`` of ``scope`` (a session, a tenant)."""
+    return 1 + SESSION_BYTES + _hashed(f"{len(scope)}:{scope}:{key}", KEY_BYTES)
 
 
 def _flock(kind: int, offset: int) -> bytes:
