@@ -35,6 +35,7 @@ from service.store import SqlSessionStore
 from service.store.sql import SqlSessionStore as Store
 from service.store.sqlite import array_files
 from service.store.sqlite.commit_queue import CommitQueue
+from service.tenancy.callers import anonymous
 from service.wire import documents as wire_documents
 from service.wire.documents import Documents
 from service.wire.json_arrays import arrays_from_json
@@ -85,6 +86,7 @@ def main() -> None:
         sessions = Sessions(store=store, cache=OptimizerCache(settings.cache_bytes))
         documents = Documents(processes=0, threshold_bytes=settings.json_worker_threshold_bytes)
         meta, _ = sessions.create(
+            caller=anonymous(),
             optimizer="rmsprop",
             params={"w": rng.standard_normal(args.params, dtype=np.float32)},
             hyperparameters={},
@@ -105,7 +107,12 @@ def main() -> None:
             document = documents.decode(SAFETENSORS, joined, root="grads", array_paths=[("grads", "*")])
             grads = arrays_from_json(parse(StepRequest, document).grads, loc=("body", "grads"), check_finite=False)
             with sessions.step(
-                session_id=meta.id, grads=grads, request_hash="", idempotency_key=None, expected_versions=None
+                caller=anonymous(),
+                session_id=meta.id,
+                grads=grads,
+                request_hash="",
+                idempotency_key=None,
+                expected_versions=None,
             ) as outcome:
                 rendering = time.perf_counter()
                 documents.encode(

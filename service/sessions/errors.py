@@ -35,3 +35,22 @@ class InvalidRequest(SessionError):
     def __init__(self, loc: Loc, message: str) -> None:
         super().__init__(message)
         self.loc = tuple(loc)
+
+
+class IdempotencyKeyInFlight(SessionError):
+    """A request with this Idempotency-Key is still being processed."""
+
+
+class NotYours(SessionError):
+    """An admin key asked to change, or read the arrays of, another tenant's session."""
+
+
+class QuotaExceeded(SessionError):
+    """The request would take the tenant past one of its quotas."""
+
+    def __init__(self, message: str, *, quota: str, limit: int, usage: int, requested: int) -> None:
+        super().__init__(message)
+        self.quota = quota
+        self.limit = limit
+        self.usage = usage
+        self.requested = requested

@@ -26,24 +26,32 @@ from service.buffers import Buffers
 from service.sessions.arrays_blob import pack_buffers, unpack
 from service.sessions.cache import OptimizerCache
 from service.sessions.errors import (
+    IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     IdempotentResponseExpired,
     InvalidRequest,
+    NotYours,
     PreconditionFailed,
+    QuotaExceeded,
     SessionNotFound,
 )
 from service.sessions.idempotency import Retention
 from service.sessions.optimizers import build_optimizer, core_error, summary_groups
 from service.store import (
+    CreationRecord,
     IdempotencyRecord,
+    KeyInFlight,
     LockedSession,
     SessionMeta,
     SessionMissing,
     SessionStore,
     StaleAssumption,
     StorageUnavailable,
+    TenantUsage,
     VersionMismatch,
 )
+from service.store import QuotaExceeded as QuotaGuardFailed
+from service.tenancy.callers import Caller
 
 MAX_NAME_LENGTH = 256
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -80,6 +88,25 @@ def _require_match(expected: Versions, version: int) -> None:
 def _packed(optimizer: Optimizer[Any, Any]) -> Buffers:
     """The optimizer's arrays as a blob's pieces, viewing its memory: store them before it changes."""
     return pack_buffers(optimizer.params, optimizer.state_dict_arrays(copy=False)["state"])
+
+
+def _array_bytes(params: Mapping[str, np.ndarray], state: dict[str, dict[str, Any]]) -> int:
+    """The bytes of a session's arrays, params and optimizer state: what its tenant's byte quota counts."""
+    arrays = [*params.values(), *(value for entry in state.values() for key, value in entry.items() if key != "step")]
+    return sum(np.asarray(array).nbytes for array in arrays)
+
+
+def _check_access(meta: SessionMeta, caller: Caller, *, summary_only: bool = False) -> None:
+    """The session is the caller's tenant's; an admin key may also read other tenants' summaries."""
+    if meta.tenant == caller.tenant:
+        return
+    if not caller.admin:
+        raise SessionNotFound(f"no session {meta.id!r}")
+    if not summary_only:
+        raise NotYours(
+            f"session {meta.id!r} belongs to tenant {meta.tenant!r}: an admin key lists every tenant's sessions "
+            "and reads their summaries, and changes or reads the arrays of its own tenant's only"
+        )
 
 
 def _finite(params: Mapping[str, np.ndarray], state: dict[str, dict[str, Any]]) -> bool:
@@ -182,6 +209,7 @@ class Sessions:
     def create(
         self,
         *,
+        caller: Caller,
         optimizer: str,
         params: dict[str, np.ndarray],
         hyperparameters: dict[str, Any],
@@ -189,8 +217,26 @@ class Sessions:
         dtype: str,
         state_dict: dict[str, Any] | None,
         step: int,
+        idempotency_key: str | None = None,
+        request_hash: str = "",
     ) -> tuple[SessionMeta, dict[str, np.ndarray]]:
-        """A new session of ``optimizer`` over ``params`` (already of ``dtype``), from ``state_dict`` if given."""
+        """A new session of ``optimizer`` over ``params`` (already of ``dtype``), from ``state_dict`` if given,
+        for the caller's tenant. With ``idempotency_key``, a retry answers the session the first one made."""
+        if idempotency_key is not None:
+            made = self._store.creation(caller.tenant, idempotency_key)
+            if made is not None:
+                return self._made_before(made, caller=caller, request_hash=request_hash)
+        param_count = sum(array.size for array in params.values())
+        max_params = caller.quotas.max_params
+        if max_params is not None and param_count > max_params:
+            raise QuotaExceeded(
+                f"a session of tenant {caller.tenant!r} holds at most {max_params} params (max_params); "
+                f"this one has {param_count}",
+                quota="max_params",
+                limit=max_params,
+                usage=0,
+                requested=param_count,
+            )
         spec = ALGORITHMS[optimizer]
         for name in params:
             if not name.isprintable() or len(name) > MAX_NAME_LENGTH:
@@ -222,21 +268,77 @@ class Sessions:
             shapes={name: list(value.shape) for name, value in params.items()},
             created_at=now,
             updated_at=now,
+            tenant=caller.tenant,
+            stored_bytes=_array_bytes(built.params, built.state_dict_arrays(copy=False)["state"]),
         )
-        self._store.create(meta, _packed(built))
+        creation = None
+        if idempotency_key is not None:
+            creation = CreationRecord(key=idempotency_key, request_hash=request_hash, session_id=meta.id)
+        try:
+            self._store.create(meta, _packed(built), quotas=caller.quotas, creation=creation)
+        except QuotaGuardFailed as refused:
+            raise self._quota_refusal(refused, caller) from None
+        except KeyInFlight:
+            assert idempotency_key is not None
+            made = self._store.creation(caller.tenant, idempotency_key)
+            if made is None:
+                raise IdempotencyKeyInFlight(
+                    f"a request with Idempotency-Key {idempotency_key!r} is still being processed; retry later"
+                ) from None
+            return self._made_before(made, caller=caller, request_hash=request_hash)
         self._cache.put(meta.id, meta.version, built)
         return meta, built.params
 
-    def summary(self, *, session_id: str) -> SessionMeta:
+    def _made_before(
+        self, made: CreationRecord, *, caller: Caller, request_hash: str
+    ) -> tuple[SessionMeta, dict[str, np.ndarray]]:
+        """The answer to a retry of a creation: the session it made, as long as it is as it was made."""
+        if made.request_hash != request_hash:
+            raise IdempotencyKeyReused(f"Idempotency-Key {made.key!r} was used with a different request body")
+        found = self._store.get(made.session_id, with_arrays=True)
+        if found is None or found[1] is None:
+            raise IdempotentResponseExpired(
+                f"Idempotency-Key {made.key!r} created session {made.session_id!r}, which has been deleted since"
+            )
+        meta, arrays = found[0], found[1]
+        if meta.version != 1:
+            raise IdempotentResponseExpired(
+                f"Idempotency-Key {made.key!r} created session {made.session_id!r}, which has changed since "
+                f"(it is at step {meta.step}); GET /v1/sessions/{made.session_id} for its current state"
+            )
+        _check_access(meta, caller)
+        return meta, unpack(arrays)[0]
+
+    def _quota_refusal(self, refused: QuotaGuardFailed, caller: Caller) -> QuotaExceeded:
+        """The quota a write was refused by, with its limit and the tenant's usage now."""
+        usage = self._store.usage(caller.tenant)
+        quotas = caller.quotas
+        if refused.quota == "max_sessions":
+            limit, used, unit = quotas.max_sessions, usage.sessions, "sessions"
+        else:
+            limit, used, unit = quotas.max_bytes, usage.stored_bytes, "bytes of arrays"
+        assert limit is not None
+        return QuotaExceeded(
+            f"tenant {caller.tenant!r} holds {used} of its {limit} {unit} ({refused.quota}); this request needs "
+            f"{refused.requested} more",
+            quota=refused.quota,
+            limit=limit,
+            usage=used,
+            requested=refused.requested,
+        )
+
+    def summary(self, *, caller: Caller, session_id: str) -> SessionMeta:
         _require_well_formed(session_id)
         found = self._store.get(session_id, with_arrays=False)
         if found is None:
             raise SessionNotFound(f"no session {session_id!r}")
+        _check_access(found[0], caller, summary_only=True)
         return found[0]
 
-    def page(self, *, limit: int, cursor: str | None) -> tuple[list[SessionMeta], str | None]:
+    def page(self, *, caller: Caller, limit: int, cursor: str | None) -> tuple[list[SessionMeta], str | None]:
+        """The caller's tenant's sessions (an admin key's: every tenant's), a page at a time."""
         after = _decode_cursor(cursor) if cursor else None
-        metas = self._store.list(limit=limit + 1, after=after)
+        metas = self._store.list(limit=limit + 1, after=after, tenant=None if caller.admin else caller.tenant)
         if len(metas) > limit:
             return metas[:limit], _encode_cursor(metas[limit - 1])
         return metas, None
@@ -244,6 +346,7 @@ class Sessions:
     def patch(
         self,
         *,
+        caller: Caller,
         session_id: str,
         hyperparameters: dict[str, Any] | None,
         param_groups: list[dict[str, Any]] | None,
@@ -252,6 +355,7 @@ class Sessions:
         """Change hyperparameters, of every group or group by group; they apply from the next step."""
         _require_well_formed(session_id)
         with self._held(session_id) as locked:
+            _check_access(locked.meta, caller)
             _require_match(expected_versions, locked.meta.version)
             groups = _merged_groups(locked.meta, hyperparameters, param_groups)
             meta = replace(locked.meta, param_groups=groups, version=locked.meta.version + 1, updated_at=_now())
@@ -262,11 +366,13 @@ class Sessions:
             self._cache.put(session_id, meta.version, optimizer)
         return meta
 
-    def delete(self, *, session_id: str, expected_versions: Versions) -> None:
+    def delete(self, *, caller: Caller, session_id: str, expected_versions: Versions) -> None:
         _require_well_formed(session_id)
+        meta = self.summary(caller=caller, session_id=session_id)
+        _check_access(meta, caller)
         expected = None
         if expected_versions is not None:
-            expected = self.summary(session_id=session_id).version
+            expected = meta.version
             _require_match(expected_versions, expected)
         self._cache.discard(session_id)
         try:
@@ -293,6 +399,7 @@ class Sessions:
     def step(
         self,
         *,
+        caller: Caller,
         session_id: str,
         grads: dict[str, np.ndarray],
         request_hash: str,
@@ -310,6 +417,7 @@ class Sessions:
             try:
                 outcome, optimizer, version = self._step_once(
                     session_id,
+                    caller=caller,
                     grads=grads,
                     request_hash=request_hash,
                     idempotency_key=idempotency_key,
@@ -329,6 +437,12 @@ class Sessions:
                 # The connection was lost before anything was committed (a PostgreSQL backend killed,
                 # say): the unit of work runs again, once, on a new connection.
                 reconnected = True
+            except QuotaGuardFailed as refused:
+                raise self._quota_refusal(refused, caller) from None
+            except KeyInFlight:
+                raise IdempotencyKeyInFlight(
+                    f"a step with Idempotency-Key {idempotency_key!r} is still being processed; retry later"
+                ) from None
         try:
             yield outcome
         finally:
@@ -339,6 +453,7 @@ class Sessions:
         self,
         session_id: str,
         *,
+        caller: Caller,
         grads: dict[str, np.ndarray],
         request_hash: str,
         idempotency_key: str | None,
@@ -349,6 +464,7 @@ class Sessions:
         once the outcome is rendered), and the version to put it back at."""
         cached_version = self._cache.version(session_id) if trust_cache else None
         with self._held(session_id, idempotency_key=idempotency_key, cached_version=cached_version) as locked:
+            _check_access(locked.meta, caller)
             record = locked.record
             if record is not None:
                 if record.request_hash != request_hash:
@@ -359,6 +475,7 @@ class Sessions:
             else:
                 outcome, optimizer = self._applied(
                     locked,
+                    caller=caller,
                     grads=grads,
                     request_hash=request_hash,
                     idempotency_key=idempotency_key,
@@ -371,6 +488,7 @@ class Sessions:
         self,
         locked: LockedSession,
         *,
+        caller: Caller,
         grads: dict[str, np.ndarray],
         request_hash: str,
         idempotency_key: str | None,
@@ -391,13 +509,25 @@ class Sessions:
                 ("body", "grads"),
                 "this step would make params or optimizer state infinite or NaN (an overflow); it was not applied",
             )
-        meta = replace(locked.meta, step=locked.meta.step + 1, version=locked.meta.version + 1, updated_at=_now())
+        meta = replace(
+            locked.meta,
+            step=locked.meta.step + 1,
+            version=locked.meta.version + 1,
+            updated_at=_now(),
+            stored_bytes=_array_bytes(params, state),
+        )
         record = None
         if idempotency_key is not None:
             record = self._retention.record(
                 key=idempotency_key, request_hash=request_hash, step=meta.step, version=meta.version, params=params
             )
-        locked.save(meta, pack_buffers(params, state), record, self._retention.kept_with(record) if record else None)
+        locked.save(
+            meta,
+            pack_buffers(params, state),
+            record,
+            self._retention.kept_with(record) if record else None,
+            quotas=caller.quotas,
+        )
         return StepOutcome(step=meta.step, version=meta.version, params=params), optimizer
 
     def _replayed(
@@ -425,25 +555,26 @@ class Sessions:
             return cached
         return _restore(locked.meta, locked.read_arrays())
 
-    def _stored(self, session_id: str) -> tuple[SessionMeta, bytes]:
+    def _stored(self, session_id: str, caller: Caller) -> tuple[SessionMeta, bytes]:
         found = self._store.get(session_id, with_arrays=True)
         if found is None or found[1] is None:
             raise SessionNotFound(f"no session {session_id!r}")
+        _check_access(found[0], caller)
         return found[0], found[1]
 
-    def params(self, *, session_id: str) -> tuple[SessionMeta, dict[str, np.ndarray]]:
+    def params(self, *, caller: Caller, session_id: str) -> tuple[SessionMeta, dict[str, np.ndarray]]:
         _require_well_formed(session_id)
-        meta, arrays = self._stored(session_id)
+        meta, arrays = self._stored(session_id, caller)
         return meta, unpack(arrays)[0]
 
-    def state_dict(self, *, session_id: str) -> tuple[SessionMeta, dict[str, Any]]:
+    def state_dict(self, *, caller: Caller, session_id: str) -> tuple[SessionMeta, dict[str, Any]]:
         _require_well_formed(session_id)
-        meta, arrays = self._stored(session_id)
+        meta, arrays = self._stored(session_id, caller)
         return meta, _restore(meta, arrays).state_dict_arrays()
 
-    def checkpoint(self, *, session_id: str) -> tuple[SessionMeta, dict[str, Any]]:
+    def checkpoint(self, *, caller: Caller, session_id: str) -> tuple[SessionMeta, dict[str, Any]]:
         _require_well_formed(session_id)
-        meta, arrays = self._stored(session_id)
+        meta, arrays = self._stored(session_id, caller)
         optimizer = _restore(meta, arrays)
         return meta, {
             "optimizer": meta.optimizer,
@@ -454,10 +585,21 @@ class Sessions:
             "step": meta.step,
         }
 
-    def load_state_dict(self, *, session_id: str, state_dict: object, expected_versions: Versions) -> SessionMeta:
+    def load_state_dict(
+        self, *, caller: Caller, session_id: str, state_dict: object, expected_versions: Versions
+    ) -> SessionMeta:
         """Replace the optimizer state (torch's layout, arrays as numpy); the params stay."""
         _require_well_formed(session_id)
+        try:
+            return self._load_state_dict(caller, session_id, state_dict, expected_versions)
+        except QuotaGuardFailed as refused:
+            raise self._quota_refusal(refused, caller) from None
+
+    def _load_state_dict(
+        self, caller: Caller, session_id: str, state_dict: object, expected_versions: Versions
+    ) -> SessionMeta:
         with self._held(session_id) as locked:
+            _check_access(locked.meta, caller)
             _require_match(expected_versions, locked.meta.version)
             optimizer = self._optimizer(locked)
             try:
@@ -469,10 +611,15 @@ class Sessions:
                 param_groups=summary_groups(optimizer),
                 version=locked.meta.version + 1,
                 updated_at=_now(),
+                stored_bytes=_array_bytes(optimizer.params, optimizer.state_dict_arrays(copy=False)["state"]),
             )
-            locked.save(meta, _packed(optimizer))
+            locked.save(meta, _packed(optimizer), quotas=caller.quotas)
         self._cache.put(session_id, meta.version, optimizer)
         return meta
+
+    def usage(self, *, caller: Caller) -> TenantUsage:
+        """What the caller's tenant holds now."""
+        return self._store.usage(caller.tenant)
 
     def forget_old_records(self) -> None:
         """Forget Idempotency-Key records past their time to live, and the oldest first responses beyond the

@@ -20,8 +20,11 @@ from service.sessions.cache import OptimizerCache
 from service.sessions.errors import InvalidRequest
 from service.sessions.service import Sessions, StepOutcome
 from service.store import LockedSession, SqlSessionStore
+from service.tenancy.callers import anonymous
 
 DTYPE = np.float32
+
+CALLER = anonymous()
 
 
 class HeldAtTheGap:
@@ -55,7 +58,7 @@ def sessions(tmp_path: Path) -> Iterator[tuple[Sessions, HeldAtTheGap]]:
 @contextmanager
 def stepping(sessions: Sessions, session_id: str, grads: dict[str, np.ndarray]) -> Iterator[StepOutcome]:
     with sessions.step(
-        session_id=session_id, grads=grads, request_hash="", idempotency_key=None, expected_versions=None
+        caller=CALLER, session_id=session_id, grads=grads, request_hash="", idempotency_key=None, expected_versions=None
     ) as outcome:
         yield outcome
 
@@ -67,8 +70,8 @@ def test_a_step_whose_cached_optimizer_a_failed_request_dropped_meanwhile_reads_
     rng = np.random.default_rng(7)
     initial = rng.standard_normal(6).astype(DTYPE)
     meta, _ = service.create(
-        optimizer="rmsprop", params={"w": initial}, hyperparameters={}, param_groups=None, dtype="float32",
-        state_dict=None, step=0,
+        caller=CALLER, optimizer="rmsprop", params={"w": initial}, hyperparameters={}, param_groups=None,
+        dtype="float32", state_dict=None, step=0,
     )  # fmt: skip
     expected = RMSprop({"w": initial})
     grads = [{"w": rng.standard_normal(6).astype(DTYPE)} for _ in range(2)]

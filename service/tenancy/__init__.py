@@ -1,0 +1,1 @@
+"""Who calls: API keys, tenants, their quotas and rate limits."""
