@@ -8,7 +8,8 @@ from datetime import timedelta
 import anyio
 from fastapi import FastAPI
 
-from service.api import health, sessions
+from service.api import health, sessions, tenant
+from service.api.authentication import Authentication
 from service.api.dependencies import Service
 from service.api.health import PROBE_THREADS
 from service.api.openapi import install_openapi
@@ -20,6 +21,11 @@ from service.sessions.cache import OptimizerCache
 from service.sessions.idempotency import Retention
 from service.sessions.service import Sessions
 from service.store import SqlSessionStore, StoreSettings
+from service.store.rate_limits import RateLimits
+from service.store.tenants import Tenants
+from service.tenancy.authentication import Authenticator
+from service.tenancy.callers import Limits
+from service.tenancy.startup import check_start, is_loopback, store_bootstrap_key
 from service.wire.documents import Documents
 
 REQUEST_MODELS = (CreateSessionRequest, PatchSessionRequest, StepRequest, StateDict)
@@ -49,6 +55,34 @@ def retention(settings: Settings) -> Retention:
     )
 
 
+def default_limits(settings: Settings) -> Limits:
+    return Limits(
+        max_sessions=settings.tenant_max_sessions or None,
+        max_bytes=settings.tenant_max_bytes or None,
+        max_params=settings.session_max_params or None,
+        requests_per_second=settings.tenant_requests_per_second or None,
+        burst=settings.tenant_burst,
+    )
+
+
+def bootstrap_key(settings: Settings) -> str | None:
+    """The bootstrap key from the setting, or else from its file."""
+    if settings.bootstrap_key is not None:
+        return settings.bootstrap_key.get_secret_value()
+    if settings.bootstrap_key_file is not None:
+        return settings.bootstrap_key_file.read_text().strip()
+    return None
+
+
+def prepare_tenancy(settings: Settings, tenants: Tenants) -> tuple[int, str]:
+    """Store the bootstrap key, if any; then refuse to start if the server would serve anyone without a key
+    (``InsecureStart``), or say how it will serve (a log level and line)."""
+    token = bootstrap_key(settings)
+    if token is not None:
+        store_bootstrap_key(tenants, token, tenant=settings.bootstrap_tenant, admin=settings.bootstrap_admin)
+    return check_start(host=settings.host, insecure_no_auth=settings.insecure_no_auth, tenants=tenants)
+
+
 async def _forget_old_records(sessions: Sessions, every_seconds: float) -> None:
     """Forget Idempotency-Key records past their age and the total, every ``every_seconds``, for good."""
     while True:
@@ -68,6 +102,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             keep_large_allocations(settings.malloc_mmap_threshold_bytes)
         store = SqlSessionStore(settings.database_url, store_settings(settings))
         app.state.store = store
+        tenants = Tenants(store)
+        try:
+            log.log(*prepare_tenancy(settings, tenants))
+        except BaseException:
+            store.close()
+            raise
+        rate_limits = RateLimits(store.engine)
+        app.state.authenticator = Authenticator(
+            tenants=tenants,
+            rate_limits=rate_limits,
+            defaults=default_limits(settings),
+            keyless_allowed=is_loopback(settings.host) or settings.insecure_no_auth,
+        )
         app.state.probe_limiter = anyio.CapacityLimiter(PROBE_THREADS)
         session_service = Sessions(
             store=store, cache=OptimizerCache(settings.cache_bytes), retention=retention(settings)
@@ -82,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 finally:
                     background.cancel_scope.cancel()
         finally:
+            rate_limits.close()
             store.close()
 
     app = FastAPI(
@@ -91,9 +139,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app, retry_after_seconds=settings.retry_after_seconds)
+    app.add_middleware(Authentication, retry_after_seconds=settings.retry_after_seconds)
     app.add_middleware(UnhandledErrors)
     app.include_router(health.router)
     app.include_router(sessions.router)
+    app.include_router(tenant.router)
     app.router.routes.insert(0, sessions.STEP_ROUTE)
     install_openapi(app, REQUEST_MODELS)
     return app

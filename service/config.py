@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("data")
@@ -11,6 +11,41 @@ DEFAULT_DATA_DIR = Path("data")
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPTIM_", extra="forbid")
 
+    host: str = Field(
+        default="127.0.0.1",
+        description="The address the server listens on (`optim-service serve --host` sets it). Requests without "
+        "an API key are served only on a loopback address, and only while no key exists.",
+    )
+    insecure_no_auth: bool = Field(
+        default=False,
+        description="Serve requests without an API key on any address while no key exists. Anyone who can "
+        "reach the port can then read, change and delete every session.",
+    )
+    bootstrap_key: SecretStr | None = Field(
+        default=None,
+        description="An API key (osk_..., from `optim-service keys generate`) stored on start if it is new: the "
+        "first key of a deployment that has none, such as a container.",
+    )
+    bootstrap_key_file: Path | None = Field(
+        default=None, description="A file holding the bootstrap key (a Docker or Kubernetes secret)."
+    )
+    bootstrap_tenant: str = Field(default="default", description="The tenant of the bootstrap key.")
+    bootstrap_admin: bool = Field(default=False, description="Whether the bootstrap key is an admin key.")
+    tenant_max_sessions: int = Field(
+        default=1000, ge=0, description="Sessions a tenant may hold (0: no limit); `tenants set` overrides it."
+    )
+    tenant_max_bytes: int = Field(
+        default=32 << 30,
+        ge=0,
+        description="Bytes of arrays (params and optimizer state) all of a tenant's sessions may hold (0: no limit).",
+    )
+    session_max_params: int = Field(
+        default=1 << 28, ge=0, description="Params (array elements) one session may hold (0: no limit)."
+    )
+    tenant_requests_per_second: float = Field(
+        default=1000.0, ge=0, description="Requests per second each API key may send on average (0: no limit)."
+    )
+    tenant_burst: int = Field(default=2000, ge=1, description="Requests an API key may send at once.")
     database_url: str = Field(
         default=f"sqlite:///{DEFAULT_DATA_DIR / 'optim.sqlite3'}",
         description="SQLAlchemy URL: sqlite:///path (the default, under ./data) or postgresql+psycopg://...",

@@ -55,6 +55,14 @@ class ValidationFailed(ProblemError):
         return cls(msg, errors=[{"loc": list(loc), "msg": msg}])
 
 
+class MalformedHeader(ProblemError):
+    status, slug, title = 400, "malformed-header", "Malformed request header"
+
+    @classmethod
+    def at(cls, loc: Loc, msg: str) -> "MalformedHeader":
+        return cls(msg, errors=[{"loc": list(loc), "msg": msg}])
+
+
 class BodyTooLarge(ProblemError):
     status, slug, title = 413, "body-too-large", "Request body too large"
 
@@ -87,6 +95,7 @@ REFUSALS: dict[type[Exception], tuple[int, str, str]] = {
         "The first response to this Idempotency-Key is no longer kept",
     ),
     wire.MalformedBody: (400, "malformed-body", "Malformed request body"),
+    sessions.NotYours: (403, "not-your-session", "Another tenant's session"),
 }
 """Refusals of the layers below HTTP that name no field: status, type and title."""
 
@@ -99,10 +108,13 @@ def problem_response(
     detail: str,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
+    extensions: dict[str, Any] | None = None,
 ) -> Response:
     body: dict[str, Any] = {"type": f"/problems/{slug}", "title": title, "status": status, "detail": detail}
     if errors:
         body["errors"] = errors
+    if extensions:
+        body.update(extensions)
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -149,6 +161,26 @@ def install_error_handlers(app: FastAPI, *, retry_after_seconds: int = 1) -> Non
 
     for kind in REFUSALS:
         app.add_exception_handler(kind, on_refusal)
+
+    @app.exception_handler(sessions.IdempotencyKeyInFlight)
+    async def on_key_in_flight(request: Request, error: sessions.IdempotencyKeyInFlight) -> Response:
+        return problem_response(
+            status=409,
+            slug="idempotency-key-in-flight",
+            title="A request with this Idempotency-Key is still being processed",
+            detail=str(error),
+            headers={"Retry-After": str(max(1, retry_after_seconds))},
+        )
+
+    @app.exception_handler(sessions.QuotaExceeded)
+    async def on_quota_exceeded(request: Request, error: sessions.QuotaExceeded) -> Response:
+        return problem_response(
+            status=403,
+            slug="quota-exceeded",
+            title="Over the tenant's quota",
+            detail=str(error),
+            extensions={"quota": error.quota, "limit": error.limit, "usage": error.usage, "requested": error.requested},
+        )
 
     @app.exception_handler(ProblemError)
     async def on_problem(request: Request, error: ProblemError) -> Response:

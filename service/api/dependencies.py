@@ -11,6 +11,7 @@ from service.api.etags import etag
 from service.config import Settings
 from service.sessions.service import Sessions
 from service.store import SessionMeta
+from service.tenancy.callers import Caller
 from service.wire.documents import Documents
 from service.wire.media_types import JSON
 
@@ -49,6 +50,19 @@ async def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
+def caller_of(request: Request) -> Caller:
+    """Who sent the request, as the authentication middleware admitted it."""
+    caller: Caller = request.state.caller
+    return caller
+
+
+async def get_caller(request: Request) -> Caller:
+    return caller_of(request)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
 def _timestamp(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds") + "Z"
 
@@ -64,4 +78,5 @@ def summary(meta: SessionMeta) -> dict[str, Any]:
         "shapes": meta.shapes,
         "created_at": _timestamp(meta.created_at),
         "updated_at": _timestamp(meta.updated_at),
+        "tenant": meta.tenant,
     }

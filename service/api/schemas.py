@@ -90,6 +90,7 @@ class SessionSummary(BaseModel):
     shapes: dict[str, list[int]]
     created_at: datetime
     updated_at: datetime
+    tenant: str = Field(description="The tenant the session belongs to.")
 
 
 class SessionWithParams(SessionSummary):
@@ -121,3 +122,25 @@ class Checkpoint(BaseModel):
     param_groups: list[ParamGroupOut]
     state_dict: StateDict
     step: int
+
+
+class QuotaView(BaseModel):
+    limit: int | None = Field(description="None: no limit.")
+    usage: int | None = Field(default=None, description="What the tenant holds now.")
+
+
+class KeyView(BaseModel):
+    id: str
+    admin: bool
+
+
+class RateLimitView(BaseModel):
+    requests_per_second: float
+    burst: int
+
+
+class TenantView(BaseModel):
+    tenant: str
+    key: KeyView | None = Field(description="None when the server serves requests without keys.")
+    quotas: dict[Literal["max_sessions", "max_bytes", "max_params"], QuotaView]
+    rate_limit: RateLimitView | None = Field(description="Per key; None without a key or a limit.")

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.api.bodies import hash_request, joined, parse, read_body
-from service.api.dependencies import Service, ServiceDep, summary
+from service.api.dependencies import CallerDep, Service, ServiceDep, caller_of, summary
 from service.api.etags import expected_versions
 from service.api.negotiation import negotiate
 from service.api.openapi import array_responses, body_schema, problems
@@ -29,7 +29,7 @@ from service.api.schemas import (
     StepRequest,
     StepResponse,
 )
-from service.errors import ValidationFailed
+from service.errors import MalformedHeader, ValidationFailed
 from service.sessions.optimizers import DTYPES
 from service.wire.json_arrays import arrays_from_json, state_dict_from_json
 from service.wire.media_types import JSON
@@ -38,6 +38,13 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
 IfMatch = Annotated[str | None, Header(description="Apply only if the session's ETag is one of these.")]
 MAX_IDEMPOTENCY_KEY = 255
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        description="Retries with the same key and body get the first response; one in flight gets 409.",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+    ),
+]
 Accept = Annotated[str | None, Header(description="application/json (default) or application/vnd.safetensors")]
 ERRORS = problems(
     {
@@ -62,14 +69,25 @@ STALE = problems({412: "If-Match failed"})
     openapi_extra=body_schema(CreateSessionRequest),
     responses={**array_responses(SessionWithParams, 201), **ERRORS},
 )
-async def create_session(request: Request, service: ServiceDep, accept: Accept = None) -> Response:
+async def create_session(
+    request: Request,
+    service: ServiceDep,
+    caller: CallerDep,
+    accept: Accept = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
     answer_as = negotiate(accept)
+    checked_idempotency_key(idempotency_key)
     media_type, chunks = await read_body(request, service.settings.max_body_bytes)
 
     def run() -> Response:
-        document = service.documents.decode(media_type, joined(chunks), array_paths=CREATE_ARRAYS)
+        body = joined(chunks)
+        document = service.documents.decode(media_type, body, array_paths=CREATE_ARRAYS)
         create = parse(CreateSessionRequest, document)
         meta, params = service.sessions.create(
+            caller=caller,
+            idempotency_key=idempotency_key,
+            request_hash=hash_request(media_type, body) if idempotency_key is not None else "",
             optimizer=create.optimizer,
             params=arrays_from_json(create.params, loc=("body", "params"), dtype=DTYPES[create.dtype]),
             hyperparameters=create.hyperparameters,
@@ -97,19 +115,22 @@ async def create_session(request: Request, service: ServiceDep, accept: Accept =
 @router.get("", summary="List sessions, oldest first", responses={200: {"model": SessionPage}, **ERRORS})
 async def list_sessions(
     service: ServiceDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     accept: Accept = None,
 ) -> Response:
     negotiate(accept, (JSON,))
-    metas, next_cursor = await run_in_threadpool(lambda: service.sessions.page(limit=limit, cursor=cursor))
+    metas, next_cursor = await run_in_threadpool(
+        lambda: service.sessions.page(caller=caller, limit=limit, cursor=cursor)
+    )
     return service.answer({"items": [summary(meta) for meta in metas], "next_cursor": next_cursor})
 
 
 @router.get("/{session_id}", summary="A session's summary", responses={200: {"model": SessionSummary}, **ERRORS})
-async def get_session(session_id: str, service: ServiceDep, accept: Accept = None) -> Response:
+async def get_session(session_id: str, service: ServiceDep, caller: CallerDep, accept: Accept = None) -> Response:
     negotiate(accept, (JSON,))
-    meta = await run_in_threadpool(lambda: service.sessions.summary(session_id=session_id))
+    meta = await run_in_threadpool(lambda: service.sessions.summary(caller=caller, session_id=session_id))
     return service.answer(summary(meta), version=meta.version)
 
 
@@ -123,6 +144,7 @@ async def patch_session(
     session_id: str,
     request: Request,
     service: ServiceDep,
+    caller: CallerDep,
     if_match: IfMatch = None,
     accept: Accept = None,
 ) -> Response:
@@ -132,6 +154,7 @@ async def patch_session(
     def run() -> Response:
         patch = parse(PatchSessionRequest, service.documents.decode(media_type, joined(chunks)))
         meta = service.sessions.patch(
+            caller=caller,
             session_id=session_id,
             hyperparameters=patch.hyperparameters,
             param_groups=patch.param_groups,
@@ -143,11 +166,25 @@ async def patch_session(
 
 
 @router.delete("/{session_id}", status_code=204, summary="Delete a session", responses={**STALE, **ERRORS})
-async def delete_session(session_id: str, service: ServiceDep, if_match: IfMatch = None) -> Response:
+async def delete_session(session_id: str, service: ServiceDep, caller: CallerDep, if_match: IfMatch = None) -> Response:
     await run_in_threadpool(
-        lambda: service.sessions.delete(session_id=session_id, expected_versions=expected_versions(if_match))
+        lambda: service.sessions.delete(
+            caller=caller, session_id=session_id, expected_versions=expected_versions(if_match)
+        )
     )
     return Response(status_code=204)
+
+
+def checked_idempotency_key(key: str | None) -> None:
+    """An Idempotency-Key header must hold 1 to ``MAX_IDEMPOTENCY_KEY`` characters."""
+    if key is None:
+        return
+    if not key:
+        raise MalformedHeader.at(("header", "idempotency-key"), "Idempotency-Key must not be empty")
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ValidationFailed.at(
+            ("header", "idempotency-key"), f"String should have at most {MAX_IDEMPOTENCY_KEY} characters"
+        )
 
 
 def _header(name: str, description: str, **schema: Any) -> dict[str, Any]:
@@ -175,19 +212,18 @@ STEP_HEADERS = [
 async def step_session(session_id: str, request: Request) -> Response:
     # The hot path reads its headers itself: as FastAPI parameters they cost more than a small step.
     service: Service = request.app.state.service
+    caller = caller_of(request)
     headers = request.headers
     answer_as = negotiate(headers.get("accept"))
     idempotency_key, if_match = headers.get("idempotency-key"), headers.get("if-match")
-    if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-        raise ValidationFailed.at(
-            ("header", "idempotency-key"), f"String should have at most {MAX_IDEMPOTENCY_KEY} characters"
-        )
+    checked_idempotency_key(idempotency_key)
     media_type, chunks = await read_body(request, service.settings.max_body_bytes)
 
     def run() -> Response:
         body = joined(chunks)
         step = parse(StepRequest, service.documents.decode(media_type, body, root="grads", array_paths=STEP_ARRAYS))
         with service.sessions.step(
+            caller=caller,
             session_id=session_id,
             # The core refuses non-finite gradients after casting them to the params' dtype: one pass, not two.
             grads=arrays_from_json(step.grads, loc=("body", "grads"), check_finite=False),
@@ -216,11 +252,11 @@ arithmetic. The FastAPI route above stays for the OpenAPI document; both run ``s
 
 
 @router.get("/{session_id}/params", summary="Current params", responses={**array_responses(StepResponse), **ERRORS})
-async def get_params(session_id: str, service: ServiceDep, accept: Accept = None) -> Response:
+async def get_params(session_id: str, service: ServiceDep, caller: CallerDep, accept: Accept = None) -> Response:
     answer_as = negotiate(accept)
 
     def run() -> Response:
-        meta, params = service.sessions.params(session_id=session_id)
+        meta, params = service.sessions.params(caller=caller, session_id=session_id)
         return service.answer(
             {"step": meta.step, "params": params}, media_type=answer_as, root="params", version=meta.version
         )
@@ -233,11 +269,11 @@ async def get_params(session_id: str, service: ServiceDep, accept: Accept = None
     summary="The optimizer state in torch's layout",
     responses={**array_responses(StateDict), **ERRORS},
 )
-async def get_state_dict(session_id: str, service: ServiceDep, accept: Accept = None) -> Response:
+async def get_state_dict(session_id: str, service: ServiceDep, caller: CallerDep, accept: Accept = None) -> Response:
     answer_as = negotiate(accept)
 
     def run() -> Response:
-        meta, state_dict = service.sessions.state_dict(session_id=session_id)
+        meta, state_dict = service.sessions.state_dict(caller=caller, session_id=session_id)
         return service.answer(state_dict, media_type=answer_as, version=meta.version)
 
     return await run_in_threadpool(run)
@@ -253,6 +289,7 @@ async def put_state_dict(
     session_id: str,
     request: Request,
     service: ServiceDep,
+    caller: CallerDep,
     if_match: IfMatch = None,
     accept: Accept = None,
 ) -> Response:
@@ -262,6 +299,7 @@ async def put_state_dict(
     def run() -> Response:
         document = service.documents.decode(media_type, joined(chunks), array_paths=STATE_DICT_ARRAYS)
         meta = service.sessions.load_state_dict(
+            caller=caller,
             session_id=session_id,
             state_dict=state_dict_from_json(document, loc=("body",)),
             expected_versions=expected_versions(if_match),
@@ -276,11 +314,11 @@ async def put_state_dict(
     summary="Everything needed to continue elsewhere; POST it to /v1/sessions",
     responses={**array_responses(Checkpoint), **ERRORS},
 )
-async def get_checkpoint(session_id: str, service: ServiceDep, accept: Accept = None) -> Response:
+async def get_checkpoint(session_id: str, service: ServiceDep, caller: CallerDep, accept: Accept = None) -> Response:
     answer_as = negotiate(accept)
 
     def run() -> Response:
-        meta, checkpoint = service.sessions.checkpoint(session_id=session_id)
+        meta, checkpoint = service.sessions.checkpoint(caller=caller, session_id=session_id)
         return service.answer(checkpoint, media_type=answer_as, version=meta.version)
 
     return await run_in_threadpool(run)

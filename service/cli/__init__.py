@@ -1,15 +1,18 @@
-"""``optim-service serve``: run the API with uvicorn; ``migrate`` and ``backup`` for its database."""
+"""``optim-service serve``: run the API; ``migrate`` and ``backup`` for its database; ``keys`` and
+``tenants`` for who may use it (``tenants.py``)."""
 
 import argparse
 import os
 import sys
 from pathlib import Path
 
+from service.cli import tenants
 from service.config import Settings
 from service.server import run
 from service.store.schema import ensure_schema, head_revision
 from service.store.sql import build_engine
 from service.store.sqlite.backup import BackupError, backup_sqlite
+from service.tenancy.startup import InsecureStart
 
 
 def _positive(text: str) -> int:
@@ -37,6 +40,12 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument(
         "--no-access-log", dest="access_log", action="store_false", help="do not log each request (saves CPU)"
     )
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve requests without an API key on a non-loopback address while no key exists: anyone who can "
+        "reach the port can then read, change and delete every session",
+    )
     migrate = commands.add_parser("migrate", help="upgrade the database schema to this version's, then exit")
     migrate.add_argument("--database-url", help="overrides OPTIM_DATABASE_URL")
     backup = commands.add_parser(
@@ -48,9 +57,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     backup.add_argument("destination", type=Path, help="a directory, created if missing, that holds no database yet")
     backup.add_argument("--database-url", help="overrides OPTIM_DATABASE_URL")
+    tenants.add_commands(commands)
     args = parser.parse_args(argv)
-    if args.database_url:
+    if getattr(args, "database_url", None):
         os.environ["OPTIM_DATABASE_URL"] = args.database_url
+    if args.command in ("keys", "tenants"):
+        tenants.run(args)
+        return
     if args.command == "migrate":
         settings = Settings()
         engine = build_engine(settings.database_url)
@@ -70,6 +83,31 @@ def main(argv: list[str] | None = None) -> None:
             f"and {summary.array_files} array files ({summary.array_bytes} bytes) beside it"
         )
         return
+    # The worker processes read these, as every setting, from the environment.
+    os.environ["OPTIM_HOST"] = args.host
+    if args.insecure_no_auth:
+        os.environ["OPTIM_INSECURE_NO_AUTH"] = "true"
+    try:
+        check_serving(Settings())
+    except InsecureStart as refusal:
+        sys.exit(f"optim-service: {refusal}")
     run.serve(
         host=args.host, port=args.port, workers=args.workers, log_level=args.log_level, access_log=args.access_log
     )
+
+
+def check_serving(settings: Settings) -> None:
+    """Refuse, before any worker starts, what each worker would refuse: serving keyless on a public address.
+    Any other failure to open the store is left to the workers, which report it as they fail to start."""
+    from service.app import prepare_tenancy, store_settings
+    from service.store import SqlSessionStore
+    from service.store.tenants import Tenants
+
+    try:
+        store = SqlSessionStore(settings.database_url, store_settings(settings))
+    except Exception:
+        return
+    try:
+        prepare_tenancy(settings, Tenants(store))
+    finally:
+        store.close()
