@@ -54,7 +54,9 @@ class Settings(BaseSettings):
         default=1 << 30, gt=0, description="Larger request bodies are refused with 413 before they are read."
     )
     idempotency_keys_kept: int = Field(
-        default=1000, gt=0, description="Idempotency-Key responses kept per session; older ones are forgotten."
+        default=1_000_000,
+        gt=0,
+        description="Idempotency-Key records a session keeps, of its newest versions (besides the time to live).",
     )
     idempotency_response_bytes_kept: int = Field(
         default=64 << 20,

@@ -3,8 +3,8 @@
 A step sent with an Idempotency-Key leaves a record: the key, what identifies the
 request, the step it was applied as, and a copy of its response's params (unless they
 are larger than ``copy_max_bytes``: then the session's own params answer a retry while
-no other step has changed them). Records are bounded per session (the newest ``keys``,
-and copies of the newest responses that fit in ``response_bytes``, the newest always)
+no other step has changed them). Records are bounded per session (those of the newest
+``keys`` versions, and copies of the newest responses that fit in ``response_bytes``, the newest always)
 and over all sessions (records older than ``ttl``, and the oldest copies beyond
 ``total_response_bytes``, are forgotten by a sweep). A forgotten copy leaves its key:
 a retry is then refused (409), never applied again.
@@ -21,7 +21,7 @@ from service.store import IdempotencyRecord, RecordsKept
 
 @dataclass(frozen=True)
 class Retention:
-    keys: int = 1000
+    keys: int = 1_000_000
     response_bytes: int = 64 << 20
     copy_max_bytes: int = 1 << 20
     ttl: timedelta = timedelta(hours=24)

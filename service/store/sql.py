@@ -297,10 +297,12 @@ def _record_writes(record: IdempotencyRecord, session_id: str, kept: RecordsKept
         return [insert]
     writes = [
         insert,
+        # By version, not by rank: an index range that holds at most the one record falling out of the
+        # window, however many the session keeps.
         Write(
             sa.delete(idempotency_records).where(
                 idempotency_records.c.session_id == session_id,
-                idempotency_records.c.seq < _nth_newest_record(session_id, kept.keys),
+                idempotency_records.c.version <= record.version - kept.keys,
             )
         ),
     ]

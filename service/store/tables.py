@@ -41,6 +41,7 @@ idempotency_records = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.UniqueConstraint("session_id", "key", name="one_record_per_key"),
     sa.Index("records_by_session", "session_id", "seq"),
+    sa.Index("records_by_version", "session_id", "version"),
     sa.Index("records_by_age", "created_at"),
 )
 
