@@ -83,3 +83,23 @@ def test_first_responses_beyond_the_total_over_all_sessions_are_dropped_oldest_f
     replays = [ok(step(client, session.id, grads, **{"Idempotency-Key": key})) for session, key, grads in sent[3:]]
     assert same(replays, firsts[3:])
     assert [ok(client.get(session.url))["step"] for session in sessions] == [3, 3]
+
+
+def test_a_session_keeps_the_records_of_its_newest_versions_and_forgets_the_rest(
+    new_database: Callable[[], str], make_client: ClientFactory
+) -> None:
+    url = new_database()
+    client = make_client(url, idempotency_keys_kept=3)
+    created = create_session(client, {"optimizer": "rprop", "params": {"w": [1.0, 2.0]}})
+    for key in ["a", "b", "c"]:
+        ok(step(client, created.id, {"w": [1.0, 1.0]}, **{"Idempotency-Key": key}))
+    assert [row.key for row in records(url)] == ["a", "b", "c"]
+
+    ok(client.patch(created.url, json={"hyperparameters": {"lr": 0.02}}))  # a version without a record
+    ok(step(client, created.id, {"w": [1.0, 1.0]}, **{"Idempotency-Key": "d"}))
+
+    # Versions 2, 3, 4 were steps a, b, c; 5 the PATCH; 6 step d: the newest three are 4, 5 and 6.
+    assert [row.key for row in records(url)] == ["c", "d"], "only the newest three versions' records are kept"
+    before = ok(client.get(created.url))["step"]
+    replayed = ok(step(client, created.id, {"w": [1.0, 1.0]}, **{"Idempotency-Key": "d"}))
+    assert replayed["step"] == before == 4
