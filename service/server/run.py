@@ -10,6 +10,7 @@ worker that wakes first accepts every connection waiting. Workers stop when the
 master dies, even by SIGKILL.
 """
 
+import logging
 import math
 import os
 import socket
@@ -62,6 +63,7 @@ def serve(*, host: str, port: int, workers: int, log_level: str, access_log: boo
     except OSError as error:
         sys.exit(f"optim-service: cannot listen on {host}:{port}: {error}")
     raise_open_file_limit()
+    _log_service_to_stderr(log_level)
     settings = Settings()
     options: dict[str, Any] = {
         "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
@@ -86,6 +88,19 @@ def serve(*, host: str, port: int, workers: int, log_level: str, access_log: boo
         if os.getpid() == master and exit.code in (Arbiter.WORKER_BOOT_ERROR, Arbiter.APP_LOAD_ERROR):
             sys.exit("optim-service: a worker exited as it started; stopping (its error is above)")
         raise
+
+
+def _log_service_to_stderr(level: str) -> None:
+    """The service's own log lines beside gunicorn's, in its format, at the level asked for (workers inherit
+    this as they fork)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S %z")
+    )
+    service_log = logging.getLogger("service")
+    service_log.addHandler(handler)
+    service_log.setLevel(level.upper())
+    service_log.propagate = False
 
 
 def _free_port(host: str, port: int) -> int:
