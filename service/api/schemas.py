@@ -124,6 +124,10 @@ class Checkpoint(BaseModel):
     step: int
 
 
+class Status(BaseModel):
+    status: Literal["ok", "ready"]
+
+
 class QuotaView(BaseModel):
     limit: int | None = Field(description="None: no limit.")
     usage: int | None = Field(default=None, description="What the tenant holds now.")
