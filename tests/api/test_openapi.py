@@ -195,7 +195,8 @@ def test_each_body_is_documented_in_json_and_where_read_in_safetensors(
     expected = OPERATIONS[method, path]
     body = _operation(document, method, path).get("requestBody")
     if expected.body is None or body is None:
-        assert body is None and expected.body is None
+        assert body is None
+        assert expected.body is None
         return
     content = body["content"]
     assert content[JSON]["schema"] == {"$ref": f"#/components/schemas/{expected.body}"}
@@ -231,3 +232,14 @@ def test_a_param_name_is_accepted_exactly_when_it_matches_the_documented_pattern
     matches = re.fullmatch(pattern.removeprefix("^").removesuffix("$"), name) is not None
     response = send(module_client, "POST", "/v1/sessions", {"optimizer": "rprop", "params": {name: [1.0]}})
     assert (response.status_code == 201) == matches, response.text
+
+
+def test_an_integer_may_be_written_as_a_whole_float_as_json_schema_counts_it(module_client: TestClient) -> None:
+    body = {"optimizer": "rprop", "params": {"w": [1.0, 2.0], "b": 0.5}, "step": 3.0}
+    created = ok(send(module_client, "POST", "/v1/sessions", body), 201)
+    assert created["step"] == 3
+    url = f"/v1/sessions/{created['id']}"
+    state_dict = ok(module_client.get(f"{url}/state_dict"))
+    state_dict["param_groups"][0]["params"] = [float(index) for index in state_dict["param_groups"][0]["params"]]
+    ok(send(module_client, "PUT", f"{url}/state_dict", state_dict))
+    assert ok(module_client.get(f"{url}/state_dict"))["param_groups"][0]["params"] == [0, 1]
