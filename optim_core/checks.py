@@ -1,12 +1,22 @@
-"""Small validators shared by the hyperparameter parsers."""
+"""Small validators shared by the hyperparameter parsers, each beside the JSON Schema of what it accepts.
+
+The schemas are plain data for the layers that describe hyperparameters to clients (the service's
+OpenAPI document); a parser built from these validators accepts every value its schema does. A
+schema cannot say everything a parser checks: a pair's order, say, is said in its description.
+"""
 
 import math
 from collections.abc import Mapping, Sequence
 from numbers import Real
+from typing import Any
 
 import numpy as np
 
 from optim_core.errors import InvalidHyperparameterError
+
+LARGEST_FLOAT = float(np.finfo(np.float64).max)
+"""JSON numbers beyond this are not finite floats."""
+IMPLEMENTATION_FLAG = "torch's implementation switch; accepted, and without effect on the numbers"
 
 
 def is_number(value: object) -> bool:
@@ -31,6 +41,11 @@ def number_at_least_zero(group: Mapping[str, object], key: str, message: str) ->
     return number
 
 
+def number_at_least_zero_schema(description: str) -> dict[str, Any]:
+    """What ``number_at_least_zero`` accepts."""
+    return {"type": "number", "minimum": 0, "maximum": LARGEST_FLOAT, "description": description}
+
+
 def number_pair(group: Mapping[str, object], key: str, message: str) -> tuple[float, float]:
     """``group[key]`` as a pair of finite floats; otherwise ``message: a, b``."""
     value = group[key]
@@ -42,6 +57,18 @@ def number_pair(group: Mapping[str, object], key: str, message: str) -> tuple[fl
     return first, second
 
 
+def number_pair_schema(first: Mapping[str, Any], second: Mapping[str, Any], description: str) -> dict[str, Any]:
+    """What ``number_pair`` accepts, with each number's own bounds (finite, unless they say less)."""
+    finite = {"type": "number", "minimum": -LARGEST_FLOAT, "maximum": LARGEST_FLOAT}
+    return {
+        "type": "array",
+        "prefixItems": [{**finite, **first}, {**finite, **second}],
+        "minItems": 2,
+        "maxItems": 2,
+        "description": description,
+    }
+
+
 def flag(group: Mapping[str, object], key: str) -> bool:
     """``group[key]`` when it is a bool."""
     value = group[key]
@@ -50,12 +77,22 @@ def flag(group: Mapping[str, object], key: str) -> bool:
     return value
 
 
+def flag_schema(description: str) -> dict[str, Any]:
+    """What ``flag`` accepts."""
+    return {"type": "boolean", "description": description}
+
+
 def optional_flag(group: Mapping[str, object], key: str) -> bool | None:
     """``group[key]`` when it is a bool or None (torch's ``foreach``)."""
     value = group[key]
     if value is not None and not isinstance(value, bool):
         raise InvalidHyperparameterError(f"{key} must be a bool or null, got {value!r}", loc=(key,))
     return value
+
+
+def optional_flag_schema(description: str) -> dict[str, Any]:
+    """What ``optional_flag`` accepts."""
+    return {"type": ["boolean", "null"], "description": description}
 
 
 def all_finite(array: np.ndarray) -> bool:

@@ -323,8 +323,9 @@ class Optimizer(Generic[H, S]):
                 saved, required={*self.defaults, "params"}, allowed={*self.defaults, "params", "param_names"}, loc=loc
             )
             ids = saved["params"]
-            if not _is_list(ids) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            if not _is_list(ids) or not all(_is_whole_number(i) for i in ids):
                 raise InvalidStateDictError("params must be a list of integer indices", loc=(*loc, "params"))
+            ids = [int(i) for i in ids]
             if len(ids) != len(names):
                 raise InvalidStateDictError(
                     "loaded state dict contains a parameter group that doesn't match the size of optimizer's group",
@@ -401,6 +402,13 @@ def _group_specs(params: object) -> list[ParamGroupSpec]:
 
 def _is_list(value: object) -> TypeGuard[Sequence[Any]]:
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def _is_whole_number(value: object) -> bool:
+    """An int, or a float with no fractional part (JSON has one kind of number: 3.0 is the integer 3)."""
+    if isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _param_index(key: object) -> int | None:

@@ -32,7 +32,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from optim_core.checks import flag, number_at_least_zero, optional_flag
+from optim_core.checks import (
+    IMPLEMENTATION_FLAG,
+    flag,
+    flag_schema,
+    number_at_least_zero,
+    number_at_least_zero_schema,
+    optional_flag,
+    optional_flag_schema,
+)
 from optim_core.chunks import chunk_bounds, scratch
 from optim_core.optimizer import Optimizer, ParamGroupSpec, Params
 from optim_core.spec import AlgorithmSpec
@@ -50,6 +58,20 @@ DEFAULTS: Mapping[str, object] = {
     "differentiable": False,
 }
 """torch's group keys for RMSprop, in torch's order, with its defaults."""
+
+HYPERPARAMETER_SCHEMAS: Mapping[str, Mapping[str, object]] = {
+    "lr": number_at_least_zero_schema("the learning rate"),
+    "momentum": number_at_least_zero_schema("the momentum factor; 0 keeps no momentum buffer"),
+    "alpha": number_at_least_zero_schema("the smoothing constant of the average of squared gradients"),
+    "eps": number_at_least_zero_schema("added to the denominator, outside the square root"),
+    "centered": flag_schema("normalize by an estimate of the gradient's variance"),
+    "weight_decay": number_at_least_zero_schema("L2 penalty"),
+    "capturable": flag_schema(IMPLEMENTATION_FLAG),
+    "foreach": optional_flag_schema(IMPLEMENTATION_FLAG),
+    "maximize": flag_schema("maximize the objective rather than minimize it"),
+    "differentiable": flag_schema(IMPLEMENTATION_FLAG),
+}
+"""What ``RMSpropHyperparams.from_group`` accepts for each key, as JSON Schema."""
 
 
 @dataclass(frozen=True)
@@ -228,6 +250,7 @@ SPEC: AlgorithmSpec[RMSpropHyperparams, RMSpropState] = AlgorithmSpec(
     name="rmsprop",
     torch_name="RMSprop",
     defaults=DEFAULTS,
+    hyperparameter_schemas=HYPERPARAMETER_SCHEMAS,
     parse=RMSpropHyperparams.from_group,
     state_type=RMSpropState,
     state_arrays=STATE_ARRAYS,

@@ -35,7 +35,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from optim_core.checks import flag, number_at_least_zero, number_pair, optional_flag
+from optim_core.checks import (
+    IMPLEMENTATION_FLAG,
+    flag,
+    flag_schema,
+    number_at_least_zero,
+    number_at_least_zero_schema,
+    number_pair,
+    number_pair_schema,
+    optional_flag,
+    optional_flag_schema,
+)
 from optim_core.chunks import chunk_bounds, scratch
 from optim_core.errors import InvalidHyperparameterError
 from optim_core.optimizer import Optimizer, ParamGroupSpec, Params
@@ -51,6 +61,25 @@ DEFAULTS: Mapping[str, object] = {
     "capturable": False,
 }
 """torch's group keys for Rprop, in torch's order, with its defaults."""
+
+HYPERPARAMETER_SCHEMAS: Mapping[str, Mapping[str, object]] = {
+    "lr": number_at_least_zero_schema("the learning rate: every step size starts here"),
+    "etas": number_pair_schema(
+        {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        {"exclusiveMinimum": 1},
+        "(etaminus, etaplus): the factors a step size shrinks and grows by, 0 < etaminus < 1 < etaplus",
+    ),
+    "step_sizes": number_pair_schema(
+        {"minimum": 0},
+        {"minimum": 0},
+        "(minimal, maximal) step size, 0 <= minimal <= maximal",
+    ),
+    "foreach": optional_flag_schema(IMPLEMENTATION_FLAG),
+    "maximize": flag_schema("maximize the objective rather than minimize it"),
+    "differentiable": flag_schema(IMPLEMENTATION_FLAG),
+    "capturable": flag_schema(IMPLEMENTATION_FLAG),
+}
+"""What ``RpropHyperparams.from_group`` accepts for each key, as JSON Schema."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +240,7 @@ SPEC: AlgorithmSpec[RpropHyperparams, RpropState] = AlgorithmSpec(
     name="rprop",
     torch_name="Rprop",
     defaults=DEFAULTS,
+    hyperparameter_schemas=HYPERPARAMETER_SCHEMAS,
     parse=RpropHyperparams.from_group,
     state_type=RpropState,
     state_arrays=STATE_ARRAYS,

@@ -62,6 +62,9 @@ class AlgorithmSpec(Generic[H, S]):
     """The state arrays a param of a group with these hyperparameters must have (default: all)."""
     complete_state: Callable[[np.ndarray, S, H], S] = _unchanged
     """The state with whatever the current hyperparameters need and it lacks."""
+    hyperparameter_schemas: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    """Each key of ``defaults`` as a JSON Schema of the values ``parse`` accepts for it (``checks.py``
+    has one beside each validator); what a schema cannot say, its description does."""
 
     def __post_init__(self) -> None:
         if self.required_state_arrays is None:

@@ -13,7 +13,6 @@ from service.api.authentication import Authentication
 from service.api.dependencies import Service
 from service.api.health import PROBE_THREADS
 from service.api.openapi import install_openapi
-from service.api.schemas import CreateSessionRequest, PatchSessionRequest, StateDict, StepRequest
 from service.config import Settings
 from service.errors import UnhandledErrors, install_error_handlers
 from service.server.memory import keep_large_allocations
@@ -28,7 +27,6 @@ from service.tenancy.callers import Limits
 from service.tenancy.startup import check_start, is_loopback, store_bootstrap_key
 from service.wire.documents import Documents
 
-REQUEST_MODELS = (CreateSessionRequest, PatchSessionRequest, StepRequest, StateDict)
 log = logging.getLogger("service")
 
 
@@ -145,5 +143,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sessions.router)
     app.include_router(tenant.router)
     app.router.routes.insert(0, sessions.STEP_ROUTE)
-    install_openapi(app, REQUEST_MODELS)
+    install_openapi(app)
     return app

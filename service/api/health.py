@@ -4,6 +4,8 @@ import anyio
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from service.api.openapi import answers, problems
+from service.api.schemas import Status
 from service.errors import StorageNotAnswering
 from service.sessions.readiness import check_readiness
 from service.wire.media_types import JSON
@@ -14,7 +16,7 @@ PROBE_THREADS = 2
 must not take a request's thread, nor may stuck probes pile up."""
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
+@router.get("/healthz", summary="Liveness: the process answers", operation_id="healthz", responses=answers(Status))
 async def healthz() -> Response:
     return Response(b'{"status":"ok"}', media_type=JSON)
 
@@ -22,7 +24,8 @@ async def healthz() -> Response:
 @router.get(
     "/readyz",
     summary="Readiness: storage answers reads, and takes writes if the last one failed",
-    responses={503: {"description": "storage does not answer, or cannot write"}},
+    operation_id="readyz",
+    responses={**answers(Status), **problems(503)},
 )
 async def readyz(request: Request) -> Response:
     store, settings = request.app.state.store, request.app.state.service.settings

@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from optim_core import ALGORITHMS, NAMES
 
@@ -36,6 +36,14 @@ Hyperparameters = Annotated[
 ]
 
 
+def _whole_float_as_int(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_float_as_int)]
+"""An integer as JSON Schema has it: a number with no fractional part, 3.0 too (strict pydantic takes 3 only)."""
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -56,7 +64,7 @@ class CreateSessionRequest(Strict):
     )
     dtype: Literal["float32", "float64"] = "float32"
     state_dict: dict[str, Any] | None = Field(default=None, description="Optimizer state to start from (torch layout).")
-    step: int = Field(default=0, ge=0, description="The step counter to start from (as in a checkpoint).")
+    step: WholeNumber = Field(default=0, ge=0, description="The step counter to start from (as in a checkpoint).")
 
 
 class StepRequest(Strict):
@@ -122,6 +130,10 @@ class Checkpoint(BaseModel):
     param_groups: list[ParamGroupOut]
     state_dict: StateDict
     step: int
+
+
+class Status(BaseModel):
+    status: Literal["ok", "ready"]
 
 
 class QuotaView(BaseModel):

@@ -9,6 +9,7 @@ requests.
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.routing import Route
@@ -17,7 +18,8 @@ from service.api.bodies import hash_request, joined, parse, read_body
 from service.api.dependencies import CallerDep, Service, ServiceDep, caller_of, summary
 from service.api.etags import expected_versions
 from service.api.negotiation import negotiate
-from service.api.openapi import array_responses, body_schema, problems
+from service.api.openapi import answers, body_schema, problems
+from service.api.request_schemas import CREATE_EXAMPLE, PATCH_EXAMPLE, STEP_EXAMPLE
 from service.api.schemas import (
     Checkpoint,
     CreateSessionRequest,
@@ -32,42 +34,102 @@ from service.api.schemas import (
 from service.errors import MalformedHeader, ValidationFailed
 from service.sessions.optimizers import DTYPES
 from service.wire.json_arrays import arrays_from_json, state_dict_from_json
-from service.wire.media_types import JSON
+from service.wire.media_types import JSON, SAFETENSORS
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
-IfMatch = Annotated[str | None, Header(description="Apply only if the session's ETag is one of these.")]
+IF_MATCH_DESCRIPTION = "Apply only if the session's ETag is one of these (or `*`)."
+IfMatch = Annotated[str | None, Header(description=IF_MATCH_DESCRIPTION)]
 MAX_IDEMPOTENCY_KEY = 255
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        description="Retries with the same key and body get the first response; one in flight gets 409.",
-        json_schema_extra={"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
-    ),
-]
-Accept = Annotated[str | None, Header(description="application/json (default) or application/vnd.safetensors")]
-ERRORS = problems(
-    {
-        400: "malformed body",
-        404: "no such session",
-        406: "no acceptable media type",
-        413: "body too large",
-        415: "unsupported body media type",
-        422: "invalid request",
-    }
+IDEMPOTENCY_KEY_SCHEMA = {"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}
+IDEMPOTENCY_KEY_DESCRIPTION = (
+    "Retries with the same key and body get the first response, and apply nothing; one in flight gets 409."
 )
+IdempotencyKey = Annotated[
+    str | None, Header(description=IDEMPOTENCY_KEY_DESCRIPTION, json_schema_extra=IDEMPOTENCY_KEY_SCHEMA)
+]
+ACCEPT_DESCRIPTION = f"{JSON} (the default) or {SAFETENSORS}; q-values are honoured."
+ACCEPTED_BY_ARRAY_ROUTES = [JSON, SAFETENSORS, f"{SAFETENSORS}, {JSON};q=0.5", "application/*", "*/*"]
+"""Accept headers the array routes answer; others are answered with 406 unless a range they name matches."""
+ACCEPTED_BY_JSON_ROUTES = [JSON, "application/*", "*/*"]
+Accept = Annotated[
+    str | None, Header(description=ACCEPT_DESCRIPTION, json_schema_extra={"enum": ACCEPTED_BY_ARRAY_ROUTES})
+]
+AcceptJson = Annotated[
+    str | None, Header(description=f"{JSON}, the default.", json_schema_extra={"enum": ACCEPTED_BY_JSON_ROUTES})
+]
+READS = problems(403, 404, 406)
+"""What a read of a session's arrays may answer besides its success (a summary's answers no 403)."""
+
+
+def read_of_arrays(model: type[BaseModel], links: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    """The answers of a read of a session's arrays, in JSON or safetensors, with the session's ETag."""
+    return {**answers(model, binary=True, headers=("ETag",), links=links), **READS}
+
+
+WRITES = problems(400, 403, 404, 406, 412, 413, 415, 422, 507)
+"""What a change to a session may answer besides its success."""
+SESSION_ID = {"session_id": "$response.body#/id"}
+SAME_SESSION = {"session_id": "$request.path.session_id"}
+CURRENT_ETAG = {"header.If-Match": "$response.header.ETag"}
+STEP_WITH_THE_PARAMS = {"grads": "$response.body#/params"}
+"""A step whose gradients are the params it answered: the names and shapes the session expects."""
+
+
+def _link(operation_id: str, description: str, parameters: dict[str, str], body: Any = None) -> dict[str, Any]:
+    link: dict[str, Any] = {"operationId": operation_id, "description": description, "parameters": parameters}
+    if body is not None:
+        link["requestBody"] = body
+    return link
+
+
+def _session_links(ids: dict[str, str]) -> dict[str, Any]:
+    """Where a session's answer leads, for the session it names."""
+    return {
+        "GetSession": _link("getSession", "the session's summary", ids),
+        "GetParams": _link("getParams", "its params", ids),
+        "GetStateDict": _link("getStateDict", "its optimizer state", ids),
+        "GetCheckpoint": _link("getCheckpoint", "its checkpoint", ids),
+        "DeleteSession": _link("deleteSession", "delete it", {**ids, **CURRENT_ETAG}),
+    }
+
+
 STEP_ARRAYS = [("grads", "*")]
 CREATE_ARRAYS = [("params", "*"), ("state_dict", "state", "*", "*")]
 STATE_DICT_ARRAYS = [("state", "*", "*")]
-STALE = problems({412: "If-Match failed"})
 
 
 @router.post(
     "",
     status_code=201,
     summary="Create a session (also from a checkpoint)",
-    openapi_extra=body_schema(CreateSessionRequest),
-    responses={**array_responses(SessionWithParams, 201), **ERRORS},
+    operation_id="createSession",
+    openapi_extra=body_schema("CreateSessionRequest", example=CREATE_EXAMPLE),
+    responses={
+        **answers(
+            SessionWithParams,
+            201,
+            binary=True,
+            headers=("Location", "ETag"),
+            description="Created",
+            links={
+                **_session_links(SESSION_ID),
+                "StepSession": _link(
+                    "stepSession",
+                    "a step with gradients of the params' shapes",
+                    {**SESSION_ID, **CURRENT_ETAG},
+                    STEP_WITH_THE_PARAMS,
+                ),
+                "PatchSession": _link(
+                    "patchSession",
+                    "set each group's hyperparameters as they are",
+                    {**SESSION_ID, **CURRENT_ETAG},
+                    {"param_groups": "$response.body#/param_groups"},
+                ),
+            },
+        ),
+        **problems(400, 403, 406, 409, 413, 415, 422, 507),
+    },
 )
 async def create_session(
     request: Request,
@@ -112,13 +174,24 @@ async def create_session(
     return await run_in_threadpool(run)
 
 
-@router.get("", summary="List sessions, oldest first", responses={200: {"model": SessionPage}, **ERRORS})
+@router.get(
+    "",
+    summary="List sessions, oldest first",
+    operation_id="listSessions",
+    responses={
+        **answers(
+            SessionPage,
+            links={"NextPage": _link("listSessions", "the next page", {"query.cursor": "$response.body#/next_cursor"})},
+        ),
+        **problems(406, 422),
+    },
+)
 async def list_sessions(
     service: ServiceDep,
     caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
-    accept: Accept = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page (422 for any other)")] = None,
+    accept: AcceptJson = None,
 ) -> Response:
     negotiate(accept, (JSON,))
     metas, next_cursor = await run_in_threadpool(
@@ -127,8 +200,28 @@ async def list_sessions(
     return service.answer({"items": [summary(meta) for meta in metas], "next_cursor": next_cursor})
 
 
-@router.get("/{session_id}", summary="A session's summary", responses={200: {"model": SessionSummary}, **ERRORS})
-async def get_session(session_id: str, service: ServiceDep, caller: CallerDep, accept: Accept = None) -> Response:
+@router.get(
+    "/{session_id}",
+    summary="A session's summary",
+    operation_id="getSession",
+    responses={
+        **answers(
+            SessionSummary,
+            headers=("ETag",),
+            links={
+                **_session_links(SAME_SESSION),
+                "PatchSession": _link(
+                    "patchSession",
+                    "set each group's hyperparameters as they are",
+                    {**SAME_SESSION, **CURRENT_ETAG},
+                    {"param_groups": "$response.body#/param_groups"},
+                ),
+            },
+        ),
+        **problems(404, 406),
+    },
+)
+async def get_session(session_id: str, service: ServiceDep, caller: CallerDep, accept: AcceptJson = None) -> Response:
     negotiate(accept, (JSON,))
     meta = await run_in_threadpool(lambda: service.sessions.summary(caller=caller, session_id=session_id))
     return service.answer(summary(meta), version=meta.version)
@@ -137,8 +230,9 @@ async def get_session(session_id: str, service: ServiceDep, caller: CallerDep, a
 @router.patch(
     "/{session_id}",
     summary="Change hyperparameters between steps",
-    openapi_extra=body_schema(PatchSessionRequest, binary=False),
-    responses={200: {"model": SessionSummary}, **STALE, **ERRORS},
+    operation_id="patchSession",
+    openapi_extra=body_schema("PatchSessionRequest", binary=False, example=PATCH_EXAMPLE),
+    responses={**answers(SessionSummary, headers=("ETag",), links=_session_links(SAME_SESSION)), **WRITES},
 )
 async def patch_session(
     session_id: str,
@@ -146,7 +240,7 @@ async def patch_session(
     service: ServiceDep,
     caller: CallerDep,
     if_match: IfMatch = None,
-    accept: Accept = None,
+    accept: AcceptJson = None,
 ) -> Response:
     negotiate(accept, (JSON,))
     media_type, chunks = await read_body(request, service.settings.max_body_bytes, (JSON,))
@@ -165,7 +259,13 @@ async def patch_session(
     return await run_in_threadpool(run)
 
 
-@router.delete("/{session_id}", status_code=204, summary="Delete a session", responses={**STALE, **ERRORS})
+@router.delete(
+    "/{session_id}",
+    status_code=204,
+    summary="Delete a session",
+    operation_id="deleteSession",
+    responses={**answers(None, 204, description="Deleted"), **problems(403, 404, 412, 507)},
+)
 async def delete_session(session_id: str, service: ServiceDep, caller: CallerDep, if_match: IfMatch = None) -> Response:
     await run_in_threadpool(
         lambda: service.sessions.delete(
@@ -192,22 +292,32 @@ def _header(name: str, description: str, **schema: Any) -> dict[str, Any]:
 
 
 STEP_HEADERS = [
-    _header("If-Match", "Apply only if the session's ETag is one of these.", type="string"),
-    _header(
-        "Idempotency-Key",
-        "Retries with the same key and body return the first response.",
-        type="string",
-        maxLength=MAX_IDEMPOTENCY_KEY,
-    ),
-    _header("Accept", "application/json (default) or application/vnd.safetensors", type="string"),
+    _header("If-Match", IF_MATCH_DESCRIPTION, type="string"),
+    _header("Idempotency-Key", IDEMPOTENCY_KEY_DESCRIPTION, type="string", **IDEMPOTENCY_KEY_SCHEMA),
+    _header("Accept", ACCEPT_DESCRIPTION, type="string", enum=ACCEPTED_BY_ARRAY_ROUTES),
 ]
 
 
 @router.post(
     "/{session_id}/step",
     summary="Apply one step of gradients",
-    openapi_extra={**body_schema(StepRequest), "parameters": STEP_HEADERS},
-    responses={**array_responses(StepResponse), **STALE, **ERRORS},
+    operation_id="stepSession",
+    openapi_extra={**body_schema("StepRequest", example=STEP_EXAMPLE), "parameters": STEP_HEADERS},
+    responses={
+        **answers(
+            StepResponse,
+            binary=True,
+            headers=("ETag",),
+            links={
+                **_session_links(SAME_SESSION),
+                "StepSession": _link(
+                    "stepSession", "another step", {**SAME_SESSION, **CURRENT_ETAG}, STEP_WITH_THE_PARAMS
+                ),
+            },
+        ),
+        **problems(409),
+        **WRITES,
+    },
 )
 async def step_session(session_id: str, request: Request) -> Response:
     # The hot path reads its headers itself: as FastAPI parameters they cost more than a small step.
@@ -251,7 +361,14 @@ handling cost a 1k step about 0.1 ms (docs/benchmarks.md has the A/B), more than
 arithmetic. The FastAPI route above stays for the OpenAPI document; both run ``step_session``."""
 
 
-@router.get("/{session_id}/params", summary="Current params", responses={**array_responses(StepResponse), **ERRORS})
+@router.get(
+    "/{session_id}/params",
+    summary="Current params",
+    operation_id="getParams",
+    responses=read_of_arrays(
+        StepResponse, {"StepSession": _link("stepSession", "a step", SAME_SESSION, STEP_WITH_THE_PARAMS)}
+    ),
+)
 async def get_params(session_id: str, service: ServiceDep, caller: CallerDep, accept: Accept = None) -> Response:
     answer_as = negotiate(accept)
 
@@ -267,7 +384,15 @@ async def get_params(session_id: str, service: ServiceDep, caller: CallerDep, ac
 @router.get(
     "/{session_id}/state_dict",
     summary="The optimizer state in torch's layout",
-    responses={**array_responses(StateDict), **ERRORS},
+    operation_id="getStateDict",
+    responses=read_of_arrays(
+        StateDict,
+        {
+            "PutStateDict": _link(
+                "putStateDict", "load the same state again", {**SAME_SESSION, **CURRENT_ETAG}, "$response.body"
+            )
+        },
+    ),
 )
 async def get_state_dict(session_id: str, service: ServiceDep, caller: CallerDep, accept: Accept = None) -> Response:
     answer_as = negotiate(accept)
@@ -282,8 +407,9 @@ async def get_state_dict(session_id: str, service: ServiceDep, caller: CallerDep
 @router.put(
     "/{session_id}/state_dict",
     summary="Load optimizer state (torch layout); params are unchanged",
-    openapi_extra=body_schema(StateDict),
-    responses={200: {"model": SessionSummary}, **STALE, **ERRORS},
+    operation_id="putStateDict",
+    openapi_extra=body_schema("StateDictRequest"),
+    responses={**answers(SessionSummary, headers=("ETag",), links=_session_links(SAME_SESSION)), **WRITES},
 )
 async def put_state_dict(
     session_id: str,
@@ -291,7 +417,7 @@ async def put_state_dict(
     service: ServiceDep,
     caller: CallerDep,
     if_match: IfMatch = None,
-    accept: Accept = None,
+    accept: AcceptJson = None,
 ) -> Response:
     negotiate(accept, (JSON,))
     media_type, chunks = await read_body(request, service.settings.max_body_bytes)
@@ -312,7 +438,10 @@ async def put_state_dict(
 @router.get(
     "/{session_id}/checkpoint",
     summary="Everything needed to continue elsewhere; POST it to /v1/sessions",
-    responses={**array_responses(Checkpoint), **ERRORS},
+    operation_id="getCheckpoint",
+    responses=read_of_arrays(
+        Checkpoint, {"CreateSession": _link("createSession", "a new session from the checkpoint", {}, "$response.body")}
+    ),
 )
 async def get_checkpoint(session_id: str, service: ServiceDep, caller: CallerDep, accept: Accept = None) -> Response:
     answer_as = negotiate(accept)

@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from service.api.dependencies import CallerDep, ServiceDep
-from service.api.openapi import problems
+from service.api.openapi import answers
 from service.api.schemas import TenantView
 
 router = APIRouter(prefix="/v1/tenant", tags=["tenant"])
@@ -20,7 +20,8 @@ def _quota(limit: int | None, usage: int | None = None) -> dict[str, Any]:
 @router.get(
     "",
     summary="The caller's tenant: quotas, usage and rate limit",
-    responses={200: {"model": TenantView}, **problems({401: "no valid API key", 429: "over the rate limit"})},
+    operation_id="getTenant",
+    responses=answers(TenantView),
 )
 async def get_tenant(service: ServiceDep, caller: CallerDep) -> Response:
     usage = await run_in_threadpool(lambda: service.sessions.usage(caller=caller))

@@ -54,6 +54,9 @@ from service.store import QuotaExceeded as QuotaGuardFailed
 from service.tenancy.callers import Caller
 
 MAX_NAME_LENGTH = 256
+PARAM_NAME = re.compile(rf"[^\x00-\x1f\x7f-\x9f]{{1,{MAX_NAME_LENGTH}}}")
+"""A param name: 1 to ``MAX_NAME_LENGTH`` characters, none of them a control character (which would garble
+messages and logs). A regular expression, so that the OpenAPI document states the same rule."""
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """What ids this service issues look like; anything else names no session, without asking storage."""
 
@@ -239,9 +242,10 @@ class Sessions:
             )
         spec = ALGORITHMS[optimizer]
         for name in params:
-            if not name.isprintable() or len(name) > MAX_NAME_LENGTH:
+            if not PARAM_NAME.fullmatch(name):
                 raise InvalidRequest(
-                    ("body", "params", name), f"param names are printable and at most {MAX_NAME_LENGTH} characters"
+                    ("body", "params", name),
+                    f"param names are 1 to {MAX_NAME_LENGTH} characters, none of them a control character",
                 )
         for key in hyperparameters:
             if key not in spec.defaults:

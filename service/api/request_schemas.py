@@ -1,0 +1,243 @@
+"""The request bodies as the OpenAPI document states them: as strict as the server's validation.
+
+pydantic's models (``schemas.py``) parse the envelopes; what is inside them is checked by the wire
+codecs (arrays), the sessions (names, groups) and the core (hyperparameters). These schemas state the
+same rules, from the same sources: the registry's hyperparameter schemas, ``PARAM_NAME``, the range of
+each dtype. A create body is one of a variant per optimizer and dtype, so that each names only its
+optimizer's hyperparameters and its dtype's numbers. What JSON Schema cannot say, the descriptions say:
+arrays are rectangular, each param is in exactly one group, a state_dict fits the params it comes with,
+a pair is in order.
+"""
+
+from typing import Any
+
+import numpy as np
+
+from optim_core import ALGORITHMS
+from optim_core.spec import AlgorithmSpec
+from service.sessions.optimizers import DTYPES
+from service.sessions.service import PARAM_NAME
+
+Schema = dict[str, Any]
+
+MAX_STEP = 2**63 - 1
+"""The largest step counter storage holds."""
+STATE_KEY_PATTERN = "^(0|[1-9][0-9]{0,17})$"
+"""A param's index in a state_dict, as torch's state_dict keys it."""
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _number(dtype: str) -> Schema:
+    largest = float(np.finfo(DTYPES[dtype]).max)
+    return {"type": "number", "minimum": -largest, "maximum": largest}
+
+
+def _array(dtype: str) -> Schema:
+    return {
+        "description": f"A number (a 0-d array) or rectangular nested lists of numbers, within {dtype}'s range.",
+        "anyOf": [ref(f"Number_{dtype}"), ref(f"NumericList_{dtype}")],
+    }
+
+
+def _list(dtype: str) -> Schema:
+    return {
+        "type": "array",
+        "description": "Rectangular: the lists at each depth have one length.",
+        "anyOf": [{"items": ref(f"Number_{dtype}")}, {"items": ref(f"NumericList_{dtype}")}],
+    }
+
+
+def _arrays_by_name(dtype: str, description: str, *, min_properties: int = 1) -> Schema:
+    return {
+        "type": "object",
+        "description": description,
+        "minProperties": min_properties,
+        "propertyNames": ref("ParamName"),
+        "additionalProperties": ref(f"NumericArray_{dtype}"),
+    }
+
+
+def _names(description: str) -> Schema:
+    return {"type": "array", "items": ref("ParamName"), "uniqueItems": True, "description": description}
+
+
+def _hyperparameters(spec: AlgorithmSpec[Any, Any]) -> Schema:
+    return {
+        "type": "object",
+        "description": f"torch.optim.{spec.torch_name}'s hyperparameters, by torch's names; the rest keep "
+        "torch's defaults.",
+        "properties": {key: dict(schema) for key, schema in spec.hyperparameter_schemas.items()},
+        "additionalProperties": False,
+    }
+
+
+def _param_group(spec: AlgorithmSpec[Any, Any]) -> Schema:
+    return {
+        "type": "object",
+        "description": "A param group: its params, and hyperparameters that override the session's.",
+        "properties": {
+            "params": _names("Names of the body's params; each param is in exactly one group."),
+            **_hyperparameters(spec)["properties"],
+        },
+        "required": ["params"],
+        "additionalProperties": False,
+    }
+
+
+def _state_dict(spec: AlgorithmSpec[Any, Any], dtype: str) -> Schema:
+    entry = {
+        "type": "object",
+        "properties": {
+            "step": {"type": "integer", "minimum": 0, "maximum": MAX_STEP},
+            **{name: ref(f"NumericArray_{dtype}") for name in spec.state_arrays},
+        },
+        "additionalProperties": False,
+    }
+    group = {
+        "type": "object",
+        "properties": {
+            "params": {"type": "array", "items": {"type": "integer", "minimum": 0}, "uniqueItems": True},
+            "param_names": _names("The names of the params at those indices."),
+            **_hyperparameters(spec)["properties"],
+        },
+        "required": ["params", *spec.defaults],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "description": f"torch.optim.{spec.torch_name}'s state_dict: each param's state by its index, and every "
+        "group with all of its hyperparameters. It must fit the params it comes with: their count, shapes and "
+        "groups.",
+        "properties": {
+            "state": {"type": "object", "propertyNames": {"pattern": STATE_KEY_PATTERN}, "additionalProperties": entry},
+            "param_groups": {"type": "array", "minItems": 1, "items": group},
+        },
+        "required": ["state", "param_groups"],
+        "additionalProperties": False,
+    }
+
+
+def _create(spec: AlgorithmSpec[Any, Any], dtype: str, *, default_dtype: str) -> Schema:
+    dtype_schema: Schema = {"const": dtype, "description": f"Default: {default_dtype}."}
+    return {
+        "type": "object",
+        "title": f"Create a {spec.torch_name} session in {dtype}",
+        "properties": {
+            "optimizer": {"const": spec.name},
+            "params": _arrays_by_name(dtype, "The params by name, in the order the default group lists them."),
+            "hyperparameters": ref(f"{spec.torch_name}Hyperparameters"),
+            "param_groups": {
+                "anyOf": [
+                    {"type": "array", "minItems": 1, "items": ref(f"{spec.torch_name}ParamGroup")},
+                    {"type": "null"},
+                ],
+                "description": "Each param in exactly one group; default: one group with every param.",
+            },
+            "dtype": dtype_schema,
+            "state_dict": {
+                "anyOf": [ref(f"{spec.torch_name}StateDict_{dtype}"), {"type": "null"}],
+                "description": "Optimizer state to start from (torch's layout).",
+            },
+            "step": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_STEP,
+                "description": "The step counter to start from (as in a checkpoint).",
+            },
+        },
+        "required": ["optimizer", "params"] if dtype == default_dtype else ["optimizer", "params", "dtype"],
+        "additionalProperties": False,
+    }
+
+
+def _patch() -> Schema:
+    hyperparameters = {"anyOf": [ref(f"{spec.torch_name}Hyperparameters") for spec in ALGORITHMS.values()]}
+    group_change = {
+        "anyOf": [
+            {**_hyperparameters(spec), "properties": {**_param_group(spec)["properties"]}}
+            for spec in ALGORITHMS.values()
+        ],
+        "description": "Hyperparameters to change in this group; `params`, if given, must be the group's own.",
+    }
+    param_groups = {
+        "type": "array",
+        "items": group_change,
+        "description": "One entry for each of the session's groups, in order.",
+    }
+    return {
+        "type": "object",
+        "description": "Exactly one of `hyperparameters` (every group) and `param_groups` (group by group), naming "
+        "only the session's optimizer's hyperparameters.",
+        "oneOf": [
+            {
+                "properties": {"hyperparameters": hyperparameters, "param_groups": {"type": "null"}},
+                "required": ["hyperparameters"],
+            },
+            {
+                "properties": {"hyperparameters": {"type": "null"}, "param_groups": param_groups},
+                "required": ["param_groups"],
+            },
+        ],
+        "properties": {"hyperparameters": {}, "param_groups": {}},
+        "additionalProperties": False,
+    }
+
+
+def request_schemas(*, default_dtype: str = "float32") -> dict[str, Schema]:
+    """Every schema the request bodies use, by component name."""
+    schemas: dict[str, Schema] = {
+        "ParamName": {
+            "type": "string",
+            "pattern": f"^{PARAM_NAME.pattern}$",
+            "description": "1 to 256 characters, none of them a control character.",
+        }
+    }
+    for dtype in DTYPES:
+        schemas[f"Number_{dtype}"] = _number(dtype)
+        schemas[f"NumericList_{dtype}"] = _list(dtype)
+        schemas[f"NumericArray_{dtype}"] = _array(dtype)
+    variants = []
+    for spec in ALGORITHMS.values():
+        schemas[f"{spec.torch_name}Hyperparameters"] = _hyperparameters(spec)
+        schemas[f"{spec.torch_name}ParamGroup"] = _param_group(spec)
+        for dtype in DTYPES:
+            schemas[f"{spec.torch_name}StateDict_{dtype}"] = _state_dict(spec, dtype)
+            name = f"Create{spec.torch_name}Session_{dtype}"
+            schemas[name] = _create(spec, dtype, default_dtype=default_dtype)
+            variants.append(ref(name))
+    schemas["CreateSessionRequest"] = {
+        "description": "A new session: its optimizer, params and dtype; optionally hyperparameters, param groups, "
+        "optimizer state and step counter. A checkpoint is one.",
+        "oneOf": variants,
+    }
+    schemas["StepRequest"] = {
+        "type": "object",
+        "properties": {
+            "grads": _arrays_by_name(
+                "float64",
+                "Gradients by param name, each of its param's shape (cast to the session's dtype, whose range they "
+                "must fit); params left out are skipped.",
+            )
+        },
+        "required": ["grads"],
+        "additionalProperties": False,
+    }
+    schemas["PatchSessionRequest"] = _patch()
+    schemas["StateDictRequest"] = {
+        "description": "The session's optimizer's state_dict, fitting its params (GET it for the layout).",
+        "anyOf": [ref(f"{spec.torch_name}StateDict_float64") for spec in ALGORITHMS.values()],
+    }
+    return schemas
+
+
+CREATE_EXAMPLE = {
+    "optimizer": "rmsprop",
+    "params": {"w": [[0.5, -0.25], [1.0, 2.0]], "b": [0.0, 0.1]},
+    "hyperparameters": {"lr": 0.01, "momentum": 0.9},
+    "param_groups": [{"params": ["w"]}, {"params": ["b"], "lr": 0.1}],
+}
+STEP_EXAMPLE = {"grads": {"w": [[0.1, -0.2], [0.3, 0.4]], "b": [0.01, -0.02]}}
+PATCH_EXAMPLE = {"hyperparameters": {"lr": 0.005}}
