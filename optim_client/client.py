@@ -10,6 +10,8 @@ from urllib.parse import urlencode
 
 import httpx
 
+from optim_client.api_keys import API_KEY_VARIABLE, bearer_key
+from optim_client.errors import AuthenticationError
 from optim_client.json_codec import MEDIA_TYPE as JSON
 from optim_client.json_codec import JsonCodec
 from optim_client.retry import RetryPolicy
@@ -33,13 +35,16 @@ class Client:
 
     ``transport`` is the format arrays travel in: ``"binary"`` (safetensors, the default: exact and
     compact) or ``"json"`` (nested lists). ``timeout`` is in seconds or an ``httpx.Timeout``; ``retry``
-    says how often and how patiently connection errors, 5xx and 429 are retried (4xx never are).
+    says how often and how patiently connection errors, 5xx and 429 are retried (other 4xx never are).
+    ``api_key`` (by default ``$OPTIM_API_KEY``, if set) goes with every request as
+    ``Authorization: Bearer``; it is never shown, in a repr, a message or a log record.
     """
 
     def __init__(
         self,
         base_url: str = DEFAULT_URL,
         *,
+        api_key: str | None = None,
         transport: Transport = "binary",
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
@@ -49,7 +54,9 @@ class Client:
         self.retry = retry or RetryPolicy()
         self._codec = codec_for(transport)
         self._json = JsonCodec()
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=dict(headers or {}))
+        auth = bearer_key(api_key)
+        self._sends_key = auth is not None
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=dict(headers or {}), auth=auth)
 
     @property
     def base_url(self) -> str:
@@ -116,9 +123,17 @@ class Client:
             all_headers["Content-Type"] = codec.media_type
         all_headers["Accept"] = self._codec.media_type if arrays_back else JSON
         request = self._http.build_request(method, path, content=content, headers=all_headers)
-        response = send_with_retries(
-            self._http, request, self.retry, replay_safe=replay_safe, done_on_retry=frozenset(done_on_retry)
-        )
+        try:
+            response = send_with_retries(
+                self._http, request, self.retry, replay_safe=replay_safe, done_on_retry=frozenset(done_on_retry)
+            )
+        except AuthenticationError as refused:
+            refused.explain(
+                "The key this client sends (api_key, or $" + API_KEY_VARIABLE + ") was not accepted"
+                if self._sends_key
+                else "This client sends no API key: pass Client(api_key=...) or set $" + API_KEY_VARIABLE
+            )
+            raise
         if response.status_code == 204 or not response.is_success:
             return Reply({}, response.headers.get("etag"))
         document = decode(response.content, response.headers.get("content-type"), root=response_root)

@@ -11,6 +11,11 @@ import httpx
 class OptimClientError(Exception):
     """The base of every error the SDK raises about the service."""
 
+    def explain(self, text: str) -> None:
+        """Add ``text`` to the message, as a sentence of its own."""
+        first, *rest = self.args or ("",)
+        self.args = (f"{str(first).rstrip('.')}. {text}", *rest)
+
 
 class ServiceUnreachableError(OptimClientError):
     """No answer from the service: connection refused, a timeout or a dropped connection, on every attempt.
@@ -51,6 +56,10 @@ class BadRequestError(ClientError):
     """400: the body is not well-formed JSON or safetensors."""
 
 
+class AuthenticationError(ClientError):
+    """401: the service needs an API key and got none, or one it does not accept (unknown, revoked, mistyped)."""
+
+
 class NotFoundError(ClientError):
     """404: no such session (never created, or deleted)."""
 
@@ -76,6 +85,7 @@ class ServerError(OptimServiceError):
 
 _BY_STATUS: dict[int, type[ClientError]] = {
     400: BadRequestError,
+    401: AuthenticationError,
     404: NotFoundError,
     412: PreconditionFailedError,
     422: ValidationError,
