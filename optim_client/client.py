@@ -30,6 +30,14 @@ class Reply:
     etag: str | None
 
 
+@dataclass(frozen=True)
+class Body:
+    """A request body, encoded: sent again byte for byte when its request is repeated."""
+
+    content: bytes
+    media_type: str
+
+
 class Client:
     """A connection to one optim-service; share it between sessions, close it when done.
 
@@ -94,39 +102,42 @@ class Client:
             if cursor is None:
                 return
 
+    def encode(self, document: Mapping[str, Any], *, root: str | None = None, json_only: bool = False) -> Body:
+        """``document`` as a body in the client's transport (JSON when ``json_only``), its arrays under
+        ``root`` named by name alone in a binary body."""
+        codec = self._json if json_only else self._codec
+        return Body(codec.encode(document, root=root), codec.media_type)
+
     def call(
         self,
         method: str,
         path: str,
         *,
         document: Mapping[str, Any] | None = None,
+        body: Body | None = None,
         root: str | None = None,
         arrays_back: bool = False,
         response_root: str | None = None,
         json_only: bool = False,
         headers: Mapping[str, str] | None = None,
-        replay_safe: bool = True,
         done_on_retry: Collection[int] = (),
     ) -> Reply:
         """One API call, retried as the policy says; an error status raises the matching ``OptimServiceError``.
 
-        The body is ``document`` in the client's transport (JSON when ``json_only``), its arrays under
-        ``root`` named by name alone in a binary body; ``arrays_back`` asks for the response in the
-        client's transport (a binary response names the arrays under ``response_root`` by name alone).
-        ``replay_safe`` and ``done_on_retry`` are as ``send_with_retries`` takes them.
+        The body is ``body``, or ``document`` encoded as ``encode`` does with ``root`` and ``json_only``;
+        ``arrays_back`` asks for the response in the client's transport (a binary response names the
+        arrays under ``response_root`` by name alone). ``done_on_retry`` is as ``send_with_retries``
+        takes it.
         """
         all_headers = dict(headers or {})
-        content = None
         if document is not None:
-            codec = self._json if json_only else self._codec
-            content = codec.encode(document, root=root)
-            all_headers["Content-Type"] = codec.media_type
+            body = self.encode(document, root=root, json_only=json_only)
+        if body is not None:
+            all_headers["Content-Type"] = body.media_type
         all_headers["Accept"] = self._codec.media_type if arrays_back else JSON
-        request = self._http.build_request(method, path, content=content, headers=all_headers)
+        request = self._http.build_request(method, path, content=body.content if body else None, headers=all_headers)
         try:
-            response = send_with_retries(
-                self._http, request, self.retry, replay_safe=replay_safe, done_on_retry=frozenset(done_on_retry)
-            )
+            response = send_with_retries(self._http, request, self.retry, done_on_retry=frozenset(done_on_retry))
         except AuthenticationError as refused:
             refused.explain(
                 "The key this client sends (api_key, or $" + API_KEY_VARIABLE + ") was not accepted"

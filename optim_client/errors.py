@@ -7,9 +7,21 @@ from typing import Any
 
 import httpx
 
+KEY_IN_FLIGHT = "/problems/idempotency-key-in-flight"
+"""The problem type of a 409 that answers a repeat of a request the service is still processing."""
+RESPONSE_EXPIRED = "/problems/idempotent-response-expired"
+"""The problem type of a 409 that answers a repeat of an applied request whose first answer is gone."""
+
 
 class OptimClientError(Exception):
-    """The base of every error the SDK raises about the service."""
+    """The base of every error the SDK raises about the service.
+
+    ``maybe_applied`` is True when the request may have changed the session although the call failed:
+    an attempt reached the service and no answer said what became of it (the connection dropped, or
+    a 5xx).
+    """
+
+    maybe_applied: bool = False
 
     def explain(self, text: str) -> None:
         """Add ``text`` to the message, as a sentence of its own."""
@@ -49,7 +61,8 @@ class OptimServiceError(OptimClientError):
 
 
 class ClientError(OptimServiceError):
-    """4xx: the request is wrong and sending it again cannot help, so it was sent once (429 aside)."""
+    """4xx: the request is wrong and sending it again cannot help, so it was sent once (429 and a 409 for a
+    request still in flight aside)."""
 
 
 class BadRequestError(ClientError):
@@ -62,6 +75,14 @@ class AuthenticationError(ClientError):
 
 class NotFoundError(ClientError):
     """404: no such session (never created, or deleted)."""
+
+
+class ConflictError(ClientError):
+    """409: a repeat of an Idempotency-Key whose first request is still being processed (after every retry)."""
+
+
+class ResponseExpiredError(ConflictError):
+    """409: a repeat of a request that was applied, whose first answer the service no longer keeps."""
 
 
 class PreconditionFailedError(ClientError):
@@ -87,21 +108,31 @@ _BY_STATUS: dict[int, type[ClientError]] = {
     400: BadRequestError,
     401: AuthenticationError,
     404: NotFoundError,
+    409: ConflictError,
     412: PreconditionFailedError,
     422: ValidationError,
     429: RateLimitedError,
 }
+_BY_TYPE: dict[str, type[ClientError]] = {RESPONSE_EXPIRED: ResponseExpiredError}
+
+
+def problem_type(response: httpx.Response) -> str:
+    """The ``type`` of a problem+json answer ("about:blank" when it names none)."""
+    return str(_problem(response).get("type", "about:blank"))
 
 
 def error_from_response(response: httpx.Response) -> OptimServiceError:
     """The typed exception for an error response; a body that is not problem+json still gives a readable one."""
     problem = _problem(response)
     status = response.status_code
-    kind: type[OptimServiceError] = ServerError if status >= 500 else _BY_STATUS.get(status, ClientError)
+    problem_type = str(problem.get("type", "about:blank"))
+    kind: type[OptimServiceError] = (
+        ServerError if status >= 500 else _BY_TYPE.get(problem_type) or _BY_STATUS.get(status, ClientError)
+    )
     errors = problem.get("errors")
     return kind(
         status=status,
-        type=str(problem.get("type", "about:blank")),
+        type=problem_type,
         title=str(problem.get("title", response.reason_phrase)),
         detail=str(problem.get("detail", response.text[:500])),
         errors=errors if isinstance(errors, list) else None,

@@ -10,6 +10,7 @@ import numpy as np
 
 from optim_client.checkpoint import Checkpoint
 from optim_client.client import Client, Reply
+from optim_client.errors import OptimClientError
 from optim_client.state_dicts import state_dict_from_wire, state_dict_to_wire
 from optim_client.torch_support import is_tensor, tensor_to_numpy
 from optim_client.values import DTYPES, as_array, dtype_name, plain
@@ -51,13 +52,16 @@ class Session:
         dtype: str | None = None,
         state_dict: Mapping[str, Any] | None = None,
         step: int = 0,
+        idempotency_key: str | None = None,
     ) -> Session:
         """A new session over ``params`` (name -> initial values).
 
         ``hyperparameters`` take torch's names and defaults; ``param_groups`` (``[{"params": [names],
         **overrides}]``) put each param in one group. ``dtype`` is "float32" or "float64"; by default
         float64 when every param is a float64 array or tensor, else float32. ``state_dict`` (torch's
-        layout) and ``step`` start from a saved state.
+        layout) and ``step`` start from a saved state. The request carries ``idempotency_key`` (a fresh
+        uuid4 by default), the same on every retry, so a creation whose answer was lost is answered with
+        the session it made, never a second one.
         """
         numpy_dtype = DTYPES[dtype] if dtype is not None else _inferred_dtype(list(params.values()))
         document: dict[str, Any] = {
@@ -74,12 +78,13 @@ class Session:
             document["state_dict"] = state_dict_to_wire(state_dict, numpy_dtype)
         if step:
             document["step"] = step
-        return cls._created(client, document)
+        return cls._created(client, document, idempotency_key)
 
     @classmethod
-    def restore(cls, client: Client, checkpoint: Checkpoint) -> Session:
-        """A new session that continues exactly where the checkpointed one was, step counter included."""
-        return cls._created(client, checkpoint.to_document())
+    def restore(cls, client: Client, checkpoint: Checkpoint, *, idempotency_key: str | None = None) -> Session:
+        """A new session that continues exactly where the checkpointed one was, step counter included
+        (``idempotency_key`` as ``create`` takes it)."""
+        return cls._created(client, checkpoint.to_document(), idempotency_key)
 
     @classmethod
     def open(cls, client: Client, session_id: str) -> Session:
@@ -88,11 +93,25 @@ class Session:
         return cls(client, reply.document, reply.etag)
 
     @classmethod
-    def _created(cls, client: Client, document: Mapping[str, Any]) -> Session:
-        # Creation has no Idempotency-Key: a retry after a lost response would leave a second session.
-        reply = client.call(
-            "POST", "/v1/sessions", document=document, arrays_back=True, response_root="params", replay_safe=False
-        )
+    def _created(cls, client: Client, document: Mapping[str, Any], idempotency_key: str | None) -> Session:
+        key = idempotency_key or str(uuid.uuid4())
+        try:
+            reply = client.call(
+                "POST",
+                "/v1/sessions",
+                document=document,
+                arrays_back=True,
+                response_root="params",
+                headers={"Idempotency-Key": key},
+            )
+        except OptimClientError as failure:
+            if failure.maybe_applied:
+                failure.explain(
+                    f"A session may have been created: Session.create (or restore) with idempotency_key={key!r} "
+                    "and the same arguments returns it while no step has changed it, or makes it if it was not; "
+                    "client.sessions() lists the sessions"
+                )
+            raise
         summary = {key: value for key, value in reply.document.items() if key != "params"}
         return cls(client, summary, reply.etag)
 
