@@ -26,6 +26,7 @@ from optim_client.errors import (
     ResponseExpiredError,
     ServerError,
     ServiceUnreachableError,
+    StepConflictError,
     ValidationError,
 )
 from optim_client.optimizers import RemoteRMSprop, RemoteRprop
@@ -54,5 +55,6 @@ __all__ = [
     "ServerError",
     "ServiceUnreachableError",
     "Session",
+    "StepConflictError",
     "ValidationError",
 ]

@@ -18,7 +18,7 @@ class OptimClientError(Exception):
 
     ``maybe_applied`` is True when the request may have changed the session although the call failed:
     an attempt reached the service and no answer said what became of it (the connection dropped, or
-    a 5xx).
+    a 5xx). A step that fails so stays pending on its session (``Session.resolve_pending``).
     """
 
     maybe_applied: bool = False
@@ -87,6 +87,35 @@ class ResponseExpiredError(ConflictError):
 
 class PreconditionFailedError(ClientError):
     """412: If-Match named an ETag the session has moved past."""
+
+
+class StepConflictError(PreconditionFailedError):
+    """412 to a step: the session is no longer at the version the step was sent for.
+
+    ``expected_step`` and ``expected_version`` are where the session was when the step was sent;
+    ``step`` and ``version`` where the service holds it now (None if it could not be read). ``applied``
+    is False when the step was certainly not applied, None when that cannot be told (an earlier
+    attempt's outcome was unknown and the service no longer remembers its Idempotency-Key).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        refused: PreconditionFailedError,
+        expected_step: int,
+        expected_version: int | None,
+        step: int | None,
+        version: int | None,
+        applied: bool | None,
+    ) -> None:
+        super().__init__(status=refused.status, type=refused.type, title=refused.title, detail=refused.detail)
+        self.args = (message,)
+        self.expected_step = expected_step
+        self.expected_version = expected_version
+        self.step = step
+        self.version = version
+        self.applied = applied
 
 
 class ValidationError(ClientError, ValueError):
