@@ -2,7 +2,7 @@
 
     from optim_client import Client, RemoteRMSprop
 
-    client = Client("http://127.0.0.1:8000")
+    client = Client("http://127.0.0.1:8000")  # api_key=..., or $OPTIM_API_KEY
     optimizer = RemoteRMSprop(model.named_parameters(), client=client, lr=0.01, momentum=0.9)
     loss.backward()
     optimizer.step()  # sends the grads, writes the new values into the params in place
@@ -14,15 +14,19 @@ params are tensors, and never imported otherwise.
 from optim_client.checkpoint import Checkpoint
 from optim_client.client import DEFAULT_URL, Client
 from optim_client.errors import (
+    AuthenticationError,
     BadRequestError,
     ClientError,
+    ConflictError,
     NotFoundError,
     OptimClientError,
     OptimServiceError,
     PreconditionFailedError,
     RateLimitedError,
+    ResponseExpiredError,
     ServerError,
     ServiceUnreachableError,
+    StepConflictError,
     ValidationError,
 )
 from optim_client.optimizers import RemoteRMSprop, RemoteRprop
@@ -32,10 +36,12 @@ from optim_client.session import Session
 
 __all__ = [
     "DEFAULT_URL",
+    "AuthenticationError",
     "BadRequestError",
     "Checkpoint",
     "Client",
     "ClientError",
+    "ConflictError",
     "NotFoundError",
     "OptimClientError",
     "OptimServiceError",
@@ -44,9 +50,11 @@ __all__ = [
     "RemoteOptimizer",
     "RemoteRMSprop",
     "RemoteRprop",
+    "ResponseExpiredError",
     "RetryPolicy",
     "ServerError",
     "ServiceUnreachableError",
     "Session",
+    "StepConflictError",
     "ValidationError",
 ]

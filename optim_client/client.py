@@ -10,6 +10,8 @@ from urllib.parse import urlencode
 
 import httpx
 
+from optim_client.api_keys import API_KEY_VARIABLE, bearer_key
+from optim_client.errors import AuthenticationError
 from optim_client.json_codec import MEDIA_TYPE as JSON
 from optim_client.json_codec import JsonCodec
 from optim_client.retry import RetryPolicy
@@ -28,18 +30,29 @@ class Reply:
     etag: str | None
 
 
+@dataclass(frozen=True)
+class Body:
+    """A request body, encoded: sent again byte for byte when its request is repeated."""
+
+    content: bytes
+    media_type: str
+
+
 class Client:
     """A connection to one optim-service; share it between sessions, close it when done.
 
     ``transport`` is the format arrays travel in: ``"binary"`` (safetensors, the default: exact and
     compact) or ``"json"`` (nested lists). ``timeout`` is in seconds or an ``httpx.Timeout``; ``retry``
-    says how often and how patiently connection errors, 5xx and 429 are retried (4xx never are).
+    says how often and how patiently connection errors, 5xx and 429 are retried (other 4xx never are).
+    ``api_key`` (by default ``$OPTIM_API_KEY``, if set) goes with every request as
+    ``Authorization: Bearer``; it is never shown, in a repr, a message or a log record.
     """
 
     def __init__(
         self,
         base_url: str = DEFAULT_URL,
         *,
+        api_key: str | None = None,
         transport: Transport = "binary",
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
@@ -49,7 +62,9 @@ class Client:
         self.retry = retry or RetryPolicy()
         self._codec = codec_for(transport)
         self._json = JsonCodec()
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=dict(headers or {}))
+        auth = bearer_key(api_key)
+        self._sends_key = auth is not None
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=dict(headers or {}), auth=auth)
 
     @property
     def base_url(self) -> str:
@@ -87,38 +102,49 @@ class Client:
             if cursor is None:
                 return
 
+    def encode(self, document: Mapping[str, Any], *, root: str | None = None, json_only: bool = False) -> Body:
+        """``document`` as a body in the client's transport (JSON when ``json_only``), its arrays under
+        ``root`` named by name alone in a binary body."""
+        codec = self._json if json_only else self._codec
+        return Body(codec.encode(document, root=root), codec.media_type)
+
     def call(
         self,
         method: str,
         path: str,
         *,
         document: Mapping[str, Any] | None = None,
+        body: Body | None = None,
         root: str | None = None,
         arrays_back: bool = False,
         response_root: str | None = None,
         json_only: bool = False,
         headers: Mapping[str, str] | None = None,
-        replay_safe: bool = True,
         done_on_retry: Collection[int] = (),
     ) -> Reply:
         """One API call, retried as the policy says; an error status raises the matching ``OptimServiceError``.
 
-        The body is ``document`` in the client's transport (JSON when ``json_only``), its arrays under
-        ``root`` named by name alone in a binary body; ``arrays_back`` asks for the response in the
-        client's transport (a binary response names the arrays under ``response_root`` by name alone).
-        ``replay_safe`` and ``done_on_retry`` are as ``send_with_retries`` takes them.
+        The body is ``body``, or ``document`` encoded as ``encode`` does with ``root`` and ``json_only``;
+        ``arrays_back`` asks for the response in the client's transport (a binary response names the
+        arrays under ``response_root`` by name alone). ``done_on_retry`` is as ``send_with_retries``
+        takes it.
         """
         all_headers = dict(headers or {})
-        content = None
         if document is not None:
-            codec = self._json if json_only else self._codec
-            content = codec.encode(document, root=root)
-            all_headers["Content-Type"] = codec.media_type
+            body = self.encode(document, root=root, json_only=json_only)
+        if body is not None:
+            all_headers["Content-Type"] = body.media_type
         all_headers["Accept"] = self._codec.media_type if arrays_back else JSON
-        request = self._http.build_request(method, path, content=content, headers=all_headers)
-        response = send_with_retries(
-            self._http, request, self.retry, replay_safe=replay_safe, done_on_retry=frozenset(done_on_retry)
-        )
+        request = self._http.build_request(method, path, content=body.content if body else None, headers=all_headers)
+        try:
+            response = send_with_retries(self._http, request, self.retry, done_on_retry=frozenset(done_on_retry))
+        except AuthenticationError as refused:
+            refused.explain(
+                "The key this client sends (api_key, or $" + API_KEY_VARIABLE + ") was not accepted"
+                if self._sends_key
+                else "This client sends no API key: pass Client(api_key=...) or set $" + API_KEY_VARIABLE
+            )
+            raise
         if response.status_code == 204 or not response.is_success:
             return Reply({}, response.headers.get("etag"))
         document = decode(response.content, response.headers.get("content-type"), root=response_root)

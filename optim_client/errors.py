@@ -7,9 +7,26 @@ from typing import Any
 
 import httpx
 
+KEY_IN_FLIGHT = "/problems/idempotency-key-in-flight"
+"""The problem type of a 409 that answers a repeat of a request the service is still processing."""
+RESPONSE_EXPIRED = "/problems/idempotent-response-expired"
+"""The problem type of a 409 that answers a repeat of an applied request whose first answer is gone."""
+
 
 class OptimClientError(Exception):
-    """The base of every error the SDK raises about the service."""
+    """The base of every error the SDK raises about the service.
+
+    ``maybe_applied`` is True when the request may have changed the session although the call failed:
+    an attempt reached the service and no answer said what became of it (the connection dropped, or
+    a 5xx). A step that fails so stays pending on its session (``Session.resolve_pending``).
+    """
+
+    maybe_applied: bool = False
+
+    def explain(self, text: str) -> None:
+        """Add ``text`` to the message, as a sentence of its own."""
+        first, *rest = self.args or ("",)
+        self.args = (f"{str(first).rstrip('.')}. {text}", *rest)
 
 
 class ServiceUnreachableError(OptimClientError):
@@ -44,19 +61,61 @@ class OptimServiceError(OptimClientError):
 
 
 class ClientError(OptimServiceError):
-    """4xx: the request is wrong and sending it again cannot help, so it was sent once (429 aside)."""
+    """4xx: the request is wrong and sending it again cannot help, so it was sent once (429 and a 409 for a
+    request still in flight aside)."""
 
 
 class BadRequestError(ClientError):
     """400: the body is not well-formed JSON or safetensors."""
 
 
+class AuthenticationError(ClientError):
+    """401: the service needs an API key and got none, or one it does not accept (unknown, revoked, mistyped)."""
+
+
 class NotFoundError(ClientError):
     """404: no such session (never created, or deleted)."""
 
 
+class ConflictError(ClientError):
+    """409: a repeat of an Idempotency-Key whose first request is still being processed (after every retry)."""
+
+
+class ResponseExpiredError(ConflictError):
+    """409: a repeat of a request that was applied, whose first answer the service no longer keeps."""
+
+
 class PreconditionFailedError(ClientError):
     """412: If-Match named an ETag the session has moved past."""
+
+
+class StepConflictError(PreconditionFailedError):
+    """412 to a step: the session is no longer at the version the step was sent for.
+
+    ``expected_step`` and ``expected_version`` are where the session was when the step was sent;
+    ``step`` and ``version`` where the service holds it now (None if it could not be read). ``applied``
+    is False when the step was certainly not applied, None when that cannot be told (an earlier
+    attempt's outcome was unknown and the service no longer remembers its Idempotency-Key).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        refused: PreconditionFailedError,
+        expected_step: int,
+        expected_version: int | None,
+        step: int | None,
+        version: int | None,
+        applied: bool | None,
+    ) -> None:
+        super().__init__(status=refused.status, type=refused.type, title=refused.title, detail=refused.detail)
+        self.args = (message,)
+        self.expected_step = expected_step
+        self.expected_version = expected_version
+        self.step = step
+        self.version = version
+        self.applied = applied
 
 
 class ValidationError(ClientError, ValueError):
@@ -76,22 +135,33 @@ class ServerError(OptimServiceError):
 
 _BY_STATUS: dict[int, type[ClientError]] = {
     400: BadRequestError,
+    401: AuthenticationError,
     404: NotFoundError,
+    409: ConflictError,
     412: PreconditionFailedError,
     422: ValidationError,
     429: RateLimitedError,
 }
+_BY_TYPE: dict[str, type[ClientError]] = {RESPONSE_EXPIRED: ResponseExpiredError}
+
+
+def problem_type(response: httpx.Response) -> str:
+    """The ``type`` of a problem+json answer ("about:blank" when it names none)."""
+    return str(_problem(response).get("type", "about:blank"))
 
 
 def error_from_response(response: httpx.Response) -> OptimServiceError:
     """The typed exception for an error response; a body that is not problem+json still gives a readable one."""
     problem = _problem(response)
     status = response.status_code
-    kind: type[OptimServiceError] = ServerError if status >= 500 else _BY_STATUS.get(status, ClientError)
+    problem_type = str(problem.get("type", "about:blank"))
+    kind: type[OptimServiceError] = (
+        ServerError if status >= 500 else _BY_TYPE.get(problem_type) or _BY_STATUS.get(status, ClientError)
+    )
     errors = problem.get("errors")
     return kind(
         status=status,
-        type=str(problem.get("type", "about:blank")),
+        type=problem_type,
         title=str(problem.get("title", response.reason_phrase)),
         detail=str(problem.get("detail", response.text[:500])),
         errors=errors if isinstance(errors, list) else None,

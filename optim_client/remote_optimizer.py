@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, ClassVar, Self
 
 from optim_client import torch_support
 from optim_client.checkpoint import Checkpoint
 from optim_client.client import Client
+from optim_client.errors import ResponseExpiredError, StepConflictError
 from optim_client.params import BoundParams, Param, ParamGroup, bind_params
 from optim_client.session import ArrayLike, Session
 from optim_client.values import dtype_name, plain, torch_style
@@ -27,6 +29,10 @@ class RemoteOptimizer:
 
     The service holds the authoritative params: change them through the optimizer only
     (``step``, ``load_state_dict``, ``restore``), never by writing into the tensors.
+
+    A step whose outcome is unknown (it raised, but the service may have applied it) stays pending on
+    the session: the next ``step()`` finishes it first, exactly once, and when that ``step()`` repeats
+    it (the same grads) that is all it does. ``resolve_pending()`` finishes it at once.
     """
 
     optimizer_name: ClassVar[str]
@@ -96,17 +102,32 @@ class RemoteOptimizer:
         if closure is not None:
             with torch_support.enable_grad():
                 loss = closure()
-        self._push_hyperparameters()
         if grads is None:
             if not self._bound.are_tensors:
                 raise TypeError("numpy params carry no gradients; pass them: step(grads={name: array})")
             grads = {param.name: grad for param in self._bound.all if (grad := param.grad()) is not None}
+        if grads and self.session.repeats_pending(grads):
+            # A retry of the step that failed: finished as it was sent, hyperparameters included.
+            self.resolve_pending()
+            return loss
+        self.resolve_pending()
+        self._push_hyperparameters()
         if not grads:
             return loss
-        params = self.session.step(grads)
-        for param in self._bound.all:
-            param.assign(params[param.name])
+        with self._service_values_if_it_moved_on():
+            self._assign(self.session.step(grads))
         return loss
+
+    def resolve_pending(self) -> bool:
+        """Finish the session's pending step, if any, and write the params it left into the tensors;
+        whether a step was pending. Raises as ``step`` does; the step stays pending while its outcome is
+        unknown."""
+        with self._service_values_if_it_moved_on():
+            params = self.session.resolve_pending()
+        if params is None:
+            return False
+        self._assign(params)
+        return True
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the tensors' gradients to None (or to zeros), as torch.optim does."""
@@ -116,6 +137,7 @@ class RemoteOptimizer:
     def state_dict(self) -> dict[str, Any]:
         """The state in torch's layout: tensors when the params are tensors (``torch.optim``'s
         ``load_state_dict`` takes it), numpy arrays otherwise."""
+        self.resolve_pending()
         self._push_hyperparameters()
         state_dict = self.session.state_dict()
         for group, local in zip(state_dict["param_groups"], self.param_groups, strict=True):
@@ -132,6 +154,7 @@ class RemoteOptimizer:
         As in torch, the loaded groups' hyperparameters replace the current ones. Group keys the service
         does not know (an LR scheduler's ``initial_lr``) stay here, in ``param_groups``.
         """
+        self.resolve_pending()
         known = {*self._synced[0], *NOT_HYPERPARAMETERS}
         groups = [dict(group) for group in state_dict["param_groups"]]
         extras = [{key: value for key, value in group.items() if key not in known} for group in groups]
@@ -144,11 +167,26 @@ class RemoteOptimizer:
 
     def checkpoint(self) -> Checkpoint:
         """Everything the session holds; ``restore`` continues from it bit for bit."""
+        self.resolve_pending()
         self._push_hyperparameters()
         return self.session.checkpoint()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(session={self.session.id!r}, step={self.session.step_count})"
+
+    def _assign(self, params: Mapping[str, Any]) -> None:
+        for param in self._bound.all:
+            param.assign(params[param.name])
+
+    @contextmanager
+    def _service_values_if_it_moved_on(self) -> Iterator[None]:
+        """When a step finds the session elsewhere than expected, the params take the service's values, which
+        the next step starts from."""
+        try:
+            yield
+        except (StepConflictError, ResponseExpiredError):
+            self._assign(self.session.params())
+            raise
 
     def _attach(self, session: Session, bound: BoundParams) -> None:
         self.session = session

@@ -39,7 +39,16 @@ class SafetensorsCodec:
             rest = _move_arrays(document, [], tensors)
         metadata = {key: json_text(value, f"body.{key}") for key, value in rest.items()}
         data: bytes = self._save(tensors, metadata=metadata or None)
-        return data
+        return _canonical_header(data) if len(metadata) > 1 else data
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """``data`` with its header's keys sorted. safetensors writes the metadata in a hash map's order, which
+    changes from call to call; a body sent again under its Idempotency-Key must be the same bytes."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the tensors' data starts 8-byte aligned, as safetensors pads it
+    return len(header).to_bytes(8, "little") + header + data[8 + length :]
 
 
 def decode_safetensors(content: bytes, *, root: str | None = None) -> dict[str, Any]:

@@ -9,8 +9,16 @@ from typing import Any
 import numpy as np
 
 from optim_client.checkpoint import Checkpoint
-from optim_client.client import Client, Reply
+from optim_client.client import Body, Client, Reply
+from optim_client.errors import (
+    NotFoundError,
+    OptimClientError,
+    PreconditionFailedError,
+    ResponseExpiredError,
+    StepConflictError,
+)
 from optim_client.state_dicts import state_dict_from_wire, state_dict_to_wire
+from optim_client.steps import PENDING, StepRequest, step_conflict
 from optim_client.torch_support import is_tensor, tensor_to_numpy
 from optim_client.values import DTYPES, as_array, dtype_name, plain
 
@@ -28,7 +36,11 @@ class Session:
         params = session.step({"w": np.ones(3)})  # {"w": array([-1., -1., -1.])}
 
     Every step carries an Idempotency-Key, so a step the client retries after a lost response is
-    applied once. Arrays travel as the client's transport says; both give the same numbers.
+    applied once, and If-Match with the ETag of the session as this object last saw it, so that a step
+    is never applied to a session that changed meanwhile. A step whose outcome stays unknown (the
+    call raised, but the service may have applied it) is kept as pending and finished, exactly once,
+    before anything else changes the session. Arrays travel as the client's transport says; both give
+    the same numbers.
     """
 
     def __init__(self, client: Client, summary: Mapping[str, Any], etag: str | None = None) -> None:
@@ -36,6 +48,7 @@ class Session:
         self.id: str = summary["id"]
         self.summary: dict[str, Any] = dict(summary)
         self.etag = etag
+        self._pending: StepRequest | None = None
 
     # Creating and finding sessions.
 
@@ -51,13 +64,16 @@ class Session:
         dtype: str | None = None,
         state_dict: Mapping[str, Any] | None = None,
         step: int = 0,
+        idempotency_key: str | None = None,
     ) -> Session:
         """A new session over ``params`` (name -> initial values).
 
         ``hyperparameters`` take torch's names and defaults; ``param_groups`` (``[{"params": [names],
         **overrides}]``) put each param in one group. ``dtype`` is "float32" or "float64"; by default
         float64 when every param is a float64 array or tensor, else float32. ``state_dict`` (torch's
-        layout) and ``step`` start from a saved state.
+        layout) and ``step`` start from a saved state. The request carries ``idempotency_key`` (a fresh
+        uuid4 by default), the same on every retry, so a creation whose answer was lost is answered with
+        the session it made, never a second one.
         """
         numpy_dtype = DTYPES[dtype] if dtype is not None else _inferred_dtype(list(params.values()))
         document: dict[str, Any] = {
@@ -74,12 +90,13 @@ class Session:
             document["state_dict"] = state_dict_to_wire(state_dict, numpy_dtype)
         if step:
             document["step"] = step
-        return cls._created(client, document)
+        return cls._created(client, document, idempotency_key)
 
     @classmethod
-    def restore(cls, client: Client, checkpoint: Checkpoint) -> Session:
-        """A new session that continues exactly where the checkpointed one was, step counter included."""
-        return cls._created(client, checkpoint.to_document())
+    def restore(cls, client: Client, checkpoint: Checkpoint, *, idempotency_key: str | None = None) -> Session:
+        """A new session that continues exactly where the checkpointed one was, step counter included
+        (``idempotency_key`` as ``create`` takes it)."""
+        return cls._created(client, checkpoint.to_document(), idempotency_key)
 
     @classmethod
     def open(cls, client: Client, session_id: str) -> Session:
@@ -88,11 +105,25 @@ class Session:
         return cls(client, reply.document, reply.etag)
 
     @classmethod
-    def _created(cls, client: Client, document: Mapping[str, Any]) -> Session:
-        # Creation has no Idempotency-Key: a retry after a lost response would leave a second session.
-        reply = client.call(
-            "POST", "/v1/sessions", document=document, arrays_back=True, response_root="params", replay_safe=False
-        )
+    def _created(cls, client: Client, document: Mapping[str, Any], idempotency_key: str | None) -> Session:
+        key = idempotency_key or str(uuid.uuid4())
+        try:
+            reply = client.call(
+                "POST",
+                "/v1/sessions",
+                document=document,
+                arrays_back=True,
+                response_root="params",
+                headers={"Idempotency-Key": key},
+            )
+        except OptimClientError as failure:
+            if failure.maybe_applied:
+                failure.explain(
+                    f"A session may have been created: Session.create (or restore) with idempotency_key={key!r} "
+                    "and the same arguments returns it while no step has changed it, or makes it if it was not; "
+                    "client.sessions() lists the sessions"
+                )
+            raise
         summary = {key: value for key, value in reply.document.items() if key != "params"}
         return cls(client, summary, reply.etag)
 
@@ -134,26 +165,94 @@ class Session:
 
     # Using it.
 
+    @property
+    def pending_key(self) -> str | None:
+        """The Idempotency-Key of the step whose outcome is unknown (its call raised, but the service may
+        have applied it), or None. ``resolve_pending()`` finishes it; so does the next change."""
+        return self._pending.key if self._pending else None
+
     def step(self, grads: Mapping[str, ArrayLike], *, idempotency_key: str | None = None) -> dict[str, np.ndarray]:
         """Apply one step of ``grads`` (a subset of the params is fine: the others are skipped, as torch
         skips params whose grad is None) and return every param's new values.
 
         The step is sent with ``idempotency_key`` (a fresh uuid4 by default), the same on every retry,
-        so it is applied exactly once however many attempts it takes.
+        so it is applied exactly once however many attempts it takes, and with If-Match, so it is
+        applied only to the session as this object last saw it (else ``StepConflictError``). If a
+        step is pending, it is finished first; when this call repeats it (the same grads, or its
+        key), that is all it does, and its params are returned.
         """
+        body = self._step_body(grads)
+        pending = self._pending
+        if pending is not None:
+            finished = self._sent(pending)
+            if _repeats(pending, body, idempotency_key):
+                return finished
+        return self._sent(StepRequest(idempotency_key or str(uuid.uuid4()), body, self.etag, self.step_count))
+
+    def repeats_pending(self, grads: Mapping[str, ArrayLike], *, idempotency_key: str | None = None) -> bool:
+        """Whether ``step(grads, idempotency_key=...)`` would repeat the pending step (its key, or without
+        one its very grads) rather than be a step of its own."""
+        pending = self._pending
+        return pending is not None and _repeats(pending, self._step_body(grads), idempotency_key)
+
+    def _step_body(self, grads: Mapping[str, ArrayLike]) -> Body:
         dtype = self.dtype
         document = {"grads": {name: as_array(value, dtype, what=f"grads[{name!r}]") for name, value in grads.items()}}
-        reply = self.client.call(
-            "POST",
-            f"{self.url}/step",
-            document=document,
-            root="grads",
-            arrays_back=True,
-            response_root="params",
-            headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
-        )
+        return self.client.encode(document, root="grads")
+
+    def resolve_pending(self) -> dict[str, np.ndarray] | None:
+        """Finish the pending step, if any: send it again with its Idempotency-Key and If-Match, so that the
+        service answers it if it was applied and applies it if it was not; every param's values after
+        it. None when no step is pending. Raises as ``step`` does (and the step stays pending while its
+        outcome is still unknown)."""
+        if self._pending is None:
+            return None
+        return self._sent(self._pending)
+
+    def _sent(self, request: StepRequest) -> dict[str, np.ndarray]:
+        """``request`` sent (again); what became of it is remembered, and the step's params returned."""
+        was_pending = request is self._pending
+        try:
+            reply = self.client.call(
+                "POST",
+                f"{self.url}/step",
+                body=request.body,
+                arrays_back=True,
+                response_root="params",
+                headers=request.headers,
+            )
+        except PreconditionFailedError as refused:
+            self._pending = None
+            raise self._conflict(request, refused, in_doubt=refused.maybe_applied or was_pending) from refused
+        except ResponseExpiredError as expired:
+            self._pending = None
+            try:
+                self.refresh()
+            except OptimClientError:
+                expired.explain("The step was applied; refresh() reads where the session is now")
+            else:
+                expired.explain(
+                    f"The step was applied; this Session now holds the service's state, at step {self.step_count}"
+                )
+            raise
+        except NotFoundError:
+            self._pending = None
+            raise
+        except OptimClientError as failure:
+            if failure.maybe_applied or was_pending:
+                self._pending = request
+                failure.explain(PENDING)
+            raise
+        self._pending = None
         self._remember(reply, {**self.summary, "step": reply.document["step"]})
         return self._arrays(reply.document["params"])
+
+    def _conflict(self, request: StepRequest, refused: PreconditionFailedError, *, in_doubt: bool) -> StepConflictError:
+        try:
+            self.refresh()
+        except OptimClientError as error:
+            return step_conflict(request, refused, in_doubt=in_doubt, step=None, etag=None, unread=str(error))
+        return step_conflict(request, refused, in_doubt=in_doubt, step=self.step_count, etag=self.etag)
 
     def params(self) -> dict[str, np.ndarray]:
         """Every param's current values."""
@@ -168,9 +267,11 @@ class Session:
         param_groups: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         """Change hyperparameters from the next step on: ``hyperparameters`` for every group, or
-        ``param_groups`` with one mapping of changes per group (as editing torch's param_groups)."""
+        ``param_groups`` with one mapping of changes per group (as editing torch's param_groups). A
+        pending step is finished first, with the hyperparameters it was sent under."""
         if (hyperparameters is None) == (param_groups is None):
             raise TypeError("give exactly one of hyperparameters and param_groups")
+        self.resolve_pending()
         document = (
             {"hyperparameters": plain(dict(hyperparameters))}
             if hyperparameters is not None
@@ -189,9 +290,10 @@ class Session:
         """Load optimizer state (torch's layout, with tensors, numpy arrays or lists); params are unchanged.
 
         The hyperparameters come from the loaded groups, as in torch. A bad state_dict raises
-        ``ValidationError`` and changes nothing.
+        ``ValidationError`` and changes nothing. A pending step is finished first.
         """
         document = state_dict_to_wire(state_dict, self.dtype)
+        self.resolve_pending()
         reply = self.client.call("PUT", f"{self.url}/state_dict", document=document)
         self._remember(reply, reply.document)
 
@@ -202,11 +304,16 @@ class Session:
         return Checkpoint.from_document(reply.document)
 
     def delete(self) -> None:
-        """Delete the session; afterwards every call on it raises ``NotFoundError``."""
+        """Delete the session (a pending step with it); afterwards every call on it raises ``NotFoundError``."""
         self.client.call("DELETE", self.url, done_on_retry=(404,))
+        self._pending = None
 
     def __repr__(self) -> str:
-        return f"Session({self.id!r}, optimizer={self.optimizer!r}, step={self.step_count}, client={self.client!r})"
+        pending = f", pending_key={self.pending_key!r}" if self._pending else ""
+        return (
+            f"Session({self.id!r}, optimizer={self.optimizer!r}, step={self.step_count}{pending}, "
+            f"client={self.client!r})"
+        )
 
     def _arrays(self, values: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Arrays from the service, in the session's param order (a safetensors file has an order of its own)."""
@@ -215,6 +322,10 @@ class Session:
     def _remember(self, reply: Reply, summary: Mapping[str, Any]) -> None:
         self.summary = dict(summary)
         self.etag = reply.etag
+
+
+def _repeats(pending: StepRequest, body: Body, idempotency_key: str | None) -> bool:
+    return pending.key == idempotency_key if idempotency_key is not None else pending.body == body
 
 
 def _inferred_dtype(values: Sequence[object]) -> np.dtype[Any]:

@@ -499,6 +499,11 @@ class Sessions:
         expected_versions: Versions,
     ) -> tuple[StepOutcome, Optimizer[Any, Any]]:
         """Apply the step to the held session and save it; the outcome views the optimizer's params."""
+        stale = expected_versions is not None and locked.meta.version not in expected_versions
+        if stale and idempotency_key is not None and locked.trusted:
+            # The key's record was not looked up, and this may be a repeat of a step applied here, whose
+            # If-Match that step made stale: the record, read from storage, answers it.
+            raise StaleAssumption(f"If-Match failed before the record of {idempotency_key!r} was read")
         _require_match(expected_versions, locked.meta.version)
         optimizer = self._optimizer(locked)
         try:

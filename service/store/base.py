@@ -80,6 +80,8 @@ class LockedSession(Protocol):
     record: IdempotencyRecord | None
     """The record of the Idempotency-Key the block was opened with, if the session has one (None also
     when the store trusted the caller's cached version and did not look: a conflict then says so)."""
+    trusted: bool
+    """Whether the store trusted the caller's cached version: ``meta`` was not read, nor the record."""
 
     def read_arrays(self) -> bytes:
         """The stored arrays, read now."""

@@ -3,18 +3,14 @@ of a request still in flight is 409, and an empty key is 400. Runs on SQLite and
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
-from sqlalchemy.engine import make_url
 
-from service.store.sqlite.file_locks import WRITE_LOCK, LockFile, session_lock
 from tests.api.conftest import ClientFactory, assert_problem, ok, send
+from tests.held_from_outside import held_from_outside
 
 BODY = {"optimizer": "rmsprop", "params": {"w": [1.0, -2.0, 3.0]}, "hyperparameters": {"lr": 0.1}}
 GRADS = {"grads": {"w": [1.0, 1.0, 1.0]}}
@@ -24,34 +20,6 @@ IN_FLIGHT_SECONDS = 0.5
 
 def _database(client: TestClient) -> str:
     return str(client.app.state.service.settings.database_url)  # type: ignore[attr-defined]
-
-
-@contextmanager
-def _held(client: TestClient, *, session_id: str | None) -> Iterator[None]:
-    """Hold what a request needs after its Idempotency-Key: the session (a step), or the database's writes
-    (SQLite) or the tenant's usage row (PostgreSQL) for a creation, from outside the service."""
-    url = _database(client)
-    if url.startswith("sqlite"):
-        database = Path(str(make_url(url).database))
-        locks = LockFile(database.with_name(database.name + "-locks"))
-        offset = WRITE_LOCK if session_id is None else session_lock(session_id)
-        try:
-            with locks.held(offset, timeout=5, what="the test's lock"):
-                yield
-        finally:
-            locks.close()
-        return
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as connection:
-            if session_id is None:
-                connection.execute(sa.text("SELECT name FROM tenants WHERE name = 'default' FOR UPDATE"))
-            else:
-                connection.execute(sa.text("SELECT id FROM sessions WHERE id = :id FOR UPDATE"), {"id": session_id})
-            yield
-            connection.rollback()
-    finally:
-        engine.dispose()
 
 
 def _in_a_thread(request: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
@@ -73,7 +41,7 @@ def test_a_duplicate_step_while_the_first_is_in_flight_is_409_and_a_retry_after_
     created = ok(send(client, "POST", "/v1/sessions", BODY), 201)
     url, key = f"/v1/sessions/{created['id']}/step", {"Idempotency-Key": "step-1"}
 
-    with _held(client, session_id=created["id"]):
+    with held_from_outside(_database(client), session_id=created["id"]):
         first, answers = _in_a_thread(lambda: send(client, "POST", url, GRADS, headers=key))
         time.sleep(IN_FLIGHT_SECONDS)
         duplicate = send(client, "POST", url, GRADS, headers=key)
@@ -94,7 +62,7 @@ def test_a_duplicate_creation_while_the_first_is_in_flight_is_409_and_one_sessio
     client = patient_client
     key = {"Idempotency-Key": "create-1"}
 
-    with _held(client, session_id=None):
+    with held_from_outside(_database(client), session_id=None):
         first, answers = _in_a_thread(lambda: send(client, "POST", "/v1/sessions", BODY, headers=key))
         time.sleep(IN_FLIGHT_SECONDS)
         duplicate = send(client, "POST", "/v1/sessions", BODY, headers=key)

@@ -7,7 +7,8 @@
 
 A fault applies to the next request whose method matches and whose path ends with the given
 suffix (``times`` requests in all). ``drop_response`` forwards the request, so the server applies
-it, and closes the connection without answering: the client sees the connection drop.
+it, and closes the connection without answering: the client sees the connection drop. The
+server's answers are recorded too (``answers``), those the proxy dropped included.
 """
 
 from __future__ import annotations
@@ -47,6 +48,16 @@ class Seen:
     body: bytes
 
 
+@dataclass(frozen=True)
+class Answer:
+    """The server's answer to a forwarded request (header names in lower case)."""
+
+    method: str
+    path: str
+    status: int
+    headers: dict[str, str]
+
+
 @dataclass
 class Fault:
     method: str
@@ -66,6 +77,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
         self.seen: list[Seen] = []
+        self.answers: list[Answer] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -130,7 +142,11 @@ class FaultProxy:
 
     def _forward(self, seen: Seen) -> httpx.Response:
         headers = {name: value for name, value in seen.headers.items() if name not in HOP_BY_HOP}
-        return self._upstream.request(seen.method, seen.path, content=seen.body, headers=headers)
+        response = self._upstream.request(seen.method, seen.path, content=seen.body, headers=headers)
+        answer = {name.lower(): value for name, value in response.headers.items()}
+        with self._lock:
+            self.answers.append(Answer(seen.method, seen.path, response.status_code, answer))
+        return response
 
 
 def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:

@@ -39,6 +39,13 @@ def test_a_binary_document_reads_back_the_same_on_the_service_and_in_the_client(
         assert decoded["state_dict"]["state"]["1"] == {"step": 1.0}
 
 
+@pytest.mark.parametrize("codec", [JsonCodec(), SafetensorsCodec()], ids=["json", "binary"])
+def test_a_document_is_encoded_to_the_same_bytes_every_time(codec: JsonCodec) -> None:
+    # A creation sent again under its Idempotency-Key must be the same bytes, or the service refuses it (422).
+    bodies = {codec.encode(CREATE) for _ in range(20)}
+    assert len(bodies) == 1
+
+
 def test_a_binary_body_with_a_root_names_its_tensors_by_name_alone() -> None:
     grads = {"grads": {"w": np.ones(2, np.float64)}}
     body = SafetensorsCodec().encode(grads, root="grads")

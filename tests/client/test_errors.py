@@ -1,6 +1,6 @@
 """Failures: a 4xx surfaces as a typed exception carrying the problem details and is sent once;
-connection errors, 5xx and 429 are retried with backoff (Retry-After honoured); creation, which
-has no Idempotency-Key, is never repeated when the service may have applied it.
+connection errors, 5xx and 429 are retried with backoff (Retry-After honoured) within the retry
+budget; a creation is retried with its Idempotency-Key, so a lost one still makes one session.
 
 Requests are counted, and faults injected, by a proxy between the client and the real server.
 """
@@ -25,6 +25,7 @@ from optim_client import (
     ValidationError,
 )
 from optim_client.transports import Transport
+from tests.client.fake_clock import FakeClock
 from tests.client.fault_proxy import FaultProxy
 from tests.client.reference import RPROP, initial_params
 from tests.e2e.server_process import free_port
@@ -119,7 +120,7 @@ def test_a_5xx_on_every_attempt_raises_server_error_with_the_problem(proxied_cli
     assert len(proxy.requests("GET", "/state_dict")) == 4
 
 
-def test_a_retry_after_longer_than_max_delay_ends_the_retries(
+def test_a_retry_after_beyond_the_budget_ends_the_retries(
     proxied_client: Client, proxy: FaultProxy, sleeps: list[float]
 ) -> None:
     session = Session.create(proxied_client, optimizer="rprop", params=initial_params("float32"))
@@ -128,6 +129,17 @@ def test_a_retry_after_longer_than_max_delay_ends_the_retries(
         session.checkpoint()
     assert len(proxy.requests("GET", "/checkpoint")) == 1
     assert sleeps == []
+
+
+def test_a_retry_after_longer_than_max_delay_is_honoured_within_the_budget(
+    proxied_client: Client, proxy: FaultProxy, sleeps: list[float]
+) -> None:
+    assert proxied_client.retry.max_delay < 7 < proxied_client.retry.budget
+    session = Session.create(proxied_client, optimizer="rprop", params=initial_params("float32"))
+    proxy.inject("GET", "/checkpoint", status=503, retry_after="7")
+    session.checkpoint()
+    assert len(proxy.requests("GET", "/checkpoint")) == 2
+    assert sleeps == [7.0]
 
 
 def test_an_unreachable_service_raises_after_every_attempt(transport: Transport) -> None:
@@ -141,15 +153,49 @@ def test_an_unreachable_service_raises_after_every_attempt(transport: Transport)
     assert sleeps == [0.01, 0.02]
 
 
-def test_creation_is_not_repeated_when_its_response_is_lost(
+def test_an_unreachable_service_is_retried_until_the_budget_is_spent(transport: Transport) -> None:
+    clock = FakeClock()
+    retry = RetryPolicy(budget=10.0, base_delay=1.0, max_delay=4.0, jitter=False, sleep=clock.sleep, clock=clock.now)
+    client = Client(f"http://127.0.0.1:{free_port()}", transport=transport, retry=retry)
+    with client, pytest.raises(ServiceUnreachableError) as raised:
+        Session.create(client, optimizer="rprop", params={"x": 1.0})
+    # 1, 2 and 4 s: the next wait (4 s, the cap) would end 11 s after the first attempt, past the budget.
+    assert clock.sleeps == [1.0, 2.0, 4.0]
+    assert raised.value.attempts == 4
+    assert not raised.value.maybe_applied, "no connection was ever made"
+
+
+def _session_ids(service: httpx.Client) -> set[str]:
+    return {item["id"] for item in service.get("/v1/sessions", params={"limit": 1000}).json()["items"]}
+
+
+def test_a_creation_whose_response_is_lost_is_retried_with_the_same_key_and_makes_one_session(
     proxied_client: Client, proxy: FaultProxy, service: httpx.Client
 ) -> None:
-    before = len(service.get("/v1/sessions", params={"limit": 1000}).json()["items"])
+    before = _session_ids(service)
     proxy.inject("POST", "/v1/sessions", drop_response=True)
-    with pytest.raises(ServiceUnreachableError, match="may have applied it"):
-        Session.create(proxied_client, optimizer="rprop", params=initial_params("float32"))
-    assert len(proxy.requests("POST", "/v1/sessions")) == 1
-    assert len(service.get("/v1/sessions", params={"limit": 1000}).json()["items"]) == before + 1
+    session = Session.create(proxied_client, optimizer="rprop", params=initial_params("float32"))
+    first, retry = proxy.requests("POST", "/v1/sessions")
+    assert first.headers["idempotency-key"] == retry.headers["idempotency-key"]
+    assert first.body == retry.body
+    assert _session_ids(service) - before == {session.id}
+
+
+def test_a_creation_whose_every_answer_is_lost_says_which_key_finds_the_session_it_may_have_made(
+    proxied_client: Client, proxy: FaultProxy, service: httpx.Client
+) -> None:
+    before = _session_ids(service)
+    proxy.inject("POST", "/v1/sessions", drop_response=True, times=4)
+    params = initial_params("float32")
+    with pytest.raises(ServiceUnreachableError, match="A session may have been created") as raised:
+        Session.create(proxied_client, optimizer="rprop", params=params)
+    assert raised.value.maybe_applied
+    key = proxy.requests("POST", "/v1/sessions")[0].headers["idempotency-key"]
+    assert repr(key) in str(raised.value)
+
+    session = Session.create(proxied_client, optimizer="rprop", params=params, idempotency_key=key)
+
+    assert _session_ids(service) - before == {session.id}, "the same call with the key found the session it made"
 
 
 def test_creation_is_retried_when_the_service_answers_503(
@@ -161,12 +207,11 @@ def test_creation_is_retried_when_the_service_answers_503(
     assert sleeps == [0.01]
 
 
-def test_creation_is_not_retried_after_a_500(proxied_client: Client, proxy: FaultProxy) -> None:
-    # A 500 means the server failed somewhere; without an Idempotency-Key, trying again could make two sessions.
+def test_a_creation_answered_500_is_retried_with_the_same_key(proxied_client: Client, proxy: FaultProxy) -> None:
     proxy.inject("POST", "/v1/sessions", status=500)
-    with pytest.raises(ServerError):
-        Session.create(proxied_client, optimizer="rprop", params=initial_params("float32"))
-    assert len(proxy.requests("POST", "/v1/sessions")) == 1
+    Session.create(proxied_client, optimizer="rprop", params=initial_params("float32"))
+    first, retry = proxy.requests("POST", "/v1/sessions")
+    assert first.headers["idempotency-key"] == retry.headers["idempotency-key"]
 
 
 def test_a_delete_whose_response_is_lost_is_retried_and_counts_as_done(

@@ -1,13 +1,15 @@
-"""How long the client waits between attempts: exponential backoff, jitter, and Retry-After."""
+"""How long the client waits between attempts: capped exponential backoff, jitter, Retry-After, and the budget."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from optim_client import RetryPolicy
 from optim_client.retry import parse_retry_after
+from tests.client.fake_clock import FakeClock
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -24,10 +26,30 @@ def test_jitter_waits_between_half_and_all_of_the_backoff() -> None:
     assert len(set(delays)) > 1
 
 
-@pytest.mark.parametrize(("attempts", "base_delay", "max_delay"), [(0, 0.1, 1.0), (3, -1.0, 1.0), (3, 2.0, 1.0)])
-def test_nonsensical_policies_are_refused(attempts: int, base_delay: float, max_delay: float) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [{"attempts": 0}, {"base_delay": -1.0}, {"base_delay": 2.0, "max_delay": 1.0}, {"budget": -1.0}],
+)
+def test_nonsensical_policies_are_refused(settings: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="Invalid"):
-        RetryPolicy(attempts=attempts, base_delay=base_delay, max_delay=max_delay)
+        RetryPolicy(**settings)
+
+
+def test_no_retry_starts_after_the_budget_and_a_retry_after_may_exceed_max_delay_within_it() -> None:
+    clock = FakeClock()
+    policy = RetryPolicy(budget=10.0, base_delay=1.0, max_delay=2.0, jitter=False, clock=clock.now)
+    started = clock.now()
+    assert policy.delay(attempt=1, started=started, retry_after=9.0) == 9.0
+    assert policy.delay(attempt=1, started=started, retry_after=10.5) is None
+    clock.sleep(9.0)
+    assert policy.delay(attempt=2, started=started) is None, "1 s left, and the backoff is 2 s"
+    assert policy.delay(attempt=2, started=started, retry_after=1.0) == 1.0
+
+
+def test_attempts_cap_the_retries_too_when_given() -> None:
+    policy = RetryPolicy(attempts=2, jitter=False)
+    assert policy.delay(attempt=1, started=policy.clock()) == policy.base_delay
+    assert policy.delay(attempt=2, started=policy.clock()) is None
 
 
 @pytest.mark.parametrize(
