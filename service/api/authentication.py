@@ -46,9 +46,7 @@ class Authentication:
             if refusal.invalid_token:
                 challenge += ', error="invalid_token"'
             response = problem_response(
-                status=401,
                 slug="unauthenticated",
-                title="A valid API key is required",
                 detail=refusal.message,
                 headers={"WWW-Authenticate": challenge},
             )
@@ -56,9 +54,7 @@ class Authentication:
             return
         except RateLimited as refusal:
             response = problem_response(
-                status=429,
                 slug="rate-limited",
-                title="Too many requests for this key",
                 detail=str(refusal),
                 headers={
                     "Retry-After": str(refusal.decision.retry_after_seconds),

@@ -22,22 +22,40 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, ClassVar
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-_BUSY_BODY = (
-    b'{"type":"/problems/too-many-connections","title":"Too many connections","status":503,'
-    b'"detail":"every connection this server process holds is in use; retry"}'
-)
-BUSY_RESPONSE = (
-    b"HTTP/1.1 503 Service Unavailable\r\n"
-    b"content-type: application/problem+json\r\n"
-    b"retry-after: 1\r\n"
-    b"connection: close\r\n"
-    b"content-length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
-)
-"""What a connection gets when the process holds as many as it may and none of them is idle."""
+from service.api.request_ids import new_request_id
+from service.problem_types import PROBLEM_TYPES, type_uri
+
+
+def closing_problem(slug: str, detail: str, **headers: str) -> bytes:
+    """A whole HTTP/1.1 response, for the connection to write before it closes: a problem of type ``slug``
+    with a new request id (as ``instance`` and ``X-Request-ID``), and ``Connection: close``."""
+    kind = PROBLEM_TYPES[slug]
+    request_id = new_request_id()
+    body = orjson.dumps(
+        {"type": type_uri(slug), "title": kind.title, "status": kind.status, "detail": detail, "instance": request_id}
+    )
+    head = [
+        f"HTTP/1.1 {kind.status} {HTTPStatus(kind.status).phrase}",
+        "content-type: application/problem+json",
+        f"x-request-id: {request_id}",
+        *(f"{name.lower().replace('_', '-')}: {value}" for name, value in headers.items()),
+        "connection: close",
+        f"content-length: {len(body)}",
+    ]
+    return "\r\n".join(head).encode() + b"\r\n\r\n" + body
+
+
+def busy_response() -> bytes:
+    """What a connection gets when the process holds as many as it may and none of them is idle."""
+    return closing_problem(
+        "too-many-connections", "every connection this server process holds is in use; retry", retry_after="1"
+    )
 
 
 @dataclass(frozen=True)
@@ -86,7 +104,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if not self._make_room():
-            transport.write(BUSY_RESPONSE)
+            transport.write(busy_response())
             transport.close()
             return
         self._now_idle()

@@ -28,10 +28,11 @@ from fastapi.testclient import TestClient
 from optim_core import Optimizer
 from service.app import create_app
 from service.config import Settings
+from service.problem_types import PROBLEM_TYPES
 from tests import optimizers
 from tests.databases import fresh_database
 
-PROBLEM_KEYS = ("type", "title", "status", "detail")
+PROBLEM_KEYS = ("type", "title", "status", "detail", "instance")
 JSON = "application/json"
 SAFETENSORS = "application/vnd.safetensors"
 TRANSPORTS = ("json", "binary")
@@ -126,8 +127,9 @@ def ok(response: Any, status: int = 200) -> Any:
 
 
 def assert_problem(response: Any, status: int, loc: list[Any] | None = None, message: str | None = None) -> Any:
-    """An RFC 9457 problem: the status, application/problem+json, type/title/status/detail, and
-    when `loc` is given an `errors` entry whose loc starts with it (and contains `message`, if given)."""
+    """An RFC 9457 problem: the status, application/problem+json, type/title/status/detail, a type with
+    a page (in PROBLEM_TYPES), the request's id as its instance, and when `loc` is given an `errors`
+    entry whose loc starts with it (and contains `message`, if given)."""
     text = response.text[:2000]
     assert response.status_code == status, f"expected {status}, got {response.status_code}: {text}"
     media_type = response.headers.get("content-type", "").split(";")[0].strip()
@@ -140,6 +142,8 @@ def assert_problem(response: Any, status: int, loc: list[Any] | None = None, mes
     assert isinstance(problem["type"], str), text
     assert isinstance(problem["title"], str), text
     assert isinstance(problem["detail"], str), text
+    assert problem["type"].removeprefix("/problems/") in PROBLEM_TYPES, f"a type without a page: {text}"
+    assert problem["instance"] == response.headers["x-request-id"], f"{response.headers}: {text}"
     if loc is not None:
         errors = problem.get("errors")
         assert isinstance(errors, list), f"no errors list: {text}"
