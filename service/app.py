@@ -12,6 +12,7 @@ from service.api import health, problems, sessions, tenant
 from service.api.authentication import Authentication
 from service.api.dependencies import Service
 from service.api.health import PROBE_THREADS
+from service.api.methods import Methods
 from service.api.openapi import install_openapi
 from service.api.request_ids import RequestIds
 from service.api.schemas import CreateSessionRequest, PatchSessionRequest, StateDict, StepRequest
@@ -141,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app, retry_after_seconds=settings.retry_after_seconds)
     # The last added is the outermost: every answer, problems included, gets the request's id.
+    app.add_middleware(Methods)
     app.add_middleware(Authentication, retry_after_seconds=settings.retry_after_seconds)
     app.add_middleware(UnhandledErrors)
     app.add_middleware(RequestIds)

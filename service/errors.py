@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from optim_core import OptimCoreError
+from service.api.methods import allowed_methods
 from service.api.middleware import HttpMiddleware
 from service.api.request_ids import current_request_id, new_request_id
 from service.problem_types import PROBLEM_TYPES, type_uri
@@ -71,6 +72,10 @@ class BodyTooLarge(ProblemError):
 
 class UnsupportedMediaType(ProblemError):
     slug = "unsupported-media-type"
+
+
+class UnsupportedContentEncoding(ProblemError):
+    slug = "unsupported-content-encoding"
 
 
 class NotAcceptable(ProblemError):
@@ -196,6 +201,9 @@ def install_error_handlers(app: FastAPI, *, retry_after_seconds: int = 1) -> Non
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, error: StarletteHTTPException) -> Response:
         headers = dict(error.headers or {})
+        if error.status_code == 405:
+            # The router names the methods of the first route on the path; several share it.
+            headers["Allow"] = ", ".join(allowed_methods(request.app.router.routes, request.scope))
         return problem_response(
             slug=HTTP_ERRORS.get(error.status_code, "http-error"),
             status=error.status_code,

@@ -2,8 +2,11 @@
 
 from collections.abc import Sequence
 
-from service.errors import NotAcceptable, UnsupportedMediaType
+from service.errors import NotAcceptable, UnsupportedContentEncoding, UnsupportedMediaType
 from service.wire.media_types import ARRAY_TYPES, JSON
+
+CONTENT_CODINGS = ("identity",)
+"""The content codings a request body may have: none but the body as it is."""
 
 
 def body_media_type(content_type: str | None, allowed: Sequence[str] = ARRAY_TYPES) -> str:
@@ -12,6 +15,20 @@ def body_media_type(content_type: str | None, allowed: Sequence[str] = ARRAY_TYP
     if media_type not in allowed:
         raise UnsupportedMediaType(f"the body must be one of {', '.join(allowed)}; got {media_type!r}")
     return media_type
+
+
+def check_content_encoding(content_encoding: str | None) -> None:
+    """415 (with ``Accept-Encoding``) unless the body has no content coding but ``identity``."""
+    if content_encoding is None:
+        return
+    codings = [coding.strip().lower() for coding in content_encoding.split(",") if coding.strip()]
+    unsupported = [coding for coding in codings if coding not in CONTENT_CODINGS]
+    if unsupported:
+        raise UnsupportedContentEncoding(
+            f"the body's Content-Encoding {content_encoding!r} is not one this server decodes; send it without "
+            f"one (or as {', '.join(CONTENT_CODINGS)})",
+            headers={"Accept-Encoding": ", ".join(CONTENT_CODINGS)},
+        )
 
 
 def negotiate(accept: str | None, offered: Sequence[str] = ARRAY_TYPES) -> str:
