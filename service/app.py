@@ -12,6 +12,7 @@ from service.api import health, problems, sessions, tenant
 from service.api.authentication import Authentication
 from service.api.dependencies import Service
 from service.api.health import PROBE_THREADS
+from service.api.hosts import AllowedHosts, allowed_hosts
 from service.api.methods import Methods
 from service.api.openapi import install_openapi
 from service.api.request_ids import RequestIds
@@ -144,6 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The last added is the outermost: every answer, problems included, gets the request's id.
     app.add_middleware(Methods)
     app.add_middleware(Authentication, retry_after_seconds=settings.retry_after_seconds)
+    hosts = allowed_hosts(settings.allowed_hosts, bind_host=settings.host)
+    if hosts is not None:
+        app.add_middleware(AllowedHosts, hosts=hosts)
     app.add_middleware(UnhandledErrors)
     app.add_middleware(RequestIds)
     app.include_router(health.router)

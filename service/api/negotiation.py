@@ -3,15 +3,21 @@
 from collections.abc import Sequence
 
 from service.errors import NotAcceptable, UnsupportedContentEncoding, UnsupportedMediaType
-from service.wire.media_types import ARRAY_TYPES, JSON
+from service.wire.media_types import ARRAY_TYPES
 
 CONTENT_CODINGS = ("identity",)
 """The content codings a request body may have: none but the body as it is."""
 
 
 def body_media_type(content_type: str | None, allowed: Sequence[str] = ARRAY_TYPES) -> str:
-    """The request body's media type, when it is one of ``allowed`` (absent means JSON); else 415."""
-    media_type = (content_type or JSON).split(";")[0].strip().lower()
+    """The request body's media type, when it is one of ``allowed``; else 415.
+
+    A body without Content-Type is refused, not read as JSON: a web page may send any site a POST
+    without one, or with text/plain, and no preflight asks first (a CORS "simple" request).
+    """
+    if content_type is None:
+        raise UnsupportedMediaType(f"Content-Type is required: the body must be one of {', '.join(allowed)}")
+    media_type = content_type.split(";")[0].strip().lower()
     if media_type not in allowed:
         raise UnsupportedMediaType(f"the body must be one of {', '.join(allowed)}; got {media_type!r}")
     return media_type

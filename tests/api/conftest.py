@@ -37,6 +37,9 @@ JSON = "application/json"
 SAFETENSORS = "application/vnd.safetensors"
 TRANSPORTS = ("json", "binary")
 TENSOR_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+LOCAL_URL = "http://localhost"
+"""Where the tests' clients send their requests: a name a server on loopback answers (TestClient's own,
+``testserver``, is not)."""
 
 
 @dataclass
@@ -478,7 +481,7 @@ def service_client(database_url: str, **settings: Any) -> TestClient:
         settings.setdefault("array_files_min_bytes", 0)
     app = create_app(Settings(database_url=database_url, **settings))
     # What a client sees: an unhandled server error is a 500 response, not an exception in the test.
-    return TestClient(app, raise_server_exceptions=False)
+    return TestClient(app, raise_server_exceptions=False, base_url=LOCAL_URL)
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
-"""What only a real server shows of the protocol: HEAD on the wire, and a method no
-route takes."""
+"""What only a real server shows of the protocol: HEAD on the wire, a method no route takes, and the
+Host check of a server bound to loopback."""
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -43,3 +44,23 @@ def test_head_on_the_wire_has_the_length_of_the_get_and_no_body_and_keeps_the_co
     assert body == b""
     assert int(headers["content-length"]) == len(got.content)
     assert headers["etag"] == got.headers["etag"]
+
+
+def test_a_server_on_loopback_answers_its_own_names_and_refuses_others(server: ServerProcess) -> None:
+    answered = httpx.get(f"http://localhost:{server.port}/v1/sessions")
+    rebound = httpx.get(f"{server.base_url}/v1/sessions", headers={"Host": f"attacker.example:{server.port}"})
+
+    assert answered.status_code == 200, answered.text
+    assert rebound.status_code == 421
+    assert rebound.headers["content-type"] == "application/problem+json"
+    assert rebound.json()["type"] == "/problems/host-not-allowed"
+
+
+def test_the_allow_list_is_read_from_the_environment(tmp_path: Path) -> None:
+    env = {"OPTIM_ALLOWED_HOSTS": "optim.internal"}
+    with ServerProcess(sqlite_url(tmp_path / "optim.sqlite3"), log_dir=tmp_path, env=env) as configured:
+        named = httpx.get(f"{configured.base_url}/v1/sessions", headers={"Host": "optim.internal"})
+        loopback = httpx.get(f"{configured.base_url}/v1/sessions")
+
+    assert named.status_code == 200, named.text
+    assert loopback.status_code == 421
