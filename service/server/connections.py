@@ -14,6 +14,10 @@ client is accepted. This subclass adds what nginx and Go's ``http.Server`` have:
   nginx reuses idle keep-alive connections, and only when none is idle is the new
   connection answered 503 and closed.
 
+A request the parser refuses (a malformed request line or header, a method it does not
+know) never reaches the app; it is answered here as a problem too (400 or 501), where
+uvicorn answers text/plain, and the connection is closed.
+
 It extends the protocol rather than replacing it: parsing, flow control and the
 ASGI cycle stay uvicorn's.
 """
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -114,6 +119,21 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._cancel_deadline()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's own, but for what it answers a request the parser refuses: text/plain there.
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserInvalidMethodError:
+            self._refuse("method-not-implemented", "the request's method is not one this server knows")
+        except httptools.HttpParserError:
+            self._refuse("malformed-request", "the request line or headers are not valid HTTP/1.1")
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._idle.discard(self)
@@ -136,6 +156,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._now_idle()
 
     # Helpers.
+
+    def _refuse(self, slug: str, detail: str) -> None:
+        """Answer a request that never reached the app with a problem, and close: the parser cannot go on."""
+        self.logger.warning("Invalid HTTP request received: %s.", detail)
+        self.transport.write(closing_problem(slug, detail))
+        self.transport.close()
 
     def _now_idle(self) -> None:
         self.idle_since = time.monotonic()

@@ -1,6 +1,11 @@
-"""What only a real server shows of the protocol: HEAD on the wire, a method no route takes, and the
-Host check of a server bound to loopback."""
+"""What only a real server shows of the protocol: requests its parser refuses, HEAD on the wire, and the
+Host check of a server bound to loopback.
 
+A request line or header the parser cannot read, or a method it does not know, never reaches the
+app: the connection answers it with a problem (400 or 501) and closes, saying so.
+"""
+
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.raw_http import request
+from tests.e2e.raw_http import closed, read_answer, request
 from tests.e2e.server_process import HOST, ServerProcess, sqlite_url
 
 
@@ -17,6 +22,39 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("protocol")
     with ServerProcess(sqlite_url(directory / "optim.sqlite3"), log_dir=directory) as started:
         yield started
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "slug"),
+    [
+        (b"BREW /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 501, "method-not-implemented"),
+        (b"GET /v1/sessions HTTP/1.1 trailing\r\nHost: 127.0.0.1\r\n\r\n", 400, "malformed-request"),
+        (b"GET /v1/sessions HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n", 400, "malformed-request"),
+        (b"GET /v1/sessions HTTP/1.1\r\nBad Header\r\n\r\n", 400, "malformed-request"),
+        (
+            b"POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            400,
+            "malformed-request",
+        ),
+    ],
+    ids=["unknown method", "junk after the version", "unknown version", "header without colon", "two lengths"],
+)
+def test_a_request_the_parser_refuses_is_a_problem_and_the_connection_closes_saying_so(
+    server: ServerProcess, raw: bytes, status: int, slug: str
+) -> None:
+    with socket.create_connection((HOST, server.port), timeout=10) as connection:
+        connection.sendall(raw)
+        got, headers, body = read_answer(connection)
+        assert closed(connection)
+
+    assert got == status, body
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"
+    problem = json.loads(body)
+    assert problem["status"] == status
+    assert problem["type"] == f"/problems/{slug}"
+    assert problem["instance"] == headers["x-request-id"]
+    assert httpx.get(f"{server.base_url}{problem['type']}").status_code == 200
 
 
 def test_a_method_the_parser_knows_but_no_route_takes_is_405_with_allow(server: ServerProcess) -> None:
