@@ -26,6 +26,7 @@ from tests.api.conftest import JSON, assert_problem, create_session, ok, send
 from tests.tenancy import bearer, create_key
 
 SERVICE = Path(__file__).resolve().parents[2] / "service"
+API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 BODY = {"optimizer": "rprop", "params": {"w": [1.0, 2.0]}}
 NEW_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -203,6 +204,12 @@ def test_every_problem_type_the_code_names_has_a_page() -> None:
 
     assert len(emitted) > 15
     assert emitted <= set(PROBLEM_TYPES), emitted - set(PROBLEM_TYPES)
+
+
+def test_the_api_documentation_lists_every_problem_type() -> None:
+    documented = set(re.findall(r"`/problems/([a-z-]+)`", API_DOC.read_text()))
+
+    assert set(PROBLEM_TYPES) <= documented, set(PROBLEM_TYPES) - documented
 
 
 def test_an_unknown_problem_type_is_a_404_problem(client: TestClient) -> None:
