@@ -8,11 +8,14 @@ from datetime import timedelta
 import anyio
 from fastapi import FastAPI
 
-from service.api import health, sessions, tenant
+from service.api import health, problems, sessions, tenant
 from service.api.authentication import Authentication
 from service.api.dependencies import Service
 from service.api.health import PROBE_THREADS
+from service.api.hosts import AllowedHosts, allowed_hosts
+from service.api.methods import Methods
 from service.api.openapi import install_openapi
+from service.api.request_ids import RequestIds
 from service.config import Settings
 from service.errors import UnhandledErrors, install_error_handlers
 from service.server.memory import keep_large_allocations
@@ -137,9 +140,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app, retry_after_seconds=settings.retry_after_seconds)
+    # The last added is the outermost: every answer, problems included, gets the request's id.
+    app.add_middleware(Methods)
     app.add_middleware(Authentication, retry_after_seconds=settings.retry_after_seconds)
+    hosts = allowed_hosts(settings.allowed_hosts, bind_host=settings.host)
+    if hosts is not None:
+        app.add_middleware(AllowedHosts, hosts=hosts)
     app.add_middleware(UnhandledErrors)
+    app.add_middleware(RequestIds)
     app.include_router(health.router)
+    app.include_router(problems.router)
     app.include_router(sessions.router)
     app.include_router(tenant.router)
     app.router.routes.insert(0, sessions.STEP_ROUTE)

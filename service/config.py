@@ -21,6 +21,12 @@ class Settings(BaseSettings):
         description="Serve requests without an API key on any address while no key exists. Anyone who can "
         "reach the port can then read, change and delete every session.",
     )
+    allowed_hosts: str | None = Field(
+        default=None,
+        description="Host names the server answers, comma-separated (`*.example.com` for subdomains, `*` for any "
+        "host; ports do not matter); others get 421. Unset: localhost, 127.0.0.1 and [::1] on a loopback "
+        "address, any host elsewhere (docs/deployment.md).",
+    )
     bootstrap_key: SecretStr | None = Field(
         default=None,
         description="An API key (osk_..., from `optim-service keys generate`) stored on start if it is new: the "

@@ -2,7 +2,6 @@
 formats, the store and the numeric core become problems, beside the problems only HTTP has."""
 
 import logging
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,9 +10,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from optim_core import OptimCoreError
+from service.api.methods import allowed_methods
+from service.api.middleware import HttpMiddleware
+from service.api.request_ids import current_request_id, new_request_id
+from service.problem_types import PROBLEM_TYPES, type_uri
 from service.sessions import errors as sessions
 from service.store import (
     SessionMissing,
@@ -29,14 +32,14 @@ PROBLEM_JSON = "application/problem+json"
 logger = logging.getLogger("service")
 
 Loc = Sequence[str | int]
+HTTP_ERRORS = {404: "not-found", 405: "method-not-allowed"}
+"""The problem types of the router's refusals; any other HTTP error is ``http-error``."""
 
 
 class ProblemError(Exception):
-    """A client-facing failure with its HTTP status; ``errors`` name the offending fields."""
+    """A client-facing failure of a kind in ``PROBLEM_TYPES``; ``errors`` name the offending fields."""
 
-    status = 400
-    slug = "bad-request"
-    title = "Bad request"
+    slug = "validation-error"
 
     def __init__(
         self, detail: str, *, errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
@@ -48,7 +51,7 @@ class ProblemError(Exception):
 
 
 class ValidationFailed(ProblemError):
-    status, slug, title = 422, "validation-error", "Invalid request"
+    slug = "validation-error"
 
     @classmethod
     def at(cls, loc: Loc, msg: str) -> "ValidationFailed":
@@ -56,7 +59,7 @@ class ValidationFailed(ProblemError):
 
 
 class MalformedHeader(ProblemError):
-    status, slug, title = 400, "malformed-header", "Malformed request header"
+    slug = "malformed-header"
 
     @classmethod
     def at(cls, loc: Loc, msg: str) -> "MalformedHeader":
@@ -64,53 +67,58 @@ class MalformedHeader(ProblemError):
 
 
 class BodyTooLarge(ProblemError):
-    status, slug, title = 413, "body-too-large", "Request body too large"
+    slug = "body-too-large"
 
 
 class UnsupportedMediaType(ProblemError):
-    status, slug, title = 415, "unsupported-media-type", "Unsupported request media type"
+    slug = "unsupported-media-type"
+
+
+class UnsupportedContentEncoding(ProblemError):
+    slug = "unsupported-content-encoding"
 
 
 class NotAcceptable(ProblemError):
-    status, slug, title = 406, "not-acceptable", "No acceptable response media type"
+    slug = "not-acceptable"
 
 
 class StorageNotAnswering(ProblemError):
-    status, slug, title = 503, "storage-unavailable", "Storage is not answering"
+    slug = "storage-unavailable"
 
 
-REFUSALS: dict[type[Exception], tuple[int, str, str]] = {
-    sessions.SessionNotFound: (404, "session-not-found", "No such session"),
-    SessionMissing: (404, "session-not-found", "No such session"),
-    sessions.PreconditionFailed: (412, "precondition-failed", "The session has moved on"),
-    VersionMismatch: (412, "precondition-failed", "The session has moved on"),
-    sessions.IdempotencyKeyReused: (
-        422,
-        "idempotency-key-reused",
-        "Idempotency-Key reused with a different request",
-    ),
-    sessions.IdempotentResponseExpired: (
-        409,
-        "idempotent-response-expired",
-        "The first response to this Idempotency-Key is no longer kept",
-    ),
-    wire.MalformedBody: (400, "malformed-body", "Malformed request body"),
-    sessions.NotYours: (403, "not-your-session", "Another tenant's session"),
+REFUSALS: dict[type[Exception], str] = {
+    sessions.SessionNotFound: "session-not-found",
+    SessionMissing: "session-not-found",
+    sessions.PreconditionFailed: "precondition-failed",
+    VersionMismatch: "precondition-failed",
+    sessions.IdempotencyKeyReused: "idempotency-key-reused",
+    sessions.IdempotentResponseExpired: "idempotent-response-expired",
+    wire.MalformedBody: "malformed-body",
+    sessions.NotYours: "not-your-session",
 }
-"""Refusals of the layers below HTTP that name no field: status, type and title."""
+"""Refusals of the layers below HTTP that name no field, and their problem types."""
 
 
 def problem_response(
     *,
-    status: int,
     slug: str,
-    title: str,
     detail: str,
+    status: int | None = None,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
     extensions: dict[str, Any] | None = None,
 ) -> Response:
-    body: dict[str, Any] = {"type": f"/problems/{slug}", "title": title, "status": status, "detail": detail}
+    """The problem of type ``slug`` (its status and title from ``PROBLEM_TYPES``, unless ``status`` is given),
+    whose ``instance`` is the request's id."""
+    kind = PROBLEM_TYPES[slug]
+    status = status or kind.status
+    body: dict[str, Any] = {
+        "type": type_uri(slug),
+        "title": kind.title,
+        "status": status,
+        "detail": detail,
+        "instance": current_request_id.get() or new_request_id(),
+    }
     if errors:
         body["errors"] = errors
     if extensions:
@@ -118,17 +126,17 @@ def problem_response(
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-STORAGE_PROBLEMS: dict[type[StorageFailure], tuple[int, str, str]] = {
-    StorageFull: (507, "insufficient-storage", "Storage is full"),
-    StorageBusy: (503, "storage-busy", "Storage is busy"),
-    StorageUnavailable: (503, "storage-unavailable", "Storage is not answering"),
+STORAGE_PROBLEMS: dict[type[StorageFailure], str] = {
+    StorageFull: "insufficient-storage",
+    StorageBusy: "storage-busy",
+    StorageUnavailable: "storage-unavailable",
 }
-"""Each storage failure's status, type and title; the client may retry after ``Retry-After`` seconds."""
+"""Each storage failure's problem type; the client may retry after ``Retry-After`` seconds."""
 
 
 def storage_problem(failure: StorageFailure, *, retry_after_seconds: int) -> Response:
     """A storage failure as 507 or 503: the request changed nothing (unless the detail says its outcome is unknown)."""
-    status, slug, title = next(problem for kind, problem in STORAGE_PROBLEMS.items() if isinstance(failure, kind))
+    slug = next(slug for kind, slug in STORAGE_PROBLEMS.items() if isinstance(failure, kind))
     detail = str(failure)
     if isinstance(failure, StorageUnavailable) and not failure.before_commit:
         detail += (
@@ -137,9 +145,7 @@ def storage_problem(failure: StorageFailure, *, retry_after_seconds: int) -> Res
         )
     else:
         detail += "; nothing was changed"
-    return problem_response(
-        status=status, slug=slug, title=title, detail=detail, headers={"Retry-After": str(retry_after_seconds)}
-    )
+    return problem_response(slug=slug, detail=detail, headers={"Retry-After": str(retry_after_seconds)})
 
 
 def install_error_handlers(app: FastAPI, *, retry_after_seconds: int = 1) -> None:
@@ -156,8 +162,8 @@ def install_error_handlers(app: FastAPI, *, retry_after_seconds: int = 1) -> Non
         return await on_problem(request, ValidationFailed.at(error.loc, error.message))
 
     async def on_refusal(request: Request, error: Exception) -> Response:
-        status, slug, title = next(problem for kind, problem in REFUSALS.items() if isinstance(error, kind))
-        return problem_response(status=status, slug=slug, title=title, detail=str(error))
+        slug = next(slug for kind, slug in REFUSALS.items() if isinstance(error, kind))
+        return problem_response(slug=slug, detail=str(error))
 
     for kind in REFUSALS:
         app.add_exception_handler(kind, on_refusal)
@@ -165,9 +171,7 @@ def install_error_handlers(app: FastAPI, *, retry_after_seconds: int = 1) -> Non
     @app.exception_handler(sessions.IdempotencyKeyInFlight)
     async def on_key_in_flight(request: Request, error: sessions.IdempotencyKeyInFlight) -> Response:
         return problem_response(
-            status=409,
             slug="idempotency-key-in-flight",
-            title="A request with this Idempotency-Key is still being processed",
             detail=str(error),
             headers={"Retry-After": str(max(1, retry_after_seconds))},
         )
@@ -175,23 +179,14 @@ def install_error_handlers(app: FastAPI, *, retry_after_seconds: int = 1) -> Non
     @app.exception_handler(sessions.QuotaExceeded)
     async def on_quota_exceeded(request: Request, error: sessions.QuotaExceeded) -> Response:
         return problem_response(
-            status=403,
             slug="quota-exceeded",
-            title="Over the tenant's quota",
             detail=str(error),
             extensions={"quota": error.quota, "limit": error.limit, "usage": error.usage, "requested": error.requested},
         )
 
     @app.exception_handler(ProblemError)
     async def on_problem(request: Request, error: ProblemError) -> Response:
-        return problem_response(
-            status=error.status,
-            slug=error.slug,
-            title=error.title,
-            detail=error.detail,
-            errors=error.errors,
-            headers=error.headers,
-        )
+        return problem_response(slug=error.slug, detail=error.detail, errors=error.errors, headers=error.headers)
 
     @app.exception_handler(OptimCoreError)
     async def on_core_error(request: Request, error: OptimCoreError) -> Response:
@@ -205,27 +200,24 @@ def install_error_handlers(app: FastAPI, *, retry_after_seconds: int = 1) -> Non
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, error: StarletteHTTPException) -> Response:
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            # The router names the methods of the first route on the path; several share it.
+            headers["Allow"] = ", ".join(allowed_methods(request.app.router.routes, request.scope))
         return problem_response(
+            slug=HTTP_ERRORS.get(error.status_code, "http-error"),
             status=error.status_code,
-            slug="http-error",
-            title=str(error.detail),
             detail=str(error.detail),
-            headers=dict(error.headers or {}),
+            headers=headers,
         )
 
 
-class UnhandledErrors:
-    """The outermost middleware: an error nothing else handled is a bug, logged and answered as a 500
-    problem here, so that the connection stays open (Starlette's own handler re-raises it to the
-    server, which then closes a keep-alive connection without saying so)."""
+class UnhandledErrors(HttpMiddleware):
+    """The middleware just inside ``RequestIds``: an error nothing else handled is a bug, logged and
+    answered as a 500 problem here, so that the connection stays open (Starlette's own handler
+    re-raises it to the server, which then closes a keep-alive connection without saying so)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def tracking_send(message: Message) -> None:
@@ -237,14 +229,11 @@ class UnhandledErrors:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as error:
-            request_id = uuid.uuid4().hex
+            request_id = current_request_id.get()
             logger.exception("unhandled error, request id %s", request_id, exc_info=error)
             if started:
                 raise  # half a response is out: only closing the connection can end it
             response = problem_response(
-                status=500,
-                slug="internal-error",
-                title="Internal server error",
-                detail=f"An unexpected error occurred; request id {request_id}.",
+                slug="internal-error", detail=f"An unexpected error occurred; request id {request_id}."
             )
             await response(scope, receive, send)

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.paths import route_path
 from service.errors import problem_response, storage_problem
 from service.store import StorageFailure
 from service.tenancy.authentication import Admission, Authenticator, RateLimited, Unauthenticated
@@ -21,10 +22,7 @@ GUARDED_PREFIX = "/v1"
 
 
 def _guarded(scope: Scope) -> bool:
-    path: str = scope["path"]
-    root = scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :]
+    path = route_path(scope)
     return (path == GUARDED_PREFIX or path.startswith(GUARDED_PREFIX + "/")) and scope["method"] != "OPTIONS"
 
 
@@ -46,9 +44,7 @@ class Authentication:
             if refusal.invalid_token:
                 challenge += ', error="invalid_token"'
             response = problem_response(
-                status=401,
                 slug="unauthenticated",
-                title="A valid API key is required",
                 detail=refusal.message,
                 headers={"WWW-Authenticate": challenge},
             )
@@ -56,9 +52,7 @@ class Authentication:
             return
         except RateLimited as refusal:
             response = problem_response(
-                status=429,
                 slug="rate-limited",
-                title="Too many requests for this key",
                 detail=str(refusal),
                 headers={
                     "Retry-After": str(refusal.decision.retry_after_seconds),

@@ -8,7 +8,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from service.api.negotiation import body_media_type
+from service.api.negotiation import body_media_type, check_content_encoding
 from service.errors import BodyTooLarge, ValidationFailed
 from service.wire.media_types import ARRAY_TYPES
 
@@ -16,10 +16,11 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 async def read_body(request: Request, limit: int, allowed: Sequence[str] = ARRAY_TYPES) -> tuple[str, list[bytes]]:
-    """The body, as the chunks it arrived in, and its media type; 415 for a type not ``allowed``, 413 past
-    ``limit`` bytes. Join the chunks (``joined``) in a worker thread: joining a large body on the event
-    loop would hold up every other request meanwhile."""
+    """The body, as the chunks it arrived in, and its media type; 415 for a type not ``allowed`` or a content
+    coding, 413 past ``limit`` bytes. Join the chunks (``joined``) in a worker thread: joining a large body
+    on the event loop would hold up every other request meanwhile."""
     media_type = body_media_type(request.headers.get("content-type"), allowed)
+    check_content_encoding(request.headers.get("content-encoding"))
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"the body is {declared} bytes; the limit is {limit}")

@@ -35,9 +35,11 @@ class Service:
         **headers: str,
     ) -> Response:
         """``value`` as JSON or safetensors (arrays under ``root`` named by param name alone), with the
-        session's ``version`` as its ETag."""
+        session's ``version`` as its ETag in that representation. ``Vary: Accept`` tells caches that the
+        representation follows Accept (``negotiation.negotiate``)."""
         if version is not None:
-            headers["ETag"] = etag(version)
+            headers["ETag"] = etag(version, media_type)
+        headers["Vary"] = "Accept"
         body = self.documents.encode(value, media_type=media_type, root=root)
         return Response(body, status_code=status, media_type=media_type, headers=headers)
 

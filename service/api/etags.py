@@ -1,10 +1,18 @@
-"""ETags and If-Match: a session's version is its entity tag."""
+"""ETags and If-Match: a session's version is its entity tag, one per representation.
+
+The JSON and the safetensors answers of one version are different bytes, so they carry different
+strong ETags: ``"7"`` for JSON (as every ETag was before safetensors had its own) and
+``"7.safetensors"``. If-Match names the version, in whichever form the client was handed.
+"""
 
 from service.sessions.service import Versions
+from service.wire.media_types import JSON, SAFETENSORS
+
+REPRESENTATION_SUFFIXES = {JSON: "", SAFETENSORS: ".safetensors"}
 
 
-def etag(version: int) -> str:
-    return f'"{version}"'
+def etag(version: int, media_type: str = JSON) -> str:
+    return f'"{version}{REPRESENTATION_SUFFIXES[media_type]}"'
 
 
 def expected_versions(if_match: str | None) -> Versions:
@@ -18,6 +26,15 @@ def expected_versions(if_match: str | None) -> Versions:
     versions = set()
     for tag in tags:
         inner = tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else None
+        if inner is not None:
+            inner = _without_representation(inner)
         if inner is not None and inner.isdecimal() and inner == str(int(inner)):
             versions.add(int(inner))
     return frozenset(versions)
+
+
+def _without_representation(inner: str) -> str:
+    for suffix in REPRESENTATION_SUFFIXES.values():
+        if suffix and inner.endswith(suffix):
+            return inner[: -len(suffix)]
+    return inner

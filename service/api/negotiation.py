@@ -2,16 +2,39 @@
 
 from collections.abc import Sequence
 
-from service.errors import NotAcceptable, UnsupportedMediaType
-from service.wire.media_types import ARRAY_TYPES, JSON
+from service.errors import NotAcceptable, UnsupportedContentEncoding, UnsupportedMediaType
+from service.wire.media_types import ARRAY_TYPES
+
+CONTENT_CODINGS = ("identity",)
+"""The content codings a request body may have: none but the body as it is."""
 
 
 def body_media_type(content_type: str | None, allowed: Sequence[str] = ARRAY_TYPES) -> str:
-    """The request body's media type, when it is one of ``allowed`` (absent means JSON); else 415."""
-    media_type = (content_type or JSON).split(";")[0].strip().lower()
+    """The request body's media type, when it is one of ``allowed``; else 415.
+
+    A body without Content-Type is refused, not read as JSON: a web page may send any site a POST
+    without one, or with text/plain, and no preflight asks first (a CORS "simple" request).
+    """
+    if content_type is None:
+        raise UnsupportedMediaType(f"Content-Type is required: the body must be one of {', '.join(allowed)}")
+    media_type = content_type.split(";")[0].strip().lower()
     if media_type not in allowed:
         raise UnsupportedMediaType(f"the body must be one of {', '.join(allowed)}; got {media_type!r}")
     return media_type
+
+
+def check_content_encoding(content_encoding: str | None) -> None:
+    """415 (with ``Accept-Encoding``) unless the body has no content coding but ``identity``."""
+    if content_encoding is None:
+        return
+    codings = [coding.strip().lower() for coding in content_encoding.split(",") if coding.strip()]
+    unsupported = [coding for coding in codings if coding not in CONTENT_CODINGS]
+    if unsupported:
+        raise UnsupportedContentEncoding(
+            f"the body's Content-Encoding {content_encoding!r} is not one this server decodes; send it without "
+            f"one (or as {', '.join(CONTENT_CODINGS)})",
+            headers={"Accept-Encoding": ", ".join(CONTENT_CODINGS)},
+        )
 
 
 def negotiate(accept: str | None, offered: Sequence[str] = ARRAY_TYPES) -> str:

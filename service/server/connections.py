@@ -14,6 +14,10 @@ client is accepted. This subclass adds what nginx and Go's ``http.Server`` have:
   nginx reuses idle keep-alive connections, and only when none is idle is the new
   connection answered 503 and closed.
 
+A request the parser refuses (a malformed request line or header, a method it does not
+know) never reaches the app; it is answered here as a problem too (400 or 501), where
+uvicorn answers text/plain, and the connection is closed.
+
 It extends the protocol rather than replacing it: parsing, flow control and the
 ASGI cycle stay uvicorn's.
 """
@@ -22,22 +26,41 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, ClassVar
 
+import httptools
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-_BUSY_BODY = (
-    b'{"type":"/problems/too-many-connections","title":"Too many connections","status":503,'
-    b'"detail":"every connection this server process holds is in use; retry"}'
-)
-BUSY_RESPONSE = (
-    b"HTTP/1.1 503 Service Unavailable\r\n"
-    b"content-type: application/problem+json\r\n"
-    b"retry-after: 1\r\n"
-    b"connection: close\r\n"
-    b"content-length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
-)
-"""What a connection gets when the process holds as many as it may and none of them is idle."""
+from service.api.request_ids import new_request_id
+from service.problem_types import PROBLEM_TYPES, type_uri
+
+
+def closing_problem(slug: str, detail: str, **headers: str) -> bytes:
+    """A whole HTTP/1.1 response, for the connection to write before it closes: a problem of type ``slug``
+    with a new request id (as ``instance`` and ``X-Request-ID``), and ``Connection: close``."""
+    kind = PROBLEM_TYPES[slug]
+    request_id = new_request_id()
+    body = orjson.dumps(
+        {"type": type_uri(slug), "title": kind.title, "status": kind.status, "detail": detail, "instance": request_id}
+    )
+    head = [
+        f"HTTP/1.1 {kind.status} {HTTPStatus(kind.status).phrase}",
+        "content-type: application/problem+json",
+        f"x-request-id: {request_id}",
+        *(f"{name.lower().replace('_', '-')}: {value}" for name, value in headers.items()),
+        "connection: close",
+        f"content-length: {len(body)}",
+    ]
+    return "\r\n".join(head).encode() + b"\r\n\r\n" + body
+
+
+def busy_response() -> bytes:
+    """What a connection gets when the process holds as many as it may and none of them is idle."""
+    return closing_problem(
+        "too-many-connections", "every connection this server process holds is in use; retry", retry_after="1"
+    )
 
 
 @dataclass(frozen=True)
@@ -86,7 +109,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if not self._make_room():
-            transport.write(BUSY_RESPONSE)
+            transport.write(busy_response())
             transport.close()
             return
         self._now_idle()
@@ -95,6 +118,21 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._idle.discard(self)
         self._cancel_deadline()
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's own, but for what it answers a request the parser refuses: text/plain there.
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserInvalidMethodError:
+            self._refuse("method-not-implemented", "the request's method is not one this server knows")
+        except httptools.HttpParserError:
+            self._refuse("malformed-request", "the request line or headers are not valid HTTP/1.1")
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -118,6 +156,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._now_idle()
 
     # Helpers.
+
+    def _refuse(self, slug: str, detail: str) -> None:
+        """Answer a request that never reached the app with a problem, and close: the parser cannot go on."""
+        self.logger.warning("Invalid HTTP request received: %s.", detail)
+        self.transport.write(closing_problem(slug, detail))
+        self.transport.close()
 
     def _now_idle(self) -> None:
         self.idle_since = time.monotonic()

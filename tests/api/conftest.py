@@ -28,14 +28,18 @@ from fastapi.testclient import TestClient
 from optim_core import Optimizer
 from service.app import create_app
 from service.config import Settings
+from service.problem_types import PROBLEM_TYPES
 from tests import optimizers
 from tests.databases import fresh_database
 
-PROBLEM_KEYS = ("type", "title", "status", "detail")
+PROBLEM_KEYS = ("type", "title", "status", "detail", "instance")
 JSON = "application/json"
 SAFETENSORS = "application/vnd.safetensors"
 TRANSPORTS = ("json", "binary")
 TENSOR_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+LOCAL_URL = "http://localhost"
+"""Where the tests' clients send their requests: a name a server on loopback answers (TestClient's own,
+``testserver``, is not)."""
 
 
 @dataclass
@@ -126,8 +130,9 @@ def ok(response: Any, status: int = 200) -> Any:
 
 
 def assert_problem(response: Any, status: int, loc: list[Any] | None = None, message: str | None = None) -> Any:
-    """An RFC 9457 problem: the status, application/problem+json, type/title/status/detail, and
-    when `loc` is given an `errors` entry whose loc starts with it (and contains `message`, if given)."""
+    """An RFC 9457 problem: the status, application/problem+json, type/title/status/detail, a type with
+    a page (in PROBLEM_TYPES), the request's id as its instance, and when `loc` is given an `errors`
+    entry whose loc starts with it (and contains `message`, if given)."""
     text = response.text[:2000]
     assert response.status_code == status, f"expected {status}, got {response.status_code}: {text}"
     media_type = response.headers.get("content-type", "").split(";")[0].strip()
@@ -140,6 +145,8 @@ def assert_problem(response: Any, status: int, loc: list[Any] | None = None, mes
     assert isinstance(problem["type"], str), text
     assert isinstance(problem["title"], str), text
     assert isinstance(problem["detail"], str), text
+    assert problem["type"].removeprefix("/problems/") in PROBLEM_TYPES, f"a type without a page: {text}"
+    assert problem["instance"] == response.headers["x-request-id"], f"{response.headers}: {text}"
     if loc is not None:
         errors = problem.get("errors")
         assert isinstance(errors, list), f"no errors list: {text}"
@@ -474,7 +481,7 @@ def service_client(database_url: str, **settings: Any) -> TestClient:
         settings.setdefault("array_files_min_bytes", 0)
     app = create_app(Settings(database_url=database_url, **settings))
     # What a client sees: an unhandled server error is a 500 response, not an exception in the test.
-    return TestClient(app, raise_server_exceptions=False)
+    return TestClient(app, raise_server_exceptions=False, base_url=LOCAL_URL)
 
 
 @pytest.fixture

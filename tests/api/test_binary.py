@@ -359,7 +359,9 @@ def test_json_and_binary_requests_and_answers_mixed_give_the_same_params(module_
     # Four sessions alike, created in all four combinations of request and answer format.
     created = [
         _json_arrays(module_client.post("/v1/sessions", content=json_body, headers={"Content-Type": JSON})),
-        _binary_arrays(module_client.post("/v1/sessions", content=json_body, headers={"Accept": SAFETENSORS})),
+        _binary_arrays(
+            module_client.post("/v1/sessions", content=json_body, headers={"Content-Type": JSON, "Accept": SAFETENSORS})
+        ),
         _json_arrays(module_client.post("/v1/sessions", content=create_safetensors(body), headers=BINARY_BODY)),
         _binary_arrays(module_client.post("/v1/sessions", content=create_safetensors(body), headers=BINARY)),
     ]
@@ -373,7 +375,8 @@ def test_json_and_binary_requests_and_answers_mixed_give_the_same_params(module_
         core.step(grads)
         json_grads, binary_grads = json.dumps(to_json({"grads": grads})).encode(), step_safetensors(grads)
         answers = [
-            _json_arrays(module_client.post(f"/v1/sessions/{ids[0]}/step", content=json_grads)),
+            _json_arrays(module_client.post(f"/v1/sessions/{ids[0]}/step", content=json_grads,
+                                            headers={"Content-Type": JSON})),
             _binary_arrays(module_client.post(f"/v1/sessions/{ids[1]}/step", content=json_grads,
                                               headers={"Content-Type": JSON, "Accept": SAFETENSORS})),
             _json_arrays(module_client.post(f"/v1/sessions/{ids[2]}/step", content=binary_grads, headers=BINARY_BODY)),
@@ -427,7 +430,8 @@ def test_an_idempotency_key_replayed_with_the_same_grads_in_the_other_format_is_
     ok(module_client.post(url, content=step_safetensors(GRADS), headers={**BINARY, **headers}))
     before = checkpoint(module_client, session.id)
 
-    response = module_client.post(url, content=json.dumps(to_json({"grads": GRADS})).encode(), headers=headers)
+    json_grads = json.dumps(to_json({"grads": GRADS})).encode()
+    response = module_client.post(url, content=json_grads, headers={"Content-Type": JSON, **headers})
 
     assert_problem(response, 422)
     assert checkpoint(module_client, session.id) == before

@@ -18,6 +18,7 @@ from service.app import create_app
 from service.config import Settings
 from service.sessions.service import Sessions
 from tests.api.conftest import (
+    LOCAL_URL,
     SAFETENSORS,
     assert_problem,
     assert_same_param_bits,
@@ -42,7 +43,10 @@ def _client(database: Path, *, first: bool = True, declared: bool = True, root_p
         if (first or route is not STEP_ROUTE)
         and (declared or not (isinstance(route, APIRoute) and route.endpoint is step_session))
     ]
-    return TestClient(app, raise_server_exceptions=False, root_path=root_path)
+    # One request id for every request, so that the twins' answers compare byte for byte.
+    return TestClient(
+        app, raise_server_exceptions=False, root_path=root_path, base_url=LOCAL_URL, headers={"X-Request-ID": "twin"}
+    )
 
 
 @pytest.fixture(params=["", "/api"], ids=["at the root", "under a root path"])

@@ -71,8 +71,10 @@ def test_another_tenants_session_is_404_on_every_endpoint_exactly_as_a_missing_o
     client, session_url, key_a, key_b = tenants
     before = _snapshot(client, session_url, key_a)
 
-    refused = _request(client, method, path.format(url=session_url), body, bearer(key_b))
-    missing = _request(client, method, path.format(url="/v1/sessions/NoSuchSession0"), body, bearer(key_b))
+    # One request id for both, which each problem names as its instance.
+    headers = {**bearer(key_b), "X-Request-ID": "one-id"}
+    refused = _request(client, method, path.format(url=session_url), body, headers)
+    missing = _request(client, method, path.format(url="/v1/sessions/NoSuchSession0"), body, headers)
 
     problem = assert_problem(refused, 404)
     expected = assert_problem(missing, 404)

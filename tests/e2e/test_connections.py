@@ -7,10 +7,11 @@ to 1024 open files, flooded with 2000 idle connections, still answers a new clie
 
 Errors are injected into the real server through ``sitecustomize`` (which Python
 imports at startup): the store's ``get`` fails for two session ids, one with a bug and
-one with a storage failure.
+one with a storage failure, and the step has a bug for the first.
 """
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -21,11 +22,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.server.connections import BUSY_RESPONSE
 from service.store.sqlite.file_locks import LockFile, session_lock
+from tests.e2e.raw_http import parse_head, request
 from tests.e2e.server_process import HOST, ServerProcess, sqlite_url
 
 INJECTED = """
+from service.sessions.service import Sessions
 from service.store import StorageUnavailable
 from service.store.sql import SqlSessionStore
 
@@ -41,6 +43,16 @@ def get(self, session_id, *, with_arrays):
 
 
 SqlSessionStore.get = get
+_step = Sessions.step
+
+
+def step(self, **arguments):
+    if arguments["session_id"] == "injected-bug":
+        raise RuntimeError("an injected bug in the step")
+    return _step(self, **arguments)
+
+
+Sessions.step = step
 """
 FLOOD = 2000
 OPEN_FILES = 1024
@@ -57,24 +69,6 @@ def injected(tmp_path: Path) -> Iterator[ServerProcess]:
         yield server
 
 
-def request(connection: socket.socket, path: str) -> tuple[int, dict[str, str], bytes]:
-    """Send a GET on ``connection`` and read its whole response: status, headers, body."""
-    connection.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-    received = b""
-    while b"\r\n\r\n" not in received:
-        chunk = connection.recv(65536)
-        assert chunk, f"the server closed the connection before answering GET {path}"
-        received += chunk
-    head, body = received.split(b"\r\n\r\n", 1)
-    status_line, *header_lines = head.decode().split("\r\n")
-    headers = {name.lower(): value.strip() for name, value in (line.split(":", 1) for line in header_lines)}
-    while len(body) < int(headers["content-length"]):
-        chunk = connection.recv(65536)
-        assert chunk, "the server closed the connection in the middle of a response"
-        body += chunk
-    return int(status_line.split()[1]), headers, body
-
-
 @pytest.mark.parametrize(
     ("session_id", "status"), [("injected-bug", 500), ("injected-storage-failure", 503)], ids=["bug", "storage"]
 )
@@ -89,6 +83,25 @@ def test_an_error_answer_keeps_the_keep_alive_connection_open_for_the_next_reque
         if status == 503:
             assert int(headers["retry-after"]) >= 0
         assert request(connection, "/healthz")[0] == 200
+
+
+def test_a_bug_in_a_step_with_a_body_is_a_500_problem_that_keeps_the_connection_and_names_its_log_line(
+    injected: ServerProcess,
+) -> None:
+    body = json.dumps({"grads": {"w": [1.0] * 10_000}}).encode()
+    headers = {"Content-Type": "application/json", "X-Request-ID": "step-bug-1"}
+    with socket.create_connection((HOST, injected.port), timeout=10) as connection:
+        got, answer_headers, answer = request(
+            connection, "/v1/sessions/injected-bug/step", method="POST", body=body, headers=headers
+        )
+        assert got == 500, answer
+        assert answer_headers["content-type"] == "application/problem+json"
+        assert answer_headers.get("connection") != "close"
+        assert answer_headers["x-request-id"] == json.loads(answer)["instance"] == "step-bug-1"
+        assert request(connection, "/healthz")[0] == 200
+    logged = [line for line in injected.log_tail().splitlines() if "unhandled error" in line]
+    assert logged, injected.log_tail()
+    assert all("[request step-bug-1]" in line for line in logged), logged
 
 
 def closed_within(connection: socket.socket, seconds: float) -> float:
@@ -198,5 +211,10 @@ def test_when_every_connection_a_process_may_hold_is_busy_a_new_one_is_answered_
         for thread in busy:
             thread.join(30)
         locks.close()
-        assert answered == BUSY_RESPONSE
+        status, headers, body = parse_head(answered)
+        assert status == 503
+        assert headers["content-type"] == "application/problem+json"
+        assert headers["connection"] == "close"
+        assert json.loads(body)["instance"] == headers["x-request-id"]
+        assert json.loads(body)["type"] == "/problems/too-many-connections"
         assert answers == [200, 200]
