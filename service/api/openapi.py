@@ -36,8 +36,8 @@ def in_safetensors(schema_name: str) -> dict[str, Any]:
 
 HEADERS: dict[str, dict[str, Any]] = {
     "ETag": {
-        "description": "The session's version as an entity tag; If-Match takes it.",
-        "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+        "description": "The session's version as an entity tag, one per representation (`\"7\"` for JSON, `\"7.safetensors\"`); If-Match takes either.",
+        "schema": {"type": "string", "pattern": '^"[0-9]+(\\.safetensors)?"$'},
     },
     "Location": {"description": "The new session's URL.", "schema": {"type": "string", "pattern": "^/v1/sessions/"}},
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}},
@@ -73,6 +73,7 @@ PROBLEMS: dict[int, tuple[str, dict[str, bool]]] = {
     412: ("If-Match names no version the session is at.", {}),
     413: ("The body is over the server's limit.", {}),
     415: ("A body media type this operation does not read.", {}),
+    421: ("The Host header names a host this server does not answer (`OPTIM_ALLOWED_HOSTS`).", {}),
     422: ("A field is wrong; `errors` names each one.", {}),
     429: ("Over the key's rate limit.", {"Retry-After": True, "RateLimit-Policy": True, "RateLimit": True}),
     500: ("A bug: logged with a request id, which the detail names.", {}),
@@ -83,7 +84,7 @@ PROBLEMS: dict[int, tuple[str, dict[str, bool]]] = {
     507: ("Storage is full; writes succeed again once there is room.", {"Retry-After": True}),
 }
 """Each problem status: what it means, and the headers that come with it (whether always)."""
-EVERY_ROUTE = (500,)
+EVERY_ROUTE = (421, 500)
 """What any route may answer."""
 EVERY_GUARDED_ROUTE = (401, 429, 503)
 """What the authentication middleware may answer for any /v1 route, before the route runs."""
@@ -200,7 +201,7 @@ def _complete_operation(path: str, operation: dict[str, Any]) -> None:
         if guarded:
             for name, header in _header_refs(GUARDED_HEADERS).items():
                 headers.setdefault(name, header)
-        headers.setdefault("X-Request-ID", _header_ref("X-Request-ID", required=False))
+        headers.setdefault("X-Request-ID", _header_ref("X-Request-ID", required=True))
         if status.startswith(("4", "5")):
             answer["content"] = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
     operation["security"] = [{SECURITY_SCHEME: []}] if guarded else []

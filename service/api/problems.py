@@ -6,6 +6,7 @@ from html import escape
 from fastapi import APIRouter
 from starlette.responses import HTMLResponse
 
+from service.api.openapi import problems
 from service.errors import ProblemError
 from service.problem_types import PROBLEM_TYPES, ProblemType, type_uri
 
@@ -33,7 +34,13 @@ def _code(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
-@router.get("/{slug}", summary="What a problem type means", response_class=HTMLResponse)
+@router.get(
+    "/{slug}",
+    summary="What a problem type means",
+    operation_id="problem_page",
+    response_class=HTMLResponse,
+    responses={200: {"description": "A page that explains the problem type."}, **problems(404)},
+)
 async def problem_page(slug: str) -> HTMLResponse:
     kind = PROBLEM_TYPES.get(slug)
     if kind is None:

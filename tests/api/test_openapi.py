@@ -20,8 +20,8 @@ SAFETENSORS = "application/vnd.safetensors"
 
 GUARDED = frozenset({401, 429, 503})
 """The authentication middleware: no valid key, over the key's rate limit, storage not answering its look-up."""
-ANY = frozenset({500})
-"""A bug, on any route."""
+ANY = frozenset({421, 500})
+"""A Host the server does not answer, or a bug, on any route."""
 ONE_SESSION = frozenset({404, 406})
 """A route about one session: no such session; Accept names nothing it answers in."""
 ITS_ARRAYS = frozenset({403})
@@ -88,6 +88,7 @@ OPERATIONS = {
     ("get", "/v1/tenant"): Operation(200, GUARDED | ANY),
     ("get", "/healthz"): Operation(200, ANY),
     ("get", "/readyz"): Operation(200, ANY | {503}),
+    ("get", "/problems/{slug}"): Operation(200, ANY | {404}),
 }
 ALWAYS_WITH = {401: {"WWW-Authenticate"}, 429: {"Retry-After", "RateLimit-Policy", "RateLimit"}, 507: {"Retry-After"}}
 """Headers that always come with a problem status."""
