@@ -36,8 +36,8 @@ def in_safetensors(schema_name: str) -> dict[str, Any]:
 
 HEADERS: dict[str, dict[str, Any]] = {
     "ETag": {
-        "description": "The session's version as an entity tag, one per representation (`\"7\"` for JSON, "
-        "`\"7.safetensors\"`); If-Match takes either.",
+        "description": 'The session\'s version as an entity tag, one per representation (`"7"` for JSON, '
+        '`"7.safetensors"`); If-Match takes either.',
         "schema": {"type": "string", "pattern": '^"[0-9]+(\\.safetensors)?"$'},
     },
     "Location": {"description": "The new session's URL.", "schema": {"type": "string", "pattern": "^/v1/sessions/"}},
