@@ -22,6 +22,7 @@ import numpy as np
 
 from service.wire.json_arrays import ArrayPath, dump_json, parse_json_with_arrays
 from service.wire.media_types import SAFETENSORS
+from service.wire.nesting import check_depth
 from service.wire.safetensors_documents import document_from_safetensors, safetensors_from_document
 
 
@@ -48,15 +49,16 @@ class Documents:
     def decode(
         self, media_type: str, body: bytes, *, root: str | None = None, array_paths: Sequence[ArrayPath] = ()
     ) -> dict[str, Any]:
-        """The body as a JSON-style document whose arrays (at ``array_paths``, or all in binary) are numpy."""
+        """The body as a JSON-style document whose arrays (at ``array_paths``, or all in binary) are numpy;
+        its other values nest at most ``MAX_DEPTH`` deep."""
         if media_type == SAFETENSORS:
-            return document_from_safetensors(body, root=root)
-        if self._limiter is not None and len(body) > self._threshold:
-            decoded: dict[str, Any] = anyio.from_thread.run(
-                self._in_a_process, parse_json_with_arrays, body, array_paths
-            )
-            return decoded
-        return parse_json_with_arrays(body, array_paths)
+            document = document_from_safetensors(body, root=root)
+        elif self._limiter is not None and len(body) > self._threshold:
+            document = anyio.from_thread.run(self._in_a_process, parse_json_with_arrays, body, array_paths)
+        else:
+            document = parse_json_with_arrays(body, array_paths)
+        check_depth(document)
+        return document
 
     def encode(self, value: dict[str, Any], *, media_type: str, root: str | None = None) -> bytes | memoryview:
         """``value`` as JSON or safetensors (arrays under ``root`` named by param name alone)."""

@@ -9,8 +9,7 @@ import orjson
 
 from optim_core.checks import all_finite
 from service.wire.errors import InvalidValue, Loc, MalformedBody
-
-NUMBER_TYPES = {int, float}
+from service.wire.nesting import NOT_NUMBERS, check_nested_numbers
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -32,14 +31,16 @@ def array_from_json(
     The result has ``dtype``, else the array's own float dtype, else float64. Without
     ``check_finite`` it may hold NaN or infinities: for arrays the core checks anyway.
     """
-    if isinstance(value, bool) or (isinstance(value, list) and _holds_non_numbers(value)):
-        raise InvalidValue(loc, "must be a number or rectangular nested lists of numbers")
+    if isinstance(value, bool):
+        raise InvalidValue(loc, NOT_NUMBERS)
+    if isinstance(value, list):
+        check_nested_numbers(value, loc)
     try:
         array = np.asarray(value)
     except (ValueError, TypeError):
-        raise InvalidValue(loc, "must be a number or rectangular nested lists of numbers") from None
+        raise InvalidValue(loc, NOT_NUMBERS) from None
     if array.dtype.kind not in "fiu":
-        raise InvalidValue(loc, "must be a number or rectangular nested lists of numbers")
+        raise InvalidValue(loc, NOT_NUMBERS)
     target = dtype or (array.dtype if array.dtype in (np.float32, np.float64) else np.dtype(np.float64))
     with np.errstate(over="ignore"):
         # Numbers beyond the target's range become infinite here, and are refused below.
@@ -47,13 +48,6 @@ def array_from_json(
     if check_finite and not all_finite(array):
         raise InvalidValue(loc, f"holds NaN or infinite values, or numbers beyond {target}'s range")
     return array
-
-
-def _holds_non_numbers(rows: list[Any]) -> bool:
-    """True when a leaf of the nested lists is not an int or float (numpy would read true as 1.0)."""
-    if rows and isinstance(rows[0], list):
-        return any(not isinstance(row, list) or _holds_non_numbers(row) for row in rows)
-    return not set(map(type, rows)) <= NUMBER_TYPES
 
 
 ArrayPath = tuple[str, ...]

@@ -1,0 +1,160 @@
+"""Hostile input: values nested deep enough to exhaust a recursive walk, param_names that are not
+a list of names, state keys too long for Python's int(), and step counters past what can be counted
+exactly. Each is a 4xx problem naming the field that changes nothing, and each limit's edge is
+accepted and keeps working.
+
+Bodies here are built as text or tensors by hand: the values are deeper than the test helpers'
+own recursive walks should be asked to go.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import safetensors.numpy
+from fastapi.testclient import TestClient
+
+from service.wire.nesting import MAX_ARRAY_DIMENSIONS, MAX_DEPTH
+from tests.api.conftest import (
+    SAFETENSORS,
+    Created,
+    assert_problem,
+    checkpoint,
+    create_session,
+    ok,
+    step,
+)
+
+RPROP: dict[str, Any] = {"optimizer": "rprop", "params": {"w": [1.0, -2.0], "s": 0.5}}
+GRADS: dict[str, Any] = {"w": [0.5, -1.0], "s": 2.0}
+DEEP = 1000
+"""Deeper than a recursive walk (from 331 levels) or repr (from about 1000) survives, within orjson's 1024."""
+
+
+def _deep(depth: int, leaf: str = "1.0") -> str:
+    return "[" * depth + leaf + "]" * depth
+
+
+def _with(template: str, value: str) -> bytes:
+    """``template`` with ``value`` in place of its ``@``, as a body."""
+    return template.replace("@", value).encode()
+
+
+def _session(client: TestClient) -> Created:
+    created = create_session(client, RPROP)
+    ok(step(client, created.id, GRADS))
+    return created
+
+
+def _state_dict(client: TestClient, session: Created) -> dict[str, Any]:
+    """The session's state_dict as JSON values (one step in: state for both params)."""
+    state_dict: dict[str, Any] = json.loads(client.get(f"{session.url}/state_dict").content)
+    return state_dict
+
+
+def _session_count(client: TestClient) -> int:
+    return len(ok(client.get("/v1/sessions", params={"limit": 1000}))["items"])
+
+
+def _binary(tensors: dict[str, Any], metadata: dict[str, str]) -> bytes:
+    arrays = {name: np.asarray(value, dtype=np.float32) for name, value in tensors.items()}
+    return safetensors.numpy.save(arrays, metadata=metadata or None)
+
+
+def _state_dict_binary(state_dict: dict[str, Any], *, groups: str | None = None, steps: str | None = None) -> bytes:
+    """A PUT /state_dict body: the state's arrays as tensors, its steps and the groups as metadata text."""
+    tensors = {
+        f"state/{index}/{key}": value
+        for index, entry in state_dict["state"].items()
+        for key, value in entry.items()
+        if key != "step"
+    }
+    state_steps = {index: {"step": entry["step"]} for index, entry in state_dict["state"].items()}
+    return _binary(
+        tensors,
+        {"state": steps or json.dumps(state_steps), "param_groups": groups or json.dumps(state_dict["param_groups"])},
+    )
+
+
+def _send(client: TestClient, method: str, url: str, body: bytes, *, binary_body: bool = False) -> Any:
+    content_type = SAFETENSORS if binary_body else "application/json"
+    return client.request(method, url, content=body, headers={"Content-Type": content_type})
+
+
+# 1. Deep nesting: arrays of more than MAX_ARRAY_DIMENSIONS, other values deeper than MAX_DEPTH.
+
+CREATE = '{"optimizer": "rprop", "params": {"w": [1.0]}, @}'
+DEEP_CREATES = [
+    pytest.param(_with('{"optimizer": "rprop", "params": {"w": @}}', _deep(DEEP)), False,
+                 ["body", "params", "w"], id="json_params"),
+    pytest.param(_with('{"optimizer": "rprop", "params": {"w": @}}', _deep(MAX_ARRAY_DIMENSIONS + 1)), False,
+                 ["body", "params", "w"], id="json_params_one_dimension_too_many"),
+    pytest.param(_with(CREATE, f'"hyperparameters": {{"lr": {_deep(DEEP)}}}'), False,
+                 ["body", "hyperparameters", "lr"], id="json_hyperparameter"),
+    pytest.param(_with(CREATE, f'"param_groups": [{{"params": ["w"], "lr": {_deep(DEEP)}}}]'), False,
+                 ["body", "param_groups", 0, "lr"], id="json_param_group"),
+    pytest.param(_with(CREATE, f'"state_dict": {{"state": {{"0": {{"step": {_deep(DEEP)}}}}}, "param_groups": []}}'),
+                 False, ["body", "state_dict", "state", "0", "step"], id="json_state_step"),
+    pytest.param(_binary({"params/w": [1.0]}, {"optimizer": '"rprop"', "hyperparameters": f'{{"lr": {_deep(DEEP)}}}'}),
+                 True, ["body", "hyperparameters", "lr"], id="binary_metadata"),
+    pytest.param(_binary({"params/w": np.ones((1,) * (MAX_ARRAY_DIMENSIONS + 1))}, {"optimizer": '"rprop"'}), True,
+                 ["body", "params", "w"], id="binary_tensor_of_one_dimension_too_many"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "binary_body", "loc"), DEEP_CREATES)
+def test_a_create_nested_past_the_limits_is_422_naming_the_field_and_creates_nothing(
+    module_client: TestClient, body: bytes, binary_body: bool, loc: list[Any]
+) -> None:
+    count = _session_count(module_client)
+
+    response = _send(module_client, "POST", "/v1/sessions", body, binary_body=binary_body)
+
+    assert_problem(response, 422, loc)
+    assert _session_count(module_client) == count
+
+
+def _deep_session_requests(state_dict: dict[str, Any]) -> list[tuple[str, str, bytes, bool, list[Any]]]:
+    """(method, path under the session, body, binary, the loc it must name)."""
+    groups = json.dumps(state_dict["param_groups"])
+    deep_names = groups.replace('"param_names": ["w", "s"]', f'"param_names": {_deep(DEEP, chr(34) + "w" + chr(34))}')
+    json_state_dict = json.dumps(state_dict)
+    return [
+        ("POST", "/step", _with('{"grads": {"w": @}}', _deep(DEEP)), False, ["body", "grads", "w"]),
+        ("POST", "/step", _binary({"w": [1.0, 1.0]}, {"note": _deep(DEEP)}), True, ["body", "note"]),
+        ("POST", "/step", _binary({"w": np.ones((1,) * 40)}, {}), True, ["body", "grads", "w"]),
+        ("PUT", "/state_dict", json_state_dict.replace('"step": 1.0', f'"step": {_deep(DEEP)}', 1).encode(), False,
+         ["body", "state", "0", "step"]),
+        ("PUT", "/state_dict", json_state_dict.replace(groups, deep_names).encode(), False,
+         ["body", "param_groups", 0, "param_names"]),
+        ("PUT", "/state_dict", _state_dict_binary(state_dict, groups=deep_names), True,
+         ["body", "param_groups", 0, "param_names"]),
+        ("PATCH", "", _with('{"hyperparameters": {"lr": @}}', _deep(MAX_DEPTH)), False,
+         ["body", "hyperparameters", "lr"]),
+    ]  # fmt: skip
+
+
+def test_steps_state_dicts_and_patches_nested_past_the_limits_are_422_naming_the_field_and_change_nothing(
+    module_client: TestClient,
+) -> None:
+    session = _session(module_client)
+    before = checkpoint(module_client, session.id)
+
+    for method, path, body, binary_body, loc in _deep_session_requests(_state_dict(module_client, session)):
+        response = _send(module_client, method, f"{session.url}{path}", body, binary_body=binary_body)
+
+        assert_problem(response, 422, loc)
+        assert checkpoint(module_client, session.id) == before, (method, path, loc)
+
+
+@pytest.mark.usefixtures("transport")
+def test_an_array_of_as_many_dimensions_as_the_limit_is_accepted_and_steps(module_client: TestClient) -> None:
+    shape = (1,) * (MAX_ARRAY_DIMENSIONS - 1) + (2,)
+    created = create_session(module_client, {"optimizer": "rprop", "params": {"w": np.zeros(shape, np.float32)}})
+
+    answer = ok(step(module_client, created.id, {"w": np.ones(shape, np.float32)}))
+
+    assert np.asarray(answer["params"]["w"]).shape == shape
