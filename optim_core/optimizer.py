@@ -330,11 +330,8 @@ class Optimizer(Generic[H, S]):
                     "loaded state dict contains a parameter group that doesn't match the size of optimizer's group",
                     loc=(*loc, "params"),
                 )
-            if "param_names" in saved and list(saved["param_names"]) != names:
-                raise InvalidStateDictError(
-                    f"param_names {saved['param_names']!r} do not match this optimizer's {names!r}",
-                    loc=(*loc, "param_names"),
-                )
+            if "param_names" in saved:
+                _check_param_names(saved["param_names"], names, loc=(*loc, "param_names"))
             for param_id, name in zip(ids, names, strict=True):
                 if param_id in names_by_id:
                     raise InvalidStateDictError(f"param index {param_id} is listed twice", loc=(*loc, "params"))
@@ -409,6 +406,26 @@ def _param_index(key: object) -> int | None:
     if isinstance(key, str) and key.isdecimal():
         return int(key)
     return None
+
+
+def _check_param_names(param_names: object, names: list[str], *, loc: Loc) -> None:
+    """A saved group's ``param_names`` is, as in torch, a list of the names of its params: this group's."""
+    if not _is_list(param_names) or not all(isinstance(name, str) for name in param_names):
+        raise InvalidStateDictError(
+            f"param_names must be a list of the group's param names (strings), got {_described(param_names)}",
+            loc=loc,
+        )
+    if list(param_names) != names:
+        raise InvalidStateDictError(
+            f"param_names {list(param_names)!r} do not match this optimizer's {names!r}", loc=loc
+        )
+
+
+def _described(value: object) -> str:
+    if _is_list(value):
+        kinds = sorted({type(item).__name__ for item in value})
+        return f"a list holding {', '.join(kinds)}"
+    return type(value).__name__
 
 
 def _require_keys(mapping: object, *, required: set[str], allowed: set[str], loc: Loc) -> None:

@@ -25,6 +25,9 @@ from tests.api.conftest import (
     checkpoint,
     create_session,
     ok,
+    post_session,
+    put_state_dict,
+    same,
     step,
 )
 
@@ -158,3 +161,35 @@ def test_an_array_of_as_many_dimensions_as_the_limit_is_accepted_and_steps(modul
     answer = ok(step(module_client, created.id, {"w": np.ones(shape, np.float32)}))
 
     assert np.asarray(answer["params"]["w"]).shape == shape
+
+
+# 2. param_names: a list of the group's names (strings), as torch writes it.
+
+BAD_PARAM_NAMES = [
+    pytest.param(1, id="number"),
+    pytest.param(None, id="null"),
+    pytest.param("ws", id="string"),
+    pytest.param({"0": "w"}, id="object"),
+    pytest.param(["w", 1], id="list_holding_a_number"),
+    pytest.param([["w"], ["s"]], id="list_of_lists"),
+]
+
+
+@pytest.mark.usefixtures("transport")
+@pytest.mark.parametrize("param_names", BAD_PARAM_NAMES)
+def test_param_names_that_are_not_a_list_of_strings_are_422_naming_them_and_change_nothing(
+    module_client: TestClient, param_names: Any
+) -> None:
+    session = _session(module_client)
+    state_dict = _state_dict(module_client, session)
+    state_dict["param_groups"][0]["param_names"] = param_names
+    before = checkpoint(module_client, session.id)
+    count = _session_count(module_client)
+
+    put = put_state_dict(module_client, session.id, state_dict)
+    create = post_session(module_client, {**RPROP, "state_dict": state_dict})
+
+    assert_problem(put, 422, ["body", "param_groups", 0, "param_names"], "must be a list")
+    assert_problem(create, 422, ["body", "state_dict", "param_groups", 0, "param_names"], "must be a list")
+    assert same(checkpoint(module_client, session.id), before)
+    assert _session_count(module_client) == count
