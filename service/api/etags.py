@@ -2,6 +2,8 @@
 
 from service.sessions.service import Versions
 
+MAX_VERSION_DIGITS = 19
+
 
 def etag(version: int) -> str:
     return f'"{version}"'
@@ -18,6 +20,9 @@ def expected_versions(if_match: str | None) -> Versions:
     versions = set()
     for tag in tags:
         inner = tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else None
-        if inner is not None and inner.isdecimal() and inner == str(int(inner)):
+        # A version is a 64-bit integer: longer digit strings are not read (Python refuses past 4300 digits).
+        if inner is None or len(inner) > MAX_VERSION_DIGITS or not (inner.isascii() and inner.isdecimal()):
+            continue
+        if inner == str(int(inner)):
             versions.add(int(inner))
     return frozenset(versions)

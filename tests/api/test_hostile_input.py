@@ -28,6 +28,7 @@ from tests.api.conftest import (
     post_session,
     put_state_dict,
     same,
+    send,
     step,
 )
 
@@ -193,3 +194,37 @@ def test_param_names_that_are_not_a_list_of_strings_are_422_naming_them_and_chan
     assert_problem(create, 422, ["body", "state_dict", "param_groups", 0, "param_names"], "must be a list")
     assert same(checkpoint(module_client, session.id), before)
     assert _session_count(module_client) == count
+
+
+# 3. State keys and If-Match versions of more digits than any index or version has.
+
+LONG_KEY = "0" * 5000
+
+
+@pytest.mark.usefixtures("transport")
+def test_a_state_key_of_thousands_of_digits_is_422_naming_it_cut_short_and_changes_nothing(
+    module_client: TestClient,
+) -> None:
+    session = _session(module_client)
+    state_dict = _state_dict(module_client, session)
+    state_dict["state"] = {LONG_KEY: state_dict["state"]["0"], "1": state_dict["state"]["1"]}
+    before = checkpoint(module_client, session.id)
+
+    response = put_state_dict(module_client, session.id, state_dict)
+
+    problem = assert_problem(response, 422, ["body", "state"], "has 5000 digits")
+    assert LONG_KEY not in response.text
+    assert problem["errors"][0]["loc"][2].startswith("000")
+    assert same(checkpoint(module_client, session.id), before)
+
+
+def test_an_if_match_of_thousands_of_digits_names_no_version_and_changes_nothing(module_client: TestClient) -> None:
+    session = _session(module_client)
+    before = checkpoint(module_client, session.id)
+
+    response = send(
+        module_client, "PATCH", session.url, {"hyperparameters": {"lr": 0.5}}, headers={"If-Match": f'"{"1" * 5000}"'}
+    )
+
+    assert_problem(response, 412)
+    assert checkpoint(module_client, session.id) == before
