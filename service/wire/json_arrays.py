@@ -7,9 +7,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from optim_core.checks import all_finite
+from optim_core.checks import all_finite, is_number
 from service.wire.errors import InvalidValue, Loc, MalformedBody
 from service.wire.nesting import NOT_NUMBERS, check_nested_numbers
+
+MAX_STEP = 2**53 - 1
+"""The largest step counter a client may send, a session's or a state_dict entry's: every whole number
+up to it is exact as a float64, which is how a state_dict carries ``step`` (torch keeps it as a float
+tensor) and how most JSON readers hold numbers. Counters go on from there: the session's, a 64-bit
+integer, has 2**63 - 2**53 steps to go; a state_dict's stays the nearest float64."""
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -87,12 +93,17 @@ def arrays_from_json(
 
 
 def state_dict_from_json(state_dict: object, *, loc: Loc) -> object:
-    """A JSON state_dict with its state arrays turned into numpy; anything malformed is left to the core to name."""
+    """A JSON state_dict with its state arrays turned into numpy, and no step counter past ``MAX_STEP``;
+    anything else malformed is left to the core to name."""
     if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
         return state_dict
     state = {}
     for key, entry in state_dict["state"].items():
         if isinstance(entry, dict):
+            if is_number(entry.get("step")) and entry["step"] > MAX_STEP:
+                raise InvalidValue(
+                    (*loc, "state", key, "step"), f"step must be at most {MAX_STEP}, got {entry['step']}"
+                )
             entry = {
                 name: value if name == "step" else array_from_json(value, loc=(*loc, "state", key, name))
                 for name, value in entry.items()

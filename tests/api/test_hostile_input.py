@@ -17,13 +17,16 @@ import pytest
 import safetensors.numpy
 from fastapi.testclient import TestClient
 
+from service.wire.json_arrays import MAX_STEP
 from service.wire.nesting import MAX_ARRAY_DIMENSIONS, MAX_DEPTH
 from tests.api.conftest import (
     SAFETENSORS,
     Created,
     assert_problem,
+    binary,
     checkpoint,
     create_session,
+    get_state_dict,
     ok,
     post_session,
     put_state_dict,
@@ -59,6 +62,11 @@ def _state_dict(client: TestClient, session: Created) -> dict[str, Any]:
     return state_dict
 
 
+def _session_and_state_dict(client: TestClient) -> tuple[Created, dict[str, Any]]:
+    session = _session(client)
+    return session, _state_dict(client, session)
+
+
 def _session_count(client: TestClient) -> int:
     return len(ok(client.get("/v1/sessions", params={"limit": 1000}))["items"])
 
@@ -81,6 +89,24 @@ def _state_dict_binary(state_dict: dict[str, Any], *, groups: str | None = None,
         tensors,
         {"state": steps or json.dumps(state_steps), "param_groups": groups or json.dumps(state_dict["param_groups"])},
     )
+
+
+def _refused_on_put_and_on_restore(
+    client: TestClient, session: Created, state_dict: dict[str, Any], loc: list[Any], message: str | None = None
+) -> tuple[Any, Any]:
+    """PUT ``state_dict`` into ``session``, and create a session from it as from a checkpoint: both are
+    422 naming ``loc`` (in the state_dict), and neither changes anything. The two responses."""
+    before = checkpoint(client, session.id)
+    count = _session_count(client)
+
+    put = put_state_dict(client, session.id, state_dict)
+    restore = post_session(client, {**RPROP, "state_dict": state_dict, "step": 1})
+
+    assert_problem(put, 422, ["body", *loc], message)
+    assert_problem(restore, 422, ["body", "state_dict", *loc], message)
+    assert same(checkpoint(client, session.id), before)
+    assert _session_count(client) == count
+    return put, restore
 
 
 def _send(client: TestClient, method: str, url: str, body: bytes, *, binary_body: bool = False) -> Any:
@@ -178,22 +204,15 @@ BAD_PARAM_NAMES = [
 
 @pytest.mark.usefixtures("transport")
 @pytest.mark.parametrize("param_names", BAD_PARAM_NAMES)
-def test_param_names_that_are_not_a_list_of_strings_are_422_naming_them_and_change_nothing(
+def test_param_names_that_are_not_a_list_of_strings_are_422_naming_them_on_put_and_on_restore_and_change_nothing(
     module_client: TestClient, param_names: Any
 ) -> None:
-    session = _session(module_client)
-    state_dict = _state_dict(module_client, session)
+    session, state_dict = _session_and_state_dict(module_client)
     state_dict["param_groups"][0]["param_names"] = param_names
-    before = checkpoint(module_client, session.id)
-    count = _session_count(module_client)
 
-    put = put_state_dict(module_client, session.id, state_dict)
-    create = post_session(module_client, {**RPROP, "state_dict": state_dict})
-
-    assert_problem(put, 422, ["body", "param_groups", 0, "param_names"], "must be a list")
-    assert_problem(create, 422, ["body", "state_dict", "param_groups", 0, "param_names"], "must be a list")
-    assert same(checkpoint(module_client, session.id), before)
-    assert _session_count(module_client) == count
+    _refused_on_put_and_on_restore(
+        module_client, session, state_dict, ["param_groups", 0, "param_names"], "must be a list"
+    )
 
 
 # 3. State keys and If-Match versions of more digits than any index or version has.
@@ -202,20 +221,17 @@ LONG_KEY = "0" * 5000
 
 
 @pytest.mark.usefixtures("transport")
-def test_a_state_key_of_thousands_of_digits_is_422_naming_it_cut_short_and_changes_nothing(
+def test_a_state_key_of_thousands_of_digits_is_422_naming_it_cut_short_on_put_and_on_restore_and_changes_nothing(
     module_client: TestClient,
 ) -> None:
-    session = _session(module_client)
-    state_dict = _state_dict(module_client, session)
+    session, state_dict = _session_and_state_dict(module_client)
     state_dict["state"] = {LONG_KEY: state_dict["state"]["0"], "1": state_dict["state"]["1"]}
-    before = checkpoint(module_client, session.id)
 
-    response = put_state_dict(module_client, session.id, state_dict)
+    responses = _refused_on_put_and_on_restore(module_client, session, state_dict, ["state"], "has 5000 digits")
 
-    problem = assert_problem(response, 422, ["body", "state"], "has 5000 digits")
-    assert LONG_KEY not in response.text
-    assert problem["errors"][0]["loc"][2].startswith("000")
-    assert same(checkpoint(module_client, session.id), before)
+    for response in responses:
+        assert LONG_KEY not in response.text
+        assert response.json()["errors"][0]["loc"][-1] == LONG_KEY[:40] + "…"
 
 
 def test_an_if_match_of_thousands_of_digits_names_no_version_and_changes_nothing(module_client: TestClient) -> None:
@@ -228,3 +244,70 @@ def test_an_if_match_of_thousands_of_digits_names_no_version_and_changes_nothing
 
     assert_problem(response, 412)
     assert checkpoint(module_client, session.id) == before
+
+
+# 4. Step counters: whole numbers from 0 to MAX_STEP (2**53 - 1), which then go on counting.
+
+BAD_STEPS = [
+    pytest.param(2**63, id="2**63"),
+    pytest.param(2**63 - 1, id="2**63-1"),
+    pytest.param(MAX_STEP + 1, id="2**53"),
+    pytest.param(-1, id="negative"),
+    pytest.param(1.5, id="fraction"),
+    pytest.param(1.0, id="float"),
+    pytest.param("1", id="string"),
+]
+
+
+@pytest.mark.parametrize("bad", BAD_STEPS)
+def test_a_create_whose_step_is_not_a_whole_number_up_to_2_53_minus_1_is_422_and_creates_nothing(
+    module_client: TestClient, bad: Any
+) -> None:
+    count = _session_count(module_client)
+
+    response = send(module_client, "POST", "/v1/sessions", {**RPROP, "step": bad})
+
+    assert_problem(response, 422, ["body", "step"])
+    assert _session_count(module_client) == count
+
+
+BAD_STATE_STEPS = [
+    pytest.param(float(MAX_STEP + 1), id="2**53"),
+    pytest.param(2.0**63, id="2**63"),
+    pytest.param(1e300, id="1e300"),
+    pytest.param(-1.0, id="negative"),
+]
+
+
+@pytest.mark.usefixtures("transport")
+@pytest.mark.parametrize("bad", BAD_STATE_STEPS)
+def test_a_state_step_past_2_53_minus_1_is_422_naming_it_on_put_and_on_restore_and_changes_nothing(
+    module_client: TestClient, bad: float
+) -> None:
+    session, state_dict = _session_and_state_dict(module_client)
+    state_dict["state"]["1"]["step"] = bad
+
+    _refused_on_put_and_on_restore(module_client, session, state_dict, ["state", "1", "step"])
+
+
+@pytest.mark.usefixtures("transport")
+def test_counters_started_at_2_53_minus_1_go_on_counting_and_the_session_keeps_working(
+    module_client: TestClient,
+) -> None:
+    _, state_dict = _session_and_state_dict(module_client)
+    for entry in state_dict["state"].values():
+        entry["step"] = float(MAX_STEP)
+    restored = create_session(module_client, {**RPROP, "state_dict": state_dict, "step": MAX_STEP})
+
+    answers = [ok(step(module_client, restored.id, GRADS)) for _ in range(3)]
+
+    assert [answer["step"] for answer in answers] == [MAX_STEP + 1, MAX_STEP + 2, MAX_STEP + 3]
+    after = ok(get_state_dict(module_client, restored.id))
+    # A state_dict's step is a float, as torch's is: past 2**53 it counts as float64 can.
+    for entry in after["state"].values():
+        assert isinstance(entry["step"], float)
+        assert MAX_STEP + 1 <= entry["step"] <= MAX_STEP + 3
+    assert checkpoint(module_client, restored.id)["step"] == MAX_STEP + 3
+    if not binary():
+        ok(send(module_client, "PATCH", restored.url, {"hyperparameters": {"lr": 0.5}}))
+        ok(step(module_client, restored.id, GRADS))
