@@ -18,7 +18,7 @@ tensor) and how most JSON readers hold numbers. Counters go on from there: the s
 integer, has 2**63 - 2**53 steps to go; a state_dict's stays the nearest float64."""
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
+def parse_json_object(body: bytes | memoryview) -> dict[str, Any]:
     """The body as a JSON object, or a 400."""
     try:
         value = orjson.loads(body)
@@ -60,7 +60,7 @@ ArrayPath = tuple[str, ...]
 """Where a document holds arrays: keys, with ``*`` for any key (``("grads", "*")``)."""
 
 
-def parse_json_with_arrays(body: bytes, array_paths: Sequence[ArrayPath]) -> dict[str, Any]:
+def parse_json_with_arrays(body: bytes | memoryview, array_paths: Sequence[ArrayPath]) -> dict[str, Any]:
     """The JSON object in ``body`` with the arrays at ``array_paths`` converted to numpy.
 
     A ``step`` key at an array path is left alone: it is a state entry's counter.

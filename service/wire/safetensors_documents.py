@@ -25,7 +25,9 @@ IGNORED_METADATA = ("format",)
 """Written by some safetensors writers (torch's adds ``format: pt``); it carries nothing for us."""
 
 
-def read_safetensors(body: bytes, *, root: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_safetensors(
+    body: bytes | memoryview, *, root: str | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors (float32 or float64 only, in the order the file lists them, viewing ``body``) and metadata;
     400 or 422 otherwise."""
     try:
@@ -44,7 +46,7 @@ def read_safetensors(body: bytes, *, root: str | None = None) -> tuple[dict[str,
     return arrays, metadata
 
 
-def document_from_safetensors(body: bytes, *, root: str | None = None) -> dict[str, Any]:
+def document_from_safetensors(body: bytes | memoryview, *, root: str | None = None) -> dict[str, Any]:
     """The JSON-equivalent document of a binary body (arrays stay numpy arrays)."""
     tensors, metadata = read_safetensors(body, root=root)
     document: dict[str, Any] = {
