@@ -417,6 +417,8 @@ def main() -> None:
         "pair of requests taken in turn, and its throughput rows beside this checkout's",
     )
     args = parser.parse_args()
+    # The servers inherit it: a JSON step of 10M params is over the default limit of JSON bodies.
+    os.environ.setdefault("OPTIM_MAX_JSON_BODY_BYTES", str(1 << 30))
     rng = np.random.default_rng(0)
     engine = (args.database_url or "sqlite").split(":")[0]
     print(f"database: {engine}; RMSprop, float32; loopback; {os.cpu_count()} cores\n")

@@ -25,6 +25,9 @@ from optim_core.errors import (
 from optim_core.spec import AlgorithmSpec, H, S
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+MAX_INDEX_DIGITS = 19
+"""A state_dict's state key, when a string, is a param index of at most this many decimal digits."""
+SHOWN_KEY_CHARS = 40
 
 Params = Mapping[str, np.ndarray]
 ParamGroupSpec = Mapping[str, Any]
@@ -331,11 +334,8 @@ class Optimizer(Generic[H, S]):
                     "loaded state dict contains a parameter group that doesn't match the size of optimizer's group",
                     loc=(*loc, "params"),
                 )
-            if "param_names" in saved and list(saved["param_names"]) != names:
-                raise InvalidStateDictError(
-                    f"param_names {saved['param_names']!r} do not match this optimizer's {names!r}",
-                    loc=(*loc, "param_names"),
-                )
+            if "param_names" in saved:
+                _check_param_names(saved["param_names"], names, loc=(*loc, "param_names"))
             for param_id, name in zip(ids, names, strict=True):
                 if param_id in names_by_id:
                     raise InvalidStateDictError(f"param index {param_id} is listed twice", loc=(*loc, "params"))
@@ -354,13 +354,13 @@ class Optimizer(Generic[H, S]):
             raise InvalidStateDictError("state must map param indices to their state", loc=("state",))
         states: dict[str, S] = {}
         for key, entry in saved_state.items():
-            param_id = _param_index(key)
+            loc: Loc = ("state", _shown(key))
+            param_id = _param_index(key, loc)
             name = names_by_id.get(param_id) if param_id is not None else None
             if name is None:
                 raise InvalidStateDictError(
-                    f"state has key {key!r}, which names no param of the param_groups", loc=("state", str(key))
+                    f"state has key {loc[1]!r}, which names no param of the param_groups", loc=loc
                 )
-            loc: Loc = ("state", str(key))
             _require_keys(
                 entry,
                 required={"step", *self._required_state_arrays(hyperparams_by_name[name])},
@@ -411,12 +411,44 @@ def _is_whole_number(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _param_index(key: object) -> int | None:
+def _param_index(key: object, loc: Loc) -> int | None:
+    """A state key as a param index: an int, or its decimal digits (at most ``MAX_INDEX_DIGITS``: Python
+    refuses to read more than 4300 digits as an int, and no index needs 20)."""
     if isinstance(key, int) and not isinstance(key, bool):
         return key
-    if isinstance(key, str) and key.isdecimal():
-        return int(key)
-    return None
+    if not isinstance(key, str) or not (key.isascii() and key.isdecimal()):
+        return None
+    if len(key) > MAX_INDEX_DIGITS:
+        raise InvalidStateDictError(
+            f"state key {loc[-1]!r} has {len(key)} digits; a param index has at most {MAX_INDEX_DIGITS}", loc=loc
+        )
+    return int(key)
+
+
+def _shown(key: object) -> str:
+    """A state key as an error names it: long ones cut short."""
+    text = str(key) if isinstance(key, str | int) and not isinstance(key, bool) else repr(key)
+    return text if len(text) <= SHOWN_KEY_CHARS else f"{text[:SHOWN_KEY_CHARS]}…"
+
+
+def _check_param_names(param_names: object, names: list[str], *, loc: Loc) -> None:
+    """A saved group's ``param_names`` is, as in torch, a list of the names of its params: this group's."""
+    if not _is_list(param_names) or not all(isinstance(name, str) for name in param_names):
+        raise InvalidStateDictError(
+            f"param_names must be a list of the group's param names (strings), got {_described(param_names)}",
+            loc=loc,
+        )
+    if list(param_names) != names:
+        raise InvalidStateDictError(
+            f"param_names {list(param_names)!r} do not match this optimizer's {names!r}", loc=loc
+        )
+
+
+def _described(value: object) -> str:
+    if _is_list(value):
+        kinds = sorted({type(item).__name__ for item in value})
+        return f"a list holding {', '.join(kinds)}"
+    return type(value).__name__
 
 
 def _require_keys(mapping: object, *, required: set[str], allowed: set[str], loc: Loc) -> None:

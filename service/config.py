@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1 << 30, gt=0, description="Larger request bodies are refused with 413 before they are read."
     )
+    max_json_body_bytes: int = Field(
+        default=64 << 20,
+        gt=0,
+        description="Larger JSON bodies are refused with 413 before they are read: decoded, JSON takes several "
+        "times its size in memory. Send larger arrays as safetensors (up to max_body_bytes).",
+    )
     idempotency_keys_kept: int = Field(
         default=1_000_000,
         gt=0,

@@ -10,6 +10,8 @@ from service.wire.media_types import JSON, SAFETENSORS
 
 REPRESENTATION_SUFFIXES = {JSON: "", SAFETENSORS: ".safetensors"}
 
+MAX_VERSION_DIGITS = 19
+
 
 def etag(version: int, media_type: str = JSON) -> str:
     return f'"{version}{REPRESENTATION_SUFFIXES[media_type]}"'
@@ -28,7 +30,10 @@ def expected_versions(if_match: str | None) -> Versions:
         inner = tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else None
         if inner is not None:
             inner = _without_representation(inner)
-        if inner is not None and inner.isdecimal() and inner == str(int(inner)):
+        # A version is a 64-bit integer: longer digit strings are not read (Python refuses past 4300 digits).
+        if inner is None or len(inner) > MAX_VERSION_DIGITS or not (inner.isascii() and inner.isdecimal()):
+            continue
+        if inner == str(int(inner)):
             versions.add(int(inner))
     return frozenset(versions)
 

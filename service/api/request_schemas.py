@@ -17,11 +17,10 @@ from optim_core import ALGORITHMS
 from optim_core.spec import AlgorithmSpec
 from service.sessions.optimizers import DTYPES
 from service.sessions.service import PARAM_NAME
+from service.wire.json_arrays import MAX_STEP
 
 Schema = dict[str, Any]
 
-MAX_STEP = 2**63 - 1
-"""The largest step counter storage holds."""
 STATE_KEY_PATTERN = "^(0|[1-9][0-9]{0,17})$"
 """A param's index in a state_dict, as torch's state_dict keys it."""
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from optim_core import ALGORITHMS, NAMES
+from service.wire.json_arrays import MAX_STEP
 
 if TYPE_CHECKING:
     OptimizerName = str
@@ -64,7 +65,12 @@ class CreateSessionRequest(Strict):
     )
     dtype: Literal["float32", "float64"] = "float32"
     state_dict: dict[str, Any] | None = Field(default=None, description="Optimizer state to start from (torch layout).")
-    step: WholeNumber = Field(default=0, ge=0, description="The step counter to start from (as in a checkpoint).")
+    step: WholeNumber = Field(
+        default=0,
+        ge=0,
+        le=MAX_STEP,
+        description="The step counter to start from (as in a checkpoint), up to 2**53 - 1.",
+    )
 
 
 class StepRequest(Strict):

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.api.bodies import hash_request, joined, parse, read_body
+from service.api.bodies import answer_in_a_thread, hash_request, parse, read_body
 from service.api.dependencies import CallerDep, Service, ServiceDep, caller_of, summary
 from service.api.etags import expected_versions
 from service.api.negotiation import negotiate
@@ -140,16 +140,16 @@ async def create_session(
 ) -> Response:
     answer_as = negotiate(accept)
     checked_idempotency_key(idempotency_key)
-    media_type, chunks = await read_body(request, service.settings.max_body_bytes)
+    body = await read_body(request, service.settings)
 
     def run() -> Response:
-        body = joined(chunks)
-        document = service.documents.decode(media_type, body, array_paths=CREATE_ARRAYS)
+        content = body.content()
+        document = service.documents.decode(body.media_type, content, array_paths=CREATE_ARRAYS)
         create = parse(CreateSessionRequest, document)
         meta, params = service.sessions.create(
             caller=caller,
             idempotency_key=idempotency_key,
-            request_hash=hash_request(media_type, body) if idempotency_key is not None else "",
+            request_hash=hash_request(body.media_type, content) if idempotency_key is not None else "",
             optimizer=create.optimizer,
             params=arrays_from_json(create.params, loc=("body", "params"), dtype=DTYPES[create.dtype]),
             hyperparameters=create.hyperparameters,
@@ -171,7 +171,7 @@ async def create_session(
             Location=f"/v1/sessions/{meta.id}",
         )
 
-    return await run_in_threadpool(run)
+    return await answer_in_a_thread(body, run)
 
 
 @router.get(
@@ -243,10 +243,10 @@ async def patch_session(
     accept: AcceptJson = None,
 ) -> Response:
     negotiate(accept, (JSON,))
-    media_type, chunks = await read_body(request, service.settings.max_body_bytes, (JSON,))
+    body = await read_body(request, service.settings, (JSON,))
 
     def run() -> Response:
-        patch = parse(PatchSessionRequest, service.documents.decode(media_type, joined(chunks)))
+        patch = parse(PatchSessionRequest, service.documents.decode(body.media_type, body.content()))
         meta = service.sessions.patch(
             caller=caller,
             session_id=session_id,
@@ -256,7 +256,7 @@ async def patch_session(
         )
         return service.answer(summary(meta), version=meta.version)
 
-    return await run_in_threadpool(run)
+    return await answer_in_a_thread(body, run)
 
 
 @router.delete(
@@ -327,17 +327,18 @@ async def step_session(session_id: str, request: Request) -> Response:
     answer_as = negotiate(headers.get("accept"))
     idempotency_key, if_match = headers.get("idempotency-key"), headers.get("if-match")
     checked_idempotency_key(idempotency_key)
-    media_type, chunks = await read_body(request, service.settings.max_body_bytes)
+    body = await read_body(request, service.settings)
 
     def run() -> Response:
-        body = joined(chunks)
-        step = parse(StepRequest, service.documents.decode(media_type, body, root="grads", array_paths=STEP_ARRAYS))
+        content = body.content()
+        document = service.documents.decode(body.media_type, content, root="grads", array_paths=STEP_ARRAYS)
+        step = parse(StepRequest, document)
         with service.sessions.step(
             caller=caller,
             session_id=session_id,
             # The core refuses non-finite gradients after casting them to the params' dtype: one pass, not two.
             grads=arrays_from_json(step.grads, loc=("body", "grads"), check_finite=False),
-            request_hash=hash_request(media_type, body) if idempotency_key is not None else "",
+            request_hash=hash_request(body.media_type, content) if idempotency_key is not None else "",
             idempotency_key=idempotency_key,
             expected_versions=expected_versions(if_match),
         ) as outcome:
@@ -348,7 +349,7 @@ async def step_session(session_id: str, request: Request) -> Response:
                 version=outcome.version,
             )
 
-    return await run_in_threadpool(run)
+    return await answer_in_a_thread(body, run)
 
 
 async def _step_endpoint(request: Request) -> Response:
@@ -420,10 +421,10 @@ async def put_state_dict(
     accept: AcceptJson = None,
 ) -> Response:
     negotiate(accept, (JSON,))
-    media_type, chunks = await read_body(request, service.settings.max_body_bytes)
+    body = await read_body(request, service.settings)
 
     def run() -> Response:
-        document = service.documents.decode(media_type, joined(chunks), array_paths=STATE_DICT_ARRAYS)
+        document = service.documents.decode(body.media_type, body.content(), array_paths=STATE_DICT_ARRAYS)
         meta = service.sessions.load_state_dict(
             caller=caller,
             session_id=session_id,
@@ -432,7 +433,7 @@ async def put_state_dict(
         )
         return service.answer(summary(meta), version=meta.version)
 
-    return await run_in_threadpool(run)
+    return await answer_in_a_thread(body, run)
 
 
 @router.get(

@@ -17,7 +17,10 @@ still mapped afresh; the event loop's (the main arena) can.
 
 import ctypes
 import ctypes.util
+import functools
 import logging
+from collections.abc import Callable
+from typing import Any
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -29,15 +32,9 @@ log = logging.getLogger(__name__)
 
 def keep_large_allocations(threshold_bytes: int) -> bool:
     """Serve allocations below ``threshold_bytes`` from reusable heap memory; False where that is not glibc."""
-    library = ctypes.util.find_library("c")
-    if library is None:
+    mallopt = _libc("mallopt", ctypes.c_int, ctypes.c_int)
+    if mallopt is None:
         return False
-    try:
-        mallopt = ctypes.CDLL(library).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     done = bool(
         mallopt(M_ARENA_MAX, ARENAS)
         and mallopt(M_MMAP_THRESHOLD, threshold_bytes)
@@ -46,3 +43,37 @@ def keep_large_allocations(threshold_bytes: int) -> bool:
     if not done:
         log.warning("could not raise malloc's mmap threshold; large steps will be slower")
     return done
+
+
+TRIM_AFTER_BYTES = 64 << 20
+"""After a request whose body was at least this large, the process gives its free memory back.
+
+Smaller bodies are the steps whose buffers the threshold above keeps for reuse (a 10M-param
+float32 step is 40 MB); a larger one would otherwise leave its peak, several times its size,
+held by the idle process."""
+
+
+def give_back_free_memory() -> None:
+    """Return the free memory of every malloc arena to the system (glibc's ``malloc_trim``); a no-op elsewhere.
+
+    It takes milliseconds on a large heap and holds no lock of Python's: call it from a worker thread.
+    """
+    trim = _libc("malloc_trim", ctypes.c_size_t)
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _libc(name: str, *argtypes: Any) -> Callable[..., int] | None:
+    """The C library's function ``name`` taking ``argtypes`` and returning an int; None where there is none."""
+    library = ctypes.util.find_library("c")
+    if library is None:
+        return None
+    try:
+        function = getattr(ctypes.CDLL(library), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = list(argtypes)
+    function.restype = ctypes.c_int
+    result: Callable[..., int] = function
+    return result

@@ -20,8 +20,11 @@ import anyio.from_thread
 import anyio.to_process
 import numpy as np
 
+from service.server.memory import give_back_free_memory
 from service.wire.json_arrays import ArrayPath, dump_json, parse_json_with_arrays
 from service.wire.media_types import SAFETENSORS
+from service.wire.nesting import check_depth
+from service.wire.process_files import body_file, decode_file, read_arrays
 from service.wire.safetensors_documents import document_from_safetensors, safetensors_from_document
 
 
@@ -36,6 +39,23 @@ def array_bytes(value: Any) -> int:
     return 0
 
 
+def decoded_json(body: bytes | memoryview, array_paths: Sequence[ArrayPath]) -> dict[str, Any]:
+    """A JSON body as a document whose arrays at ``array_paths`` are numpy, nested at most ``MAX_DEPTH`` deep."""
+    document = parse_json_with_arrays(body, array_paths)
+    check_depth(document)
+    return document
+
+
+def decode_json_file(path: str, array_paths: Sequence[ArrayPath]) -> tuple[dict[str, Any], str | None]:
+    """In a worker process: ``decoded_json`` of the body in the file at ``path``, its arrays in a file of their
+    own (``process_files``). The process then gives back the memory the parse took: the objects JSON is
+    read into take several times its size, and the process lives on."""
+    try:
+        return decode_file(path, lambda body: decoded_json(body, array_paths))
+    finally:
+        give_back_free_memory()
+
+
 class Documents:
     def __init__(self, *, processes: int, threshold_bytes: int) -> None:
         """JSON of more than ``threshold_bytes`` goes to up to ``processes`` worker processes (0: none).
@@ -46,17 +66,27 @@ class Documents:
         self._threshold = threshold_bytes
 
     def decode(
-        self, media_type: str, body: bytes, *, root: str | None = None, array_paths: Sequence[ArrayPath] = ()
+        self,
+        media_type: str,
+        body: bytes | memoryview,
+        *,
+        root: str | None = None,
+        array_paths: Sequence[ArrayPath] = (),
     ) -> dict[str, Any]:
-        """The body as a JSON-style document whose arrays (at ``array_paths``, or all in binary) are numpy."""
+        """The body as a JSON-style document whose arrays (at ``array_paths``, or all in binary) are numpy;
+        its other values nest at most ``MAX_DEPTH`` deep."""
         if media_type == SAFETENSORS:
-            return document_from_safetensors(body, root=root)
-        if self._limiter is not None and len(body) > self._threshold:
-            decoded: dict[str, Any] = anyio.from_thread.run(
-                self._in_a_process, parse_json_with_arrays, body, array_paths
-            )
-            return decoded
-        return parse_json_with_arrays(body, array_paths)
+            document = document_from_safetensors(body, root=root)
+            check_depth(document)
+            return document
+        if self._limiter is None or len(body) <= self._threshold:
+            return decoded_json(body, array_paths)
+        with body_file(body) as path:
+            if path is None:
+                # No room in the temporary directory: decoded here, holding Python's lock meanwhile.
+                return decoded_json(body, array_paths)
+            shipped, arrays_path = anyio.from_thread.run(self._in_a_process, decode_json_file, path, array_paths)
+        return read_arrays(shipped, arrays_path)
 
     def encode(self, value: dict[str, Any], *, media_type: str, root: str | None = None) -> bytes | memoryview:
         """``value`` as JSON or safetensors (arrays under ``root`` named by param name alone)."""

@@ -7,13 +7,18 @@ from typing import Any
 import numpy as np
 import orjson
 
-from optim_core.checks import all_finite
+from optim_core.checks import all_finite, is_number
 from service.wire.errors import InvalidValue, Loc, MalformedBody
+from service.wire.nesting import NOT_NUMBERS, check_nested_numbers
 
-NUMBER_TYPES = {int, float}
+MAX_STEP = 2**53 - 1
+"""The largest step counter a client may send, a session's or a state_dict entry's: every whole number
+up to it is exact as a float64, which is how a state_dict carries ``step`` (torch keeps it as a float
+tensor) and how most JSON readers hold numbers. Counters go on from there: the session's, a 64-bit
+integer, has 2**63 - 2**53 steps to go; a state_dict's stays the nearest float64."""
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
+def parse_json_object(body: bytes | memoryview) -> dict[str, Any]:
     """The body as a JSON object, or a 400."""
     try:
         value = orjson.loads(body)
@@ -32,14 +37,16 @@ def array_from_json(
     The result has ``dtype``, else the array's own float dtype, else float64. Without
     ``check_finite`` it may hold NaN or infinities: for arrays the core checks anyway.
     """
-    if isinstance(value, bool) or (isinstance(value, list) and _holds_non_numbers(value)):
-        raise InvalidValue(loc, "must be a number or rectangular nested lists of numbers")
+    if isinstance(value, bool):
+        raise InvalidValue(loc, NOT_NUMBERS)
+    if isinstance(value, list):
+        check_nested_numbers(value, loc)
     try:
         array = np.asarray(value)
     except (ValueError, TypeError):
-        raise InvalidValue(loc, "must be a number or rectangular nested lists of numbers") from None
+        raise InvalidValue(loc, NOT_NUMBERS) from None
     if array.dtype.kind not in "fiu":
-        raise InvalidValue(loc, "must be a number or rectangular nested lists of numbers")
+        raise InvalidValue(loc, NOT_NUMBERS)
     target = dtype or (array.dtype if array.dtype in (np.float32, np.float64) else np.dtype(np.float64))
     with np.errstate(over="ignore"):
         # Numbers beyond the target's range become infinite here, and are refused below.
@@ -49,18 +56,11 @@ def array_from_json(
     return array
 
 
-def _holds_non_numbers(rows: list[Any]) -> bool:
-    """True when a leaf of the nested lists is not an int or float (numpy would read true as 1.0)."""
-    if rows and isinstance(rows[0], list):
-        return any(not isinstance(row, list) or _holds_non_numbers(row) for row in rows)
-    return not set(map(type, rows)) <= NUMBER_TYPES
-
-
 ArrayPath = tuple[str, ...]
 """Where a document holds arrays: keys, with ``*`` for any key (``("grads", "*")``)."""
 
 
-def parse_json_with_arrays(body: bytes, array_paths: Sequence[ArrayPath]) -> dict[str, Any]:
+def parse_json_with_arrays(body: bytes | memoryview, array_paths: Sequence[ArrayPath]) -> dict[str, Any]:
     """The JSON object in ``body`` with the arrays at ``array_paths`` converted to numpy.
 
     A ``step`` key at an array path is left alone: it is a state entry's counter.
@@ -93,12 +93,17 @@ def arrays_from_json(
 
 
 def state_dict_from_json(state_dict: object, *, loc: Loc) -> object:
-    """A JSON state_dict with its state arrays turned into numpy; anything malformed is left to the core to name."""
+    """A JSON state_dict with its state arrays turned into numpy, and no step counter past ``MAX_STEP``;
+    anything else malformed is left to the core to name."""
     if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
         return state_dict
     state = {}
     for key, entry in state_dict["state"].items():
         if isinstance(entry, dict):
+            if is_number(entry.get("step")) and entry["step"] > MAX_STEP:
+                raise InvalidValue(
+                    (*loc, "state", key, "step"), f"step must be at most {MAX_STEP}, got {entry['step']}"
+                )
             entry = {
                 name: value if name == "step" else array_from_json(value, loc=(*loc, "state", key, name))
                 for name, value in entry.items()

@@ -16,7 +16,8 @@ import orjson
 
 from service.buffers import join
 from service.wire.errors import InvalidValue, MalformedBody
-from service.wire.safetensors_file import MalformedFile, dump_buffers, read
+from service.wire.nesting import AT_MOST_DIMENSIONS, MAX_ARRAY_DIMENSIONS
+from service.wire.safetensors_file import MalformedFile, Unsupported, dump_buffers, read
 
 FLOAT_DTYPES = (np.dtype("<f4"), np.dtype("<f8"))
 NAME_MAPS = ("params", "grads")
@@ -24,7 +25,9 @@ IGNORED_METADATA = ("format",)
 """Written by some safetensors writers (torch's adds ``format: pt``); it carries nothing for us."""
 
 
-def read_safetensors(body: bytes, *, root: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_safetensors(
+    body: bytes | memoryview, *, root: str | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors (float32 or float64 only, in the order the file lists them, viewing ``body``) and metadata;
     400 or 422 otherwise."""
     try:
@@ -33,15 +36,17 @@ def read_safetensors(body: bytes, *, root: str | None = None) -> tuple[dict[str,
         raise MalformedBody(f"the body is not a valid safetensors file: {error}") from None
     arrays = {}
     for name, tensor in tensors.items():
-        if isinstance(tensor, str) or tensor.dtype not in FLOAT_DTYPES:
-            dtype = tensor if isinstance(tensor, str) else tensor.dtype
-            loc = ("body", root, name) if root else ("body", *name.split("/"))
+        loc = ("body", root, name) if root else ("body", *name.split("/"))
+        dtype = tensor.dtype
+        if isinstance(tensor, Unsupported) and len(tensor.shape) > MAX_ARRAY_DIMENSIONS:
+            raise InvalidValue(loc, f"tensor {name!r} has {len(tensor.shape)} dimensions; {AT_MOST_DIMENSIONS}")
+        if isinstance(tensor, Unsupported) or dtype not in FLOAT_DTYPES:
             raise InvalidValue(loc, f"tensor {name!r} has dtype {dtype}; send float32 or float64")
         arrays[name] = tensor
     return arrays, metadata
 
 
-def document_from_safetensors(body: bytes, *, root: str | None = None) -> dict[str, Any]:
+def document_from_safetensors(body: bytes | memoryview, *, root: str | None = None) -> dict[str, Any]:
     """The JSON-equivalent document of a binary body (arrays stay numpy arrays)."""
     tensors, metadata = read_safetensors(body, root=root)
     document: dict[str, Any] = {

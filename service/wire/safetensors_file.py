@@ -19,12 +19,13 @@ streams, and the 10M binary step.
 """
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 
 from service.buffers import Buffers
+from service.wire.nesting import MAX_ARRAY_DIMENSIONS
 
 DTYPES = {np.dtype("<f4"): "F32", np.dtype("<f8"): "F64"}
 ALIGNMENT = 8
@@ -47,6 +48,13 @@ MAX_HEADER_BYTES = 100_000_000
 
 class MalformedFile(ValueError):
     """The bytes are not a safetensors file; the message says where they fail to be one."""
+
+
+class Unsupported(NamedTuple):
+    """A tensor that is not read into an array: of a dtype numpy lacks, or of more dimensions than an array has."""
+
+    dtype: str
+    shape: list[int]
 
 
 def dump(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
@@ -76,9 +84,10 @@ def dump_buffers(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] 
     return [len(encoded).to_bytes(8, "little"), encoded, *buffers]
 
 
-def read(body: bytes | memoryview) -> tuple[dict[str, np.ndarray | str], dict[str, str]]:
+def read(body: bytes | memoryview) -> tuple[dict[str, np.ndarray | Unsupported], dict[str, str]]:
     """The tensors of a safetensors file, in the order its header lists them, as read-only arrays that
-    view ``body`` (a dtype numpy lacks, such as BF16, comes as its name), and the file's metadata.
+    view ``body`` (one of a dtype numpy lacks, such as BF16, or of more than ``MAX_ARRAY_DIMENSIONS``
+    comes as ``Unsupported``), and the file's metadata.
 
     Raises ``MalformedFile`` where the library raises: a header that is not a JSON object of tensor
     entries and string metadata, an unknown dtype, offsets that do not tile the data exactly.
@@ -114,12 +123,12 @@ def read(body: bytes | memoryview) -> tuple[dict[str, np.ndarray | str], dict[st
         position = end
     if position != len(data):
         raise MalformedFile(f"the tensors take {position} bytes of data, and the file holds {len(data)}")
-    tensors: dict[str, np.ndarray | str] = {}
+    tensors: dict[str, np.ndarray | Unsupported] = {}
     for name, entry in header.items():
         dtype, shape, (begin, end) = _entry(name, entry)
         numpy_dtype = NUMPY_DTYPES.get(dtype)
-        if numpy_dtype is None:
-            tensors[name] = dtype
+        if numpy_dtype is None or len(shape) > MAX_ARRAY_DIMENSIONS:
+            tensors[name] = Unsupported(dtype, shape)
             continue
         array = np.frombuffer(data[begin:end], numpy_dtype).reshape(shape)
         tensors[name] = array

@@ -13,7 +13,7 @@ from safetensors.numpy import load, save
 
 from service.buffers import join
 from service.wire.safetensors_documents import read_safetensors
-from service.wire.safetensors_file import MalformedFile, dump, dump_buffers, read
+from service.wire.safetensors_file import MalformedFile, Unsupported, dump, dump_buffers, read
 
 TENSORS = {
     "matrix": np.arange(6, dtype=np.float32).reshape(2, 3),
@@ -85,7 +85,7 @@ def test_a_dtype_numpy_lacks_comes_back_as_its_name() -> None:
     header = b'{"b":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}}'
     tensors, _ = read(len(header).to_bytes(8, "little") + header + bytes(4))
 
-    assert tensors == {"b": "BF16"}
+    assert tensors == {"b": Unsupported("BF16", [2])}
 
 
 def _library_accepts(body: bytes) -> bool:
