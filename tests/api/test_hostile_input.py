@@ -254,9 +254,9 @@ BAD_STEPS = [
     pytest.param(MAX_STEP + 1, id="2**53"),
     pytest.param(-1, id="negative"),
     pytest.param(1.5, id="fraction"),
-    pytest.param(1.0, id="float"),
     pytest.param("1", id="string"),
 ]
+"""(1.0 is a whole number, which JSON Schema counts as an integer: test_openapi.py has it accepted.)"""
 
 
 @pytest.mark.parametrize("bad", BAD_STEPS)
