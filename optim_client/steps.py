@@ -39,10 +39,11 @@ class StepRequest:
 
 
 def version_of(etag: str | None) -> int | None:
-    """The session version an ETag of this service names (``"7"``), or None."""
+    """The session version an ETag of this service names (``"7"`` or ``"7.safetensors"``), or None."""
     if etag is None:
         return None
-    inner = etag.removeprefix("W/").strip('"')
+    # One ETag per representation: "7" for JSON, "7.safetensors" for safetensors (docs/api.md).
+    inner = etag.removeprefix("W/").strip('"').removesuffix(".safetensors")
     return int(inner) if inner.isdecimal() else None
 
 
