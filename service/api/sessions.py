@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.api.bodies import answer_in_a_thread, hash_request, parse, read_body
+from service.api.bodies import hash_request, parse, read_body
 from service.api.dependencies import CallerDep, Service, ServiceDep, caller_of, summary
 from service.api.etags import expected_versions
 from service.api.negotiation import negotiate
@@ -109,7 +109,7 @@ async def create_session(
             Location=f"/v1/sessions/{meta.id}",
         )
 
-    return await answer_in_a_thread(body, run)
+    return await run_in_threadpool(run)
 
 
 @router.get("", summary="List sessions, oldest first", responses={200: {"model": SessionPage}, **ERRORS})
@@ -162,7 +162,7 @@ async def patch_session(
         )
         return service.answer(summary(meta), version=meta.version)
 
-    return await answer_in_a_thread(body, run)
+    return await run_in_threadpool(run)
 
 
 @router.delete("/{session_id}", status_code=204, summary="Delete a session", responses={**STALE, **ERRORS})
@@ -239,7 +239,7 @@ async def step_session(session_id: str, request: Request) -> Response:
                 version=outcome.version,
             )
 
-    return await answer_in_a_thread(body, run)
+    return await run_in_threadpool(run)
 
 
 async def _step_endpoint(request: Request) -> Response:
@@ -307,7 +307,7 @@ async def put_state_dict(
         )
         return service.answer(summary(meta), version=meta.version)
 
-    return await answer_in_a_thread(body, run)
+    return await run_in_threadpool(run)
 
 
 @router.get(
