@@ -50,7 +50,7 @@ async def read_body(request: Request, settings: Settings, allowed: Sequence[str]
     if media_type == JSON:
         limit = min(limit, settings.max_json_body_bytes)
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
+    if declared is not None and declared.isascii() and declared.isdigit():
         if len(declared) > MAX_LENGTH_DIGITS or int(declared) > limit:
             raise _too_large(media_type, limit, f"the body is {declared[: MAX_LENGTH_DIGITS + 1]} bytes")
         return Body(media_type, [await _read_declared(request, int(declared))], int(declared))
@@ -83,6 +83,8 @@ async def _read_declared(request: Request, length: int) -> bytes | memoryview:
                 buffer = fresh_buffer(length)
             buffer[size:end] = np.frombuffer(chunk, np.uint8)
         size = end
+    if size != length:
+        raise MalformedBody(f"the body ended after {size} of the {length} bytes its Content-Length declares")
     return whole if buffer is None else buffer.data.toreadonly()
 
 
