@@ -1,30 +1,23 @@
-"""Request bodies: read within their limits into one buffer, their envelopes validated, and the memory a
-large one took given back once it is done with."""
+"""Request bodies: read within their limits into one buffer, and their envelopes validated."""
 
 import hashlib
-import threading
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
-from starlette.background import BackgroundTask
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
 
 from service.api.negotiation import body_media_type, check_content_encoding
 from service.buffers import join
 from service.config import Settings
 from service.errors import BodyTooLarge, ValidationFailed
-from service.server.memory import TRIM_AFTER_BYTES, give_back_free_memory
+from service.server.memory import fresh_buffer
 from service.wire.errors import MalformedBody
 from service.wire.media_types import ARRAY_TYPES, JSON
 
 Model = TypeVar("Model", bound=BaseModel)
-JSON_DECODED_PER_BYTE = 4
 MAX_LENGTH_DIGITS = 19
 """A Content-Length of more digits is over any limit (and is not read as an int)."""
 
@@ -34,21 +27,12 @@ class Body:
     declared (filled chunk by chunk as it arrived: no join, no second copy), else as the chunks of a
     chunked upload, for ``content`` to join off the event loop."""
 
-    __slots__ = ("__weakref__", "_pieces", "media_type", "size")
+    __slots__ = ("_pieces", "media_type", "size")
 
     def __init__(self, media_type: str, pieces: list[bytes | memoryview], size: int) -> None:
         self.media_type = media_type
         self.size = size
         self._pieces = pieces
-        if self.large:
-            # Once the request is done with it (answered or refused), the memory it took goes back.
-            weakref.finalize(self, _give_back_soon).atexit = False
-
-    @property
-    def large(self) -> bool:
-        """Whether the memory its request may take is worth giving back afterwards: JSON decodes to up to four
-        times its size (a number of two characters becomes eight bytes)."""
-        return self.size * (JSON_DECODED_PER_BYTE if self.media_type == JSON else 1) >= TRIM_AFTER_BYTES
 
     def content(self) -> bytes | memoryview:
         """The body as one read-only buffer (a large chunked one is joined here: call it off the event loop)."""
@@ -67,7 +51,7 @@ async def read_body(request: Request, settings: Settings, allowed: Sequence[str]
     if media_type == JSON:
         limit = min(limit, settings.max_json_body_bytes)
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
+    if declared is not None and declared.isascii() and declared.isdigit():
         if len(declared) > MAX_LENGTH_DIGITS or int(declared) > limit:
             raise _too_large(media_type, limit, f"the body is {declared[: MAX_LENGTH_DIGITS + 1]} bytes")
         return Body(media_type, [await _read_declared(request, int(declared))], int(declared))
@@ -83,7 +67,7 @@ async def read_body(request: Request, settings: Settings, allowed: Sequence[str]
 
 async def _read_declared(request: Request, length: int) -> bytes | memoryview:
     """A body of a declared ``length``: as it came when it came in one chunk (a small one does), else
-    copied chunk by chunk into one buffer of that size (numpy's: its pages are touched only as it fills)."""
+    copied chunk by chunk into one buffer of that size (``fresh_buffer``)."""
     buffer: np.ndarray | None = None
     whole: bytes = b""
     size = 0
@@ -97,9 +81,11 @@ async def _read_declared(request: Request, length: int) -> bytes | memoryview:
             whole = chunk
         else:
             if buffer is None:
-                buffer = np.empty(length, np.uint8)
+                buffer = fresh_buffer(length)
             buffer[size:end] = np.frombuffer(chunk, np.uint8)
         size = end
+    if size != length:
+        raise MalformedBody(f"the body ended after {size} of the {length} bytes its Content-Length declares")
     return whole if buffer is None else buffer.data.toreadonly()
 
 
@@ -110,20 +96,6 @@ def _too_large(media_type: str, limit: int, what: str) -> BodyTooLarge:
         f"{what}; a JSON body may have at most {limit} bytes. Send large arrays as safetensors "
         "(Content-Type: application/vnd.safetensors), which take no more memory than their size"
     )
-
-
-async def answer_in_a_thread(body: Body, work: Callable[[], Response]) -> Response:
-    """``work()``'s answer, computed in a worker thread; after a large body the process's free memory is
-    given back once the answer is sent (its buffers are freed by then too)."""
-    response = await run_in_threadpool(work)
-    if body.large:
-        response.background = BackgroundTask(give_back_free_memory)
-    return response
-
-
-def _give_back_soon() -> None:
-    # A finalizer runs where the last reference went, the event loop perhaps: trimming takes milliseconds.
-    threading.Thread(target=give_back_free_memory, name="malloc-trim", daemon=True).start()
 
 
 def parse(model: type[Model], value: dict[str, Any]) -> Model:

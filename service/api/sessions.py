@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.api.bodies import answer_in_a_thread, hash_request, parse, read_body
+from service.api.bodies import hash_request, parse, read_body
 from service.api.dependencies import CallerDep, Service, ServiceDep, caller_of, summary
 from service.api.etags import expected_versions
 from service.api.negotiation import negotiate
@@ -171,7 +171,7 @@ async def create_session(
             Location=f"/v1/sessions/{meta.id}",
         )
 
-    return await answer_in_a_thread(body, run)
+    return await run_in_threadpool(run)
 
 
 @router.get(
@@ -256,7 +256,7 @@ async def patch_session(
         )
         return service.answer(summary(meta), version=meta.version)
 
-    return await answer_in_a_thread(body, run)
+    return await run_in_threadpool(run)
 
 
 @router.delete(
@@ -349,7 +349,7 @@ async def step_session(session_id: str, request: Request) -> Response:
                 version=outcome.version,
             )
 
-    return await answer_in_a_thread(body, run)
+    return await run_in_threadpool(run)
 
 
 async def _step_endpoint(request: Request) -> Response:
@@ -433,7 +433,7 @@ async def put_state_dict(
         )
         return service.answer(summary(meta), version=meta.version)
 
-    return await answer_in_a_thread(body, run)
+    return await run_in_threadpool(run)
 
 
 @router.get(

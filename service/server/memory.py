@@ -13,14 +13,24 @@ The cost is memory held while idle: each malloc arena (glibc makes up to eight
 per core, for threads) keeps the peak it reached, so the arenas are capped at
 ``ARENAS``. A worker thread's arena cannot hold a buffer over 64 MiB, which is
 still mapped afresh; the event loop's (the main arena) can.
+
+Buffers of ``MAPPED_MIN_BYTES`` and more (bodies of hundreds of megabytes) are the exception: kept,
+they would leave the idle process holding several times the largest body. They are mappings of
+their own, given back once freed (``fresh_buffer``). A JSON worker process gives back the memory
+its parse took after each body (``give_back_free_memory``).
 """
 
 import ctypes
 import ctypes.util
 import functools
 import logging
+import mmap
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -45,18 +55,11 @@ def keep_large_allocations(threshold_bytes: int) -> bool:
     return done
 
 
-TRIM_AFTER_BYTES = 64 << 20
-"""After a request whose body was at least this large, the process gives its free memory back.
-
-Smaller bodies are the steps whose buffers the threshold above keeps for reuse (a 10M-param
-float32 step is 40 MB); a larger one would otherwise leave its peak, several times its size,
-held by the idle process."""
-
-
 def give_back_free_memory() -> None:
     """Return the free memory of every malloc arena to the system (glibc's ``malloc_trim``); a no-op elsewhere.
 
-    It takes milliseconds on a large heap and holds no lock of Python's: call it from a worker thread.
+    It holds malloc's lock while it works, which takes milliseconds on a large heap: a JSON worker
+    process calls it after each body it decodes, where no request waits on it.
     """
     trim = _libc("malloc_trim", ctypes.c_size_t)
     if trim is not None:
@@ -77,3 +80,41 @@ def _libc(name: str, *argtypes: Any) -> Callable[..., int] | None:
     function.restype = ctypes.c_int
     result: Callable[..., int] = function
     return result
+
+
+MAPPED_MIN_BYTES = 64 << 20
+"""Buffers of at least this size are mapped for themselves alone (``fresh_buffer``)."""
+
+
+def fresh_buffer(size: int) -> np.ndarray:
+    """A writable uint8 array of ``size`` bytes, to be filled (a request's body, the arrays decoded from one).
+
+    Below ``MAPPED_MIN_BYTES`` it comes from malloc, whose memory the process keeps for the next
+    request (large steps reuse it, above). Larger, it is a mapping of its own, which goes back to the
+    system once its last view is freed: in a thread of its own, since freeing hundreds of megabytes of
+    pages takes a tenth of a second, and wherever the last view went (the event loop, say) would wait.
+    """
+    if size < MAPPED_MIN_BYTES:
+        return np.empty(size, np.uint8)
+    mapping = mmap.mmap(-1, size)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        mapping.madvise(mmap.MADV_HUGEPAGE)  # as numpy asks for its own large arrays: fewer faults as it fills
+    array = np.frombuffer(mapping, np.uint8)
+    weakref.finalize(array, _unmap_soon, mapping).atexit = False
+    return array
+
+
+def _unmap_soon(mapping: mmap.mmap) -> None:
+    threading.Thread(target=_unmap, args=(mapping,), name="unmap", daemon=True).start()
+
+
+def _unmap(mapping: mmap.mmap) -> None:
+    # The pages go first, by madvise, which ctypes calls without Python's lock and which lets the other
+    # threads' page faults go on meanwhile (munmap would hold them); then the mapping, now empty, at once.
+    view = ctypes.c_char.from_buffer(mapping)
+    address = ctypes.addressof(view)
+    del view
+    madvise = _libc("madvise", ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    if madvise is not None and hasattr(mmap, "MADV_DONTNEED"):
+        madvise(address, len(mapping), mmap.MADV_DONTNEED)
+    mapping.close()

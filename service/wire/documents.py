@@ -5,8 +5,10 @@ JSON step of a million params takes hundreds of milliseconds in which no other
 request of the process could run. Above a size threshold that work goes to worker
 processes (``anyio.to_process``), which also lets two large requests use two cores.
 Small bodies, the common case, stay in the calling thread: a round trip to another
-process would cost more than the parse. The workers are anyio's: they end with
-the process that started them (their input pipe closes).
+process would cost more than the parse. The body goes to the worker, and its
+decoded arrays come back, through temporary files (``process_files.py`` says
+why). The workers are anyio's: they end with the process that started them
+(their input pipe closes).
 
 Call ``decode`` and ``encode`` from a worker thread that anyio started (a route's
 ``run_in_threadpool``): the hop to a worker process goes through the event loop.

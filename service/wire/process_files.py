@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from service.server.memory import fresh_buffer
+
 ALIGNMENT = 64
 """Each array starts at a multiple of this many bytes of the file (and of the buffer it is read into)."""
 
@@ -115,7 +117,7 @@ def read_arrays(document: dict[str, Any], path: str | None) -> dict[str, Any]:
     try:
         with open(path, "rb", buffering=0) as file:
             size = os.fstat(file.fileno()).st_size
-            buffer = np.empty(size, np.uint8)
+            buffer = fresh_buffer(size)
             view, filled = buffer.data.cast("B"), 0
             while filled < size:
                 count = file.readinto(view[filled:])

@@ -95,3 +95,22 @@ def test_a_body_that_arrives_in_many_chunks_is_the_body_sent_whole(
 
     assert ("content-length" in in_many.request.headers) is declared
     assert ok(in_many) == ok(in_one)
+
+
+@pytest.mark.parametrize("declared", [10, 100_000], ids=["declared_shorter", "declared_longer"])
+def test_a_body_whose_content_length_is_not_its_length_is_400_and_changes_nothing(
+    make_client: ClientFactory, declared: int
+) -> None:
+    client = make_client()
+    session = create_session(client, {"optimizer": "rprop", "params": {"w": np.zeros(SIZE, np.float32)}})
+    before = checkpoint(client, session.id)
+    body = step_safetensors(_grads(3))
+
+    response = client.post(
+        f"{session.url}/step",
+        content=_chunks(body, 1000),
+        headers={"Content-Type": SAFETENSORS, "Content-Length": str(declared)},
+    )
+
+    assert_problem(response, 400, message="Content-Length")
+    assert checkpoint(client, session.id) == before
