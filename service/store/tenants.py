@@ -37,10 +37,11 @@ class KeyRow:
     revoked_at: datetime | None
 
 
-def _tenant(row: Any) -> TenantRow:
+def _tenant(row: Any, *, created_at: datetime | None = None) -> TenantRow:
+    """The tenant of a ``tenants`` row, or of a row joined with another table's ``created_at`` (then given)."""
     return TenantRow(
         name=row.name,
-        created_at=row.created_at,
+        created_at=created_at or row.created_at,
         limits={column: getattr(row, column) for column in LIMIT_COLUMNS},
         sessions=row.sessions,
         stored_bytes=row.stored_bytes,
@@ -96,14 +97,7 @@ class Tenants:
         row = self._store.read(lambda connection: connection.execute(KEY_WITH_TENANT, {"key_id": key_id}).first())
         if row is None:
             return None
-        tenant = TenantRow(
-            name=row.name,
-            created_at=row.tenant_created_at,
-            limits={column: getattr(row, column) for column in LIMIT_COLUMNS},
-            sessions=row.sessions,
-            stored_bytes=row.stored_bytes,
-        )
-        return _key(row), tenant
+        return _key(row), _tenant(row, created_at=row.tenant_created_at)
 
     def keys(self, *, tenant: str | None = None) -> list[KeyRow]:
         query = sa.select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
