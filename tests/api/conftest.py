@@ -129,6 +129,17 @@ def ok(response: Any, status: int = 200) -> Any:
     return strict_json(response.content)
 
 
+def session_count(client: TestClient) -> int:
+    """How many sessions the client's tenant holds, every page of the list counted."""
+    count, cursor = 0, None
+    while True:
+        page = ok(client.get("/v1/sessions", params={"limit": 1000} | ({"cursor": cursor} if cursor else {})))
+        count += len(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return count
+
+
 def assert_problem(response: Any, status: int, loc: list[Any] | None = None, message: str | None = None) -> Any:
     """An RFC 9457 problem: the status, application/problem+json, type/title/status/detail, a type with
     a page (in PROBLEM_TYPES), the request's id as its instance, and when `loc` is given an `errors`

@@ -32,6 +32,7 @@ from tests.api.conftest import (
     put_state_dict,
     same,
     send,
+    session_count,
     step,
     strict_json,
     to_json,
@@ -94,16 +95,6 @@ def rprop_session(module_client: TestClient) -> Created:
 @pytest.fixture
 def rmsprop_session(module_client: TestClient) -> Created:
     return _session(module_client, RMSPROP)
-
-
-def _session_count(client: TestClient) -> int:
-    count, cursor = 0, None
-    while True:
-        page = ok(client.get("/v1/sessions", params={"limit": 1000} | ({"cursor": cursor} if cursor else {})))
-        count += len(page["items"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return count
 
 
 # Bodies that are not JSON objects, or not JSON at all: 400 on every body endpoint.
@@ -478,12 +469,12 @@ CREATE_CASES = [
 def test_a_bad_create_is_rejected_with_a_problem_naming_the_field_and_creates_nothing(
     module_client: TestClient, bad: Bad
 ) -> None:
-    count = _session_count(module_client)
+    count = session_count(module_client)
 
     response = _send_bad(module_client, "POST", "/v1/sessions", bad)
 
     _assert_rejected(response, bad)
-    assert _session_count(module_client) == count
+    assert session_count(module_client) == count
 
 
 def _rprop_state_dict() -> dict[str, Any]:
@@ -525,12 +516,12 @@ CREATE_CASES_WITH_STATE_DICT = [
 
 @pytest.mark.parametrize("bad", CREATE_CASES_WITH_STATE_DICT)
 def test_a_create_with_a_bad_state_dict_is_rejected_and_creates_nothing(module_client: TestClient, bad: Bad) -> None:
-    count = _session_count(module_client)
+    count = session_count(module_client)
 
     response = _send_bad(module_client, "POST", "/v1/sessions", bad)
 
     _assert_rejected(response, bad)
-    assert _session_count(module_client) == count
+    assert session_count(module_client) == count
 
 
 CREATE_TWINS = [
@@ -548,12 +539,12 @@ CREATE_TWINS = [
 def test_a_create_with_bad_arrays_is_rejected_in_either_transport_and_creates_nothing(
     module_client: TestClient, bad: BadArrays
 ) -> None:
-    count = _session_count(module_client)
+    count = session_count(module_client)
 
     response = post_session(module_client, bad.value)
 
     assert_problem(response, 422, list(bad.loc))
-    assert _session_count(module_client) == count
+    assert session_count(module_client) == count
 
 
 NON_FINITE_CREATES = [
@@ -569,12 +560,12 @@ NON_FINITE_CREATES = [
 def test_a_create_with_non_finite_arrays_is_rejected_and_creates_nothing(
     module_client: TestClient, transport: str, bad: BadArrays
 ) -> None:
-    count = _session_count(module_client)
+    count = session_count(module_client)
 
     response = post_session(module_client, bad.value)
 
     assert_problem(response, 422, list(bad.loc))
-    assert _session_count(module_client) == count
+    assert session_count(module_client) == count
 
 
 def _mutated(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
@@ -888,7 +879,7 @@ def test_a_body_that_is_not_declared_application_json_is_415_and_changes_nothing
 ) -> None:
     method, url = endpoint.split(" ")
     before = checkpoint(module_client, rprop_session.id)
-    count = _session_count(module_client)
+    count = session_count(module_client)
 
     response = send(
         module_client, method, url.format(rprop_session.url), _valid_body(endpoint),
@@ -897,7 +888,7 @@ def test_a_body_that_is_not_declared_application_json_is_415_and_changes_nothing
 
     assert_problem(response, 415)
     assert checkpoint(module_client, rprop_session.id) == before
-    assert _session_count(module_client) == count
+    assert session_count(module_client) == count
 
 
 @pytest.mark.parametrize("endpoint", BODY_ENDPOINTS)
@@ -941,7 +932,7 @@ def test_a_body_over_max_body_bytes_is_413_and_changes_nothing(small_client: Tes
 
     assert_problem(response, 413)
     assert checkpoint(small_client, session.id) == before
-    assert _session_count(small_client) == 1
+    assert session_count(small_client) == 1
 
 
 def test_a_body_of_exactly_max_body_bytes_is_accepted(small_client: TestClient) -> None:

@@ -35,6 +35,7 @@ from tests.api.conftest import (
     response_document,
     same,
     send,
+    session_count,
     state_dict_safetensors,
     step,
     step_safetensors,
@@ -64,16 +65,6 @@ def _grads(rng: np.random.Generator, names: str, dtype: str) -> dict[str, np.nda
 
 
 GRADS = _grads(np.random.default_rng(100), "wbs", "float32")
-
-
-def _session_count(client: TestClient) -> int:
-    count, cursor = 0, None
-    while True:
-        page = ok(client.get("/v1/sessions", params={"limit": 1000} | ({"cursor": cursor} if cursor else {})))
-        count += len(page["items"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return count
 
 
 @pytest.fixture
@@ -109,7 +100,7 @@ def _request(client: TestClient, session: Created, endpoint: str, content: bytes
 def _assert_unchanged(client: TestClient, session: Created, before: dict[str, Any], count: int) -> None:
     """The session as it was (read over JSON, which every other test trusts) and no new session."""
     assert checkpoint(client, session.id) == before
-    assert _session_count(client) == count
+    assert session_count(client) == count
 
 
 def _header(header: Any) -> bytes:
@@ -171,7 +162,7 @@ def test_a_malformed_or_truncated_safetensors_body_is_400_and_changes_nothing(
     module_client: TestClient, session: Created, endpoint: str, make: Callable[[bytes], bytes]
 ) -> None:
     content = make(_valid_binary(module_client, session, endpoint))
-    before, count = checkpoint(module_client, session.id), _session_count(module_client)
+    before, count = checkpoint(module_client, session.id), session_count(module_client)
 
     response = _request(module_client, session, endpoint, content, **BINARY_BODY)
 
@@ -215,7 +206,7 @@ def test_a_tensor_that_is_not_float32_or_float64_is_422_naming_it_and_changes_no
     module_client: TestClient, session: Created, endpoint: str, dtype: str
 ) -> None:
     content, loc = _bad_dtype_body(module_client, session, endpoint, dtype)
-    before, count = checkpoint(module_client, session.id), _session_count(module_client)
+    before, count = checkpoint(module_client, session.id), session_count(module_client)
 
     response = _request(module_client, session, endpoint, content, **BINARY_BODY)
 
@@ -273,7 +264,7 @@ def test_an_accept_naming_nothing_an_array_endpoint_speaks_is_406_and_changes_no
         document, encode = bodies[kind]
         content = encode(document) if content_type == SAFETENSORS else json.dumps(to_json(document)).encode()
         headers["Content-Type"] = content_type
-    before, count = checkpoint(module_client, session.id), _session_count(module_client)
+    before, count = checkpoint(module_client, session.id), session_count(module_client)
 
     response = module_client.request(method, url.format(session.url), content=content, headers=headers)
 
@@ -286,7 +277,7 @@ def test_an_accept_naming_nothing_a_json_only_endpoint_speaks_is_406_and_changes
     module_client: TestClient, session: Created, accept: str
 ) -> None:
     state_dict = _valid_state_dict(module_client, session)
-    before, count = checkpoint(module_client, session.id), _session_count(module_client)
+    before, count = checkpoint(module_client, session.id), session_count(module_client)
     requests: list[tuple[str, str, Any]] = [
         ("GET", "/v1/sessions", None),
         ("GET", session.url, None),
@@ -310,7 +301,7 @@ def test_a_safetensors_body_under_a_content_type_the_endpoint_does_not_read_is_4
     module_client: TestClient, session: Created, endpoint: str, content_type: str
 ) -> None:
     content = _valid_binary(module_client, session, endpoint)
-    before, count = checkpoint(module_client, session.id), _session_count(module_client)
+    before, count = checkpoint(module_client, session.id), session_count(module_client)
 
     response = _request(module_client, session, endpoint, content, **{"Content-Type": content_type})
 
@@ -329,7 +320,7 @@ def test_a_safetensors_body_under_a_content_type_the_endpoint_does_not_read_is_4
 def test_patch_declared_safetensors_is_415_and_changes_nothing(
     module_client: TestClient, session: Created, content: bytes
 ) -> None:
-    before, count = checkpoint(module_client, session.id), _session_count(module_client)
+    before, count = checkpoint(module_client, session.id), session_count(module_client)
 
     response = module_client.patch(session.url, content=content, headers=BINARY_BODY)
 

@@ -32,6 +32,7 @@ from tests.api.conftest import (
     put_state_dict,
     same,
     send,
+    session_count,
     step,
 )
 
@@ -67,10 +68,6 @@ def _session_and_state_dict(client: TestClient) -> tuple[Created, dict[str, Any]
     return session, _state_dict(client, session)
 
 
-def _session_count(client: TestClient) -> int:
-    return len(ok(client.get("/v1/sessions", params={"limit": 1000}))["items"])
-
-
 def _binary(tensors: dict[str, Any], metadata: dict[str, str]) -> bytes:
     arrays = {name: np.asarray(value, dtype=np.float32) for name, value in tensors.items()}
     return safetensors.numpy.save(arrays, metadata=metadata or None)
@@ -97,7 +94,7 @@ def _refused_on_put_and_on_restore(
     """PUT ``state_dict`` into ``session``, and create a session from it as from a checkpoint: both are
     422 naming ``loc`` (in the state_dict), and neither changes anything. The two responses."""
     before = checkpoint(client, session.id)
-    count = _session_count(client)
+    count = session_count(client)
 
     put = put_state_dict(client, session.id, state_dict)
     restore = post_session(client, {**RPROP, "state_dict": state_dict, "step": 1})
@@ -105,7 +102,7 @@ def _refused_on_put_and_on_restore(
     assert_problem(put, 422, ["body", *loc], message)
     assert_problem(restore, 422, ["body", "state_dict", *loc], message)
     assert same(checkpoint(client, session.id), before)
-    assert _session_count(client) == count
+    assert session_count(client) == count
     return put, restore
 
 
@@ -139,12 +136,12 @@ DEEP_CREATES = [
 def test_a_create_nested_past_the_limits_is_422_naming_the_field_and_creates_nothing(
     module_client: TestClient, body: bytes, binary_body: bool, loc: list[Any]
 ) -> None:
-    count = _session_count(module_client)
+    count = session_count(module_client)
 
     response = _send(module_client, "POST", "/v1/sessions", body, binary_body=binary_body)
 
     assert_problem(response, 422, loc)
-    assert _session_count(module_client) == count
+    assert session_count(module_client) == count
 
 
 def _deep_session_requests(state_dict: dict[str, Any]) -> list[tuple[str, str, bytes, bool, list[Any]]]:
@@ -263,12 +260,12 @@ BAD_STEPS = [
 def test_a_create_whose_step_is_not_a_whole_number_up_to_2_53_minus_1_is_422_and_creates_nothing(
     module_client: TestClient, bad: Any
 ) -> None:
-    count = _session_count(module_client)
+    count = session_count(module_client)
 
     response = send(module_client, "POST", "/v1/sessions", {**RPROP, "step": bad})
 
     assert_problem(response, 422, ["body", "step"])
-    assert _session_count(module_client) == count
+    assert session_count(module_client) == count
 
 
 BAD_STATE_STEPS = [
