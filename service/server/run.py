@@ -21,6 +21,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 
+from service.api.request_ids import RequestIdFilter
 from service.config import Settings
 from service.server.open_files import raise_open_file_limit
 
@@ -90,13 +91,16 @@ def serve(*, host: str, port: int, workers: int, log_level: str, access_log: boo
         raise
 
 
+LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s%(request)s"
+"""gunicorn's own format, and the id of the request a line was written for (``RequestIdFilter``)."""
+
+
 def _log_service_to_stderr(level: str) -> None:
-    """The service's own log lines beside gunicorn's, in its format, at the level asked for (workers inherit
-    this as they fork)."""
+    """The service's own log lines beside gunicorn's, at the level asked for, each with the id of the request
+    it was written for. Set up once, here: the workers inherit it as they fork."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S %z")
-    )
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S %z"))
     service_log = logging.getLogger("service")
     service_log.addHandler(handler)
     service_log.setLevel(level.upper())

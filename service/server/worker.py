@@ -2,7 +2,6 @@
 
 import ctypes
 import ctypes.util
-import logging
 import os
 import signal
 import sys
@@ -10,14 +9,12 @@ from typing import Any
 
 from uvicorn_worker import UvicornWorker
 
-from service.api.request_ids import RequestIdFilter
 from service.config import Settings
 from service.server.connections import BoundedHttpProtocol, ConnectionLimits
 from service.server.open_files import connections_that_fit
 
 PR_SET_PDEATHSIG = 1
 """Linux prctl option: the signal a process gets when its parent dies."""
-LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s%(request)s"
 """gunicorn's format, and the id of the request a line was written for."""
 SHUTDOWN_MARGIN_SECONDS = 2.0
 """uvicorn's graceful shutdown ends this long before gunicorn kills the worker, so that the app's own
@@ -41,18 +38,7 @@ class ServiceWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn-worker ship
 
     def init_process(self) -> None:
         _stop_with_parent(self.ppid)
-        _log_with_request_ids()
         super().init_process()
-
-
-def _log_with_request_ids() -> None:
-    """The service's log lines on stderr, each with the id of the request it was written for."""
-    handler = logging.StreamHandler()
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S %z"))
-    service = logging.getLogger("service")
-    service.addHandler(handler)
-    service.propagate = False
 
 
 def _stop_with_parent(parent: int) -> None:
