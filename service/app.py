@@ -8,7 +8,7 @@ from datetime import timedelta
 import anyio
 from fastapi import FastAPI
 
-from service.api import health, problems, sessions, tenant
+from service.api import docs_pages, health, pages, problems, sessions, tenant
 from service.api.authentication import Authentication
 from service.api.dependencies import Service
 from service.api.health import PROBE_THREADS
@@ -138,6 +138,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         summary="torch.optim's optimizers with torch's exact numbers, kept on the server.",
         lifespan=lifespan,
+        # Served by docs_pages.py from the package's own files, not from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app, retry_after_seconds=settings.retry_after_seconds)
     # The last added is the outermost: every answer, problems included, gets the request's id.
@@ -152,6 +155,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(problems.router)
     app.include_router(sessions.router)
     app.include_router(tenant.router)
+    app.include_router(pages.router)
+    app.include_router(docs_pages.router)
     app.router.routes.insert(0, sessions.STEP_ROUTE)
     install_openapi(app)
     return app
