@@ -9,6 +9,7 @@ const SESSIONS_EVERY_MS = 5000;
 const PAGE_SIZE = 100;
 const API = new URL("../v1/", document.baseURI);
 const CURVES = ["loss", "grad_norm", "update_norm", "lr"];
+const LABELS = { loss: "loss", grad_norm: "grad norm", update_norm: "update norm" };
 const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
 
 const byId = (id) => document.getElementById(id);
@@ -101,7 +102,7 @@ function size(summary) {
     0,
   );
   const bytes = elements * (summary.dtype === "float64" ? 8 : 4);
-  return `${elements.toLocaleString("en")} × ${summary.dtype} · ${formatBytes(bytes)}`;
+  return `${elements.toLocaleString("en")} elements · ${formatBytes(bytes)}`;
 }
 
 function cell(row, text, className) {
@@ -144,6 +145,7 @@ function showSessions() {
     button.addEventListener("click", () => select(summary.id));
     row.insertCell().append(button);
     cell(row, summary.optimizer);
+    cell(row, summary.dtype);
     cell(row, String(summary.step), "number").dataset.testid = "session-step";
     cell(row, size(summary), "number");
     cell(row, new Date(summary.updated_at).toLocaleString());
@@ -175,7 +177,7 @@ function newCurves(id, groups) {
   for (const name of CURVES) {
     const container = byId(`chart-${name}`);
     container.replaceChildren();
-    const lines = name === "lr" ? [...Array(groups).keys()].map((group) => `group ${group}`) : [name];
+    const lines = name === "lr" ? [...Array(groups).keys()].map((group) => `group ${group}`) : [LABELS[name]];
     const options = {
       width: Math.max(container.clientWidth, 300),
       height: 200,
