@@ -243,6 +243,7 @@ async function pull(mine) {
     append(mine, page.items);
     changed ||= page.items.length > 0;
     if (page.next_cursor === null || page.items.length === 0) break;
+    mine.since = page.next_cursor;
   }
   if (changed) redraw(mine);
 }
