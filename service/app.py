@@ -8,7 +8,7 @@ from datetime import timedelta
 import anyio
 from fastapi import FastAPI
 
-from service.api import health, problems, sessions, tenant
+from service.api import health, problems, sessions, step_metrics, tenant
 from service.api.authentication import Authentication
 from service.api.dependencies import Service
 from service.api.health import PROBE_THREADS
@@ -22,7 +22,7 @@ from service.server.memory import keep_large_allocations
 from service.sessions.cache import OptimizerCache
 from service.sessions.idempotency import Retention
 from service.sessions.service import Sessions
-from service.store import SqlSessionStore, StoreSettings
+from service.store import MetricsKept, SqlSessionStore, StoreSettings
 from service.store.rate_limits import RateLimits
 from service.store.tenants import Tenants
 from service.tenancy.authentication import Authenticator
@@ -118,7 +118,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.probe_limiter = anyio.CapacityLimiter(PROBE_THREADS)
         session_service = Sessions(
-            store=store, cache=OptimizerCache(settings.cache_bytes), retention=retention(settings)
+            store=store,
+            cache=OptimizerCache(settings.cache_bytes),
+            retention=retention(settings),
+            metrics_kept=MetricsKept(recent=settings.metrics_recent_steps, every=settings.metrics_every),
         )
         documents = Documents(processes=settings.json_workers, threshold_bytes=settings.json_worker_threshold_bytes)
         app.state.service = Service(sessions=session_service, documents=documents, settings=settings)
@@ -151,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(problems.router)
     app.include_router(sessions.router)
+    app.include_router(step_metrics.router)
     app.include_router(tenant.router)
     app.router.routes.insert(0, sessions.STEP_ROUTE)
     install_openapi(app)
