@@ -6,6 +6,10 @@ is read while it is in cache: ``before`` the block changes, ``after`` it has. Su
 float64, by BLAS dot products of float64 copies: a float32 square is exact in float64, so the norms equal a
 float64 numpy computation to within rounding of the sum itself (about 1e-15 relative).
 
+The dot products are BLAS's. OpenBLAS splits a dot product of a block over every core, and waking its
+threads for each block costs several times the work: limit BLAS to one thread (``threadpoolctl``, or
+``OPENBLAS_NUM_THREADS=1``) where measured steps run, as the service does.
+
 The median of a spread is exact up to ``SAMPLE_LIMIT`` elements. Beyond that it is the median of an evenly
 strided sample of at most that many elements (every k-th element over the params in order): an exact
 median needs every value at once, which costs more than the step.
@@ -75,34 +79,37 @@ class StepMeasure:
         self.spread_max = -math.inf
         self._stride = max(1, -(-total_elements // SAMPLE_LIMIT))
         self._samples: list[np.ndarray] = []
-        size = min(max(total_elements, 1), CHUNK_ELEMENTS)
-        self._before = np.empty(size)
-        """The block's params before the update, in float64."""
-        self._cast = np.empty(size)
-        """A float32 block, cast to float64."""
+        self._size = min(max(total_elements, 1), CHUNK_ELEMENTS)
+        self._before: np.ndarray | None = None
+        """The block's params before the update, in their own dtype (a float64 copy would crowd the cache)."""
+        self._wide = np.empty(self._size)
+        """A block in float64: a float32 one cast, or a difference."""
         self._block_start = 0
 
-    def _as_float64(self, block: np.ndarray) -> np.ndarray:
-        if block.dtype == np.float64:
-            return block
-        cast = self._cast[: block.size]
-        np.copyto(cast, block)
-        return cast
+    def _squares(self, block: np.ndarray) -> float:
+        """The sum of the block's squares, in float64."""
+        if block.dtype != np.float64:
+            wide = self._wide[: block.size]
+            np.copyto(wide, block)
+            block = wide
+        return float(np.dot(block, block))
 
     def before(self, param: np.ndarray, grad: np.ndarray) -> None:
         """The block of ``param`` about to be updated with ``grad`` (both flat, unchanged yet)."""
-        wide_grad = self._as_float64(grad)
-        self.grad_squares += float(np.dot(wide_grad, wide_grad))
+        self.grad_squares += self._squares(grad)
+        if self._before is None or self._before.dtype != param.dtype:
+            self._before = np.empty(self._size, dtype=param.dtype)
         np.copyto(self._before[: param.size], param)
         self._block_start = self.elements
         self.elements += param.size
 
     def after(self, param: np.ndarray) -> None:
         """The same block, updated."""
-        wide_param = self._as_float64(param)
-        self.param_squares += float(np.dot(wide_param, wide_param))
-        change = self._before[: param.size]
-        np.subtract(wide_param, change, out=change)
+        assert self._before is not None, "after() follows before()"
+        self.param_squares += self._squares(param)
+        # In float64, the difference of two float32 values is exact.
+        change = self._wide[: param.size]
+        np.subtract(param, self._before[: param.size], out=change, dtype=np.float64)
         self.update_squares += float(np.dot(change, change))
 
     def spread(self, values: np.ndarray, *, numerator: float | None = None) -> None:

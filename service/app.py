@@ -18,6 +18,7 @@ from service.api.openapi import install_openapi
 from service.api.request_ids import RequestIds
 from service.config import Settings
 from service.errors import UnhandledErrors, install_error_handlers
+from service.server.blas_threads import one_blas_thread
 from service.server.memory import keep_large_allocations
 from service.sessions.cache import OptimizerCache
 from service.sessions.idempotency import Retention
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.malloc_mmap_threshold_bytes:
             keep_large_allocations(settings.malloc_mmap_threshold_bytes)
+        one_blas_thread()
         store = SqlSessionStore(settings.database_url, store_settings(settings))
         app.state.store = store
         tenants = Tenants(store)
