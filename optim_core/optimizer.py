@@ -23,6 +23,7 @@ from optim_core.errors import (
     OptimCoreError,
 )
 from optim_core.spec import AlgorithmSpec, H, S
+from optim_core.telemetry import StepMeasure, StepTelemetry
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 MAX_INDEX_DIGITS = 19
@@ -149,8 +150,8 @@ class Optimizer(Generic[H, S]):
     def _init_state(self, param: np.ndarray, hyperparams: H) -> S:
         return self.spec.init(param, hyperparams)
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: S, hyperparams: H) -> S:
-        return self.spec.update_in_place(param, grad, state, hyperparams)
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: S, hyperparams: H, measure: StepMeasure | None) -> S:
+        return self.spec.update_in_place(param, grad, state, hyperparams, measure)
 
     def _make_state(self, step: int, arrays: Mapping[str, np.ndarray]) -> S:
         return self.spec.make_state(step, arrays)
@@ -172,8 +173,18 @@ class Optimizer(Generic[H, S]):
 
     def step(self, grads: Mapping[str, Any]) -> None:
         """Apply one step. Params absent from ``grads`` are skipped, like torch's ``grad=None``."""
+        self._step(grads, measured=False)
+
+    def measured_step(self, grads: Mapping[str, Any]) -> StepTelemetry:
+        """``step``, measuring it as it runs: the norms, each group's lr, the algorithm's own measures."""
+        telemetry = self._step(grads, measured=True)
+        assert telemetry is not None
+        return telemetry
+
+    def _step(self, grads: Mapping[str, Any], *, measured: bool) -> StepTelemetry | None:
         hyperparams = self._validated_groups()
         prepared = self._prepared_grads(grads)
+        measure = StepMeasure(sum(grad.size for grad in prepared.values())) if measured else None
         for names, group_hyperparams in zip(self._group_names, hyperparams, strict=True):
             for name in names:
                 grad = prepared.get(name)
@@ -183,7 +194,11 @@ class Optimizer(Generic[H, S]):
                 state = self._state.get(name)
                 if state is None:
                     state = self._init_state(param, group_hyperparams)
-                self._state[name] = self._update(param, grad, state, group_hyperparams)
+                self._state[name] = self._update(param, grad, state, group_hyperparams, measure)
+        if measure is None:
+            return None
+        lrs = [float(group["lr"]) for group in self.param_groups]
+        return measure.telemetry(lrs, self.spec.measures(measure))
 
     def state_dict(self) -> dict[str, Any]:
         """The state in torch's layout, with arrays as nested lists: ``json.dumps`` takes it."""

@@ -44,6 +44,7 @@ from optim_core.checks import (
 from optim_core.chunks import chunk_bounds, scratch
 from optim_core.optimizer import Optimizer, ParamGroupSpec, Params
 from optim_core.spec import AlgorithmSpec
+from optim_core.telemetry import StepMeasure
 
 DEFAULTS: Mapping[str, object] = {
     "lr": 1e-2,
@@ -169,6 +170,7 @@ def rmsprop_update_in_place(
     momentum: float,
     centered: bool,
     maximize: bool,
+    measure: StepMeasure | None = None,
 ) -> RMSpropState:
     """One RMSprop step, in place: writes ``param`` and the state's buffers.
 
@@ -199,6 +201,8 @@ def rmsprop_update_in_place(
         g = flat_grad[start:stop]
         p, square_avg = flat_param[start:stop], flat_square_avg[start:stop]
         own_grad, avg = grad_work[:n], avg_work[:n]
+        if measure is not None:
+            measure.before(p, g)
         if maximize:
             g = np.negative(g, out=own_grad)
         if weight_decay != 0:
@@ -223,6 +227,8 @@ def rmsprop_update_in_place(
         else:
             np.sqrt(square_avg, out=avg)
         np.add(avg, eps_, out=avg)
+        if measure is not None:
+            measure.spread(avg, numerator=lr)
         if flat_buffer is not None:
             buffer = flat_buffer[start:stop]
             np.multiply(buffer, momentum_, out=buffer)
@@ -234,6 +240,8 @@ def rmsprop_update_in_place(
             np.multiply(g, minus_lr, out=own_grad)
             np.divide(own_grad, avg, out=avg)
         np.add(p, avg, out=p)
+        if measure is not None:
+            measure.after(p)
     return state._replace(step=state.step + 1)
 
 
@@ -246,6 +254,13 @@ def _required_state_arrays(hyperparams: RMSpropHyperparams) -> frozenset[str]:
     return frozenset(required)
 
 
+def _measures(measure: StepMeasure) -> dict[str, object]:
+    """``effective_lr``: the min, median and max over the stepped elements of ``lr / (sqrt(v) + eps)``, the
+    denominator as the step used it (``sqrt(v - g_avg^2) + eps`` when centered), in the params' dtype."""
+    spread = measure.spread_summary()
+    return {"effective_lr": spread.to_dict() if spread is not None else None}
+
+
 SPEC: AlgorithmSpec[RMSpropHyperparams, RMSpropState] = AlgorithmSpec(
     name="rmsprop",
     torch_name="RMSprop",
@@ -255,7 +270,7 @@ SPEC: AlgorithmSpec[RMSpropHyperparams, RMSpropState] = AlgorithmSpec(
     state_type=RMSpropState,
     state_arrays=STATE_ARRAYS,
     init=lambda param, hyperparams: rmsprop_init(param, momentum=hyperparams.momentum, centered=hyperparams.centered),
-    update_in_place=lambda param, grad, state, hyperparams: rmsprop_update_in_place(
+    update_in_place=lambda param, grad, state, hyperparams, measure: rmsprop_update_in_place(
         param,
         grad,
         state,
@@ -266,7 +281,9 @@ SPEC: AlgorithmSpec[RMSpropHyperparams, RMSpropState] = AlgorithmSpec(
         momentum=hyperparams.momentum,
         centered=hyperparams.centered,
         maximize=hyperparams.maximize,
+        measure=measure,
     ),
+    measures=_measures,
     required_state_arrays=_required_state_arrays,
     complete_state=lambda param, state, hyperparams: rmsprop_complete(
         param, state, momentum=hyperparams.momentum, centered=hyperparams.centered

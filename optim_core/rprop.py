@@ -50,6 +50,7 @@ from optim_core.chunks import chunk_bounds, scratch
 from optim_core.errors import InvalidHyperparameterError
 from optim_core.optimizer import Optimizer, ParamGroupSpec, Params
 from optim_core.spec import AlgorithmSpec
+from optim_core.telemetry import StepMeasure
 
 DEFAULTS: Mapping[str, object] = {
     "lr": 1e-2,
@@ -161,6 +162,7 @@ def rprop_update_in_place(
     step_size_min: float,
     step_size_max: float,
     maximize: bool,
+    measure: StepMeasure | None = None,
 ) -> RpropState:
     """One Rprop step, in place: writes ``param``, ``state.prev`` and ``state.step_size``.
 
@@ -201,6 +203,8 @@ def rprop_update_in_place(
         prev, step_size, p = flat_prev[start:stop], flat_step_size[start:stop], flat_param[start:stop]
         product, factor, keep = work[:n], factor_work[:n], keep_work[:n]
         positive, negative = positive_work[:n], negative_work[:n]
+        if measure is not None:
+            measure.before(p, g)
         if negated is not None:
             g = np.negative(g, out=negated[:n])
         np.multiply(g, prev, out=product)
@@ -212,6 +216,9 @@ def rprop_update_in_place(
         np.add(factor, one_bits, out=factor)
         np.multiply(step_size, factor.view(dtype), out=step_size)
         np.clip(step_size, low, high, out=step_size)
+        if measure is not None:
+            measure.changed_signs(negative)
+            measure.spread(step_size)
         # prev = g, with +0 where zeroed: an AND with all-ones or all-zeros bits.
         if zeroed == "negative":
             np.copyto(keep, negative)
@@ -228,12 +235,25 @@ def rprop_update_in_place(
         np.sign(prev, out=product)
         np.multiply(product, step_size, out=product)
         np.subtract(p, product, out=p)
+        if measure is not None:
+            measure.after(p)
     return state._replace(step=state.step + 1)
 
 
 def _bit_pattern(value: np.floating) -> int:
     """The IEEE bits of a float32 or float64 scalar, as an int."""
     return int(np.array(value).view(f"i{value.itemsize}"))
+
+
+def _measures(measure: StepMeasure) -> dict[str, object]:
+    """``step_size``: the min, median and max of the stepped elements' step sizes after the step;
+    ``sign_change_fraction``: the fraction of them whose gradient changed sign against the one kept from
+    the step before (the elements whose step size shrank)."""
+    spread = measure.spread_summary()
+    return {
+        "step_size": spread.to_dict() if spread is not None else None,
+        "sign_change_fraction": measure.sign_change_fraction(),
+    }
 
 
 SPEC: AlgorithmSpec[RpropHyperparams, RpropState] = AlgorithmSpec(
@@ -245,7 +265,7 @@ SPEC: AlgorithmSpec[RpropHyperparams, RpropState] = AlgorithmSpec(
     state_type=RpropState,
     state_arrays=STATE_ARRAYS,
     init=lambda param, hyperparams: rprop_init(param, lr=hyperparams.lr),
-    update_in_place=lambda param, grad, state, hyperparams: rprop_update_in_place(
+    update_in_place=lambda param, grad, state, hyperparams, measure: rprop_update_in_place(
         param,
         grad,
         state,
@@ -254,7 +274,9 @@ SPEC: AlgorithmSpec[RpropHyperparams, RpropState] = AlgorithmSpec(
         step_size_min=hyperparams.step_size_min,
         step_size_max=hyperparams.step_size_max,
         maximize=hyperparams.maximize,
+        measure=measure,
     ),
+    measures=_measures,
 )
 
 

@@ -11,6 +11,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from optim_core.telemetry import StepMeasure
+
 
 class Hyperparams(Protocol):
     """One param group's hyperparameters, parsed and validated."""
@@ -55,9 +57,12 @@ class AlgorithmSpec(Generic[H, S]):
     """The state's array fields, in torch's state_dict order; also torch's state_dict keys."""
     init: Callable[[np.ndarray, H], S]
     """Fresh state for a param (that has not been stepped yet)."""
-    update_in_place: Callable[[np.ndarray, np.ndarray, S, H], S]
+    update_in_place: Callable[[np.ndarray, np.ndarray, S, H, StepMeasure | None], S]
     """One step: writes the param and the state's buffers in place, returns the state with ``step``
-    advanced. Both belong to the optimizer; the gradient is only read."""
+    advanced. Both belong to the optimizer; the gradient is only read. A measure, when given, is fed
+    each block as it is updated (``telemetry.py``)."""
+    measures: Callable[[StepMeasure], dict[str, object]] = lambda _measure: {}
+    """The algorithm's own entries of a step's telemetry, from what its kernel fed the measure."""
     required_state_arrays: Callable[[H], frozenset[str]] = field(default=None)  # type: ignore[assignment]
     """The state arrays a param of a group with these hyperparameters must have (default: all)."""
     complete_state: Callable[[np.ndarray, S, H], S] = _unchanged

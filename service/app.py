@@ -8,7 +8,7 @@ from datetime import timedelta
 import anyio
 from fastapi import FastAPI
 
-from service.api import docs_pages, health, pages, problems, sessions, tenant
+from service.api import docs_pages, health, pages, problems, sessions, step_metrics, tenant
 from service.api.authentication import Authentication
 from service.api.dependencies import Service
 from service.api.health import PROBE_THREADS
@@ -18,11 +18,12 @@ from service.api.openapi import install_openapi
 from service.api.request_ids import RequestIds
 from service.config import Settings
 from service.errors import UnhandledErrors, install_error_handlers
+from service.server.blas_threads import one_blas_thread
 from service.server.memory import keep_large_allocations
 from service.sessions.cache import OptimizerCache
 from service.sessions.idempotency import Retention
 from service.sessions.service import Sessions
-from service.store import SqlSessionStore, StoreSettings
+from service.store import MetricsKept, SqlSessionStore, StoreSettings
 from service.store.rate_limits import RateLimits
 from service.store.tenants import Tenants
 from service.tenancy.authentication import Authenticator
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.malloc_mmap_threshold_bytes:
             keep_large_allocations(settings.malloc_mmap_threshold_bytes)
+        one_blas_thread()
         store = SqlSessionStore(settings.database_url, store_settings(settings))
         app.state.store = store
         tenants = Tenants(store)
@@ -118,7 +120,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.probe_limiter = anyio.CapacityLimiter(PROBE_THREADS)
         session_service = Sessions(
-            store=store, cache=OptimizerCache(settings.cache_bytes), retention=retention(settings)
+            store=store,
+            cache=OptimizerCache(settings.cache_bytes),
+            retention=retention(settings),
+            metrics_kept=MetricsKept(recent=settings.metrics_recent_steps, every=settings.metrics_every),
         )
         documents = Documents(processes=settings.json_workers, threshold_bytes=settings.json_worker_threshold_bytes)
         app.state.service = Service(sessions=session_service, documents=documents, settings=settings)
@@ -154,6 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(problems.router)
     app.include_router(sessions.router)
+    app.include_router(step_metrics.router)
     app.include_router(tenant.router)
     app.include_router(pages.router)
     app.include_router(docs_pages.router)

@@ -82,6 +82,16 @@ class Settings(BaseSettings):
         description="A step's response of larger params is not copied for Idempotency-Key retries: a retry is "
         "answered from the session while no other step has changed it, else 409.",
     )
+    metrics_recent_steps: int = Field(
+        default=1000,
+        gt=0,
+        description="A session's step metrics history keeps every one of its last this many steps...",
+    )
+    metrics_every: int = Field(
+        default=100,
+        gt=0,
+        description="...and every this-many-th step before them: a million-step run keeps about 11,000 rows.",
+    )
     cache_bytes: int = Field(
         default=1 << 30, ge=0, description="Memory for optimizers kept between requests (validated against storage)."
     )

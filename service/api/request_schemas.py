@@ -219,7 +219,12 @@ def request_schemas(*, default_dtype: str = "float32") -> dict[str, Schema]:
                 "float64",
                 "Gradients by param name, each of its param's shape (cast to the session's dtype, whose range they "
                 "must fit); params left out are skipped.",
-            )
+            ),
+            "loss": {
+                "type": "number",
+                "description": "The loss the client computed for these gradients, kept with the step's metrics "
+                "(finite).",
+            },
         },
         "required": ["grads"],
         "additionalProperties": False,
@@ -238,5 +243,5 @@ CREATE_EXAMPLE = {
     "hyperparameters": {"lr": 0.01, "momentum": 0.9},
     "param_groups": [{"params": ["w"]}, {"params": ["b"], "lr": 0.1}],
 }
-STEP_EXAMPLE = {"grads": {"w": [[0.1, -0.2], [0.3, 0.4]], "b": [0.01, -0.02]}}
+STEP_EXAMPLE = {"grads": {"w": [[0.1, -0.2], [0.3, 0.4]], "b": [0.01, -0.02]}, "loss": 0.6931}
 PATCH_EXAMPLE = {"hyperparameters": {"lr": 0.005}}

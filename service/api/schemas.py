@@ -75,6 +75,9 @@ class CreateSessionRequest(Strict):
 
 class StepRequest(Strict):
     grads: dict[str, NumericArray] = Field(description="Gradients by param name; absent params are skipped.")
+    loss: float | None = Field(
+        default=None, allow_inf_nan=False, description="The client's loss for these gradients (finite)."
+    )
 
 
 class PatchSessionRequest(Strict):
@@ -116,9 +119,47 @@ class SessionPage(BaseModel):
     next_cursor: str | None
 
 
+class Spread(BaseModel):
+    min: float | None
+    median: float | None
+    max: float | None
+
+
+class StepMetrics(BaseModel):
+    """A step's telemetry (docs/api.md defines each entry). A number that is not finite is null."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": True})
+    grad_norm: float | None = Field(description="L2 norm of the gradients as received, over all stepped params.")
+    update_norm: float | None = Field(description="L2 norm of the change in the stepped params.")
+    param_norm: float | None = Field(description="L2 norm of the stepped params after the step.")
+    lr: list[float | None] = Field(description="Each param group's learning rate.")
+    loss: float | None = Field(description="The loss the client sent with the step, if any.")
+    step_size: Spread | None = Field(default=None, description="Rprop: min, median and max step size.")
+    sign_change_fraction: float | None = Field(
+        default=None, description="Rprop: fraction of elements whose gradient changed sign."
+    )
+    effective_lr: Spread | None = Field(
+        default=None, description="RMSprop: min, median and max of lr / (sqrt(v) + eps) per element."
+    )
+
+
 class StepResponse(BaseModel):
     step: int
     params: dict[str, NumericArray]
+    metrics: StepMetrics | None = Field(
+        description="The step's telemetry; null for a replay of a step the history no longer keeps. In a "
+        "safetensors answer, a JSON string under `metrics` in `__metadata__`."
+    )
+
+
+class MetricsItem(StepMetrics):
+    step: int
+    time: datetime = Field(description="When the step was applied (UTC).")
+
+
+class MetricsPage(BaseModel):
+    items: list[MetricsItem]
+    next_cursor: int | None = Field(description="Pass as `since` to read on; null on the last page.")
 
 
 class StateDict(BaseModel):

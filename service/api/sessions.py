@@ -338,12 +338,13 @@ async def step_session(session_id: str, request: Request) -> Response:
             session_id=session_id,
             # The core refuses non-finite gradients after casting them to the params' dtype: one pass, not two.
             grads=arrays_from_json(step.grads, loc=("body", "grads"), check_finite=False),
+            loss=step.loss,
             request_hash=hash_request(body.media_type, content) if idempotency_key is not None else "",
             idempotency_key=idempotency_key,
             expected_versions=expected_versions(if_match),
         ) as outcome:
             return service.answer(
-                {"step": outcome.step, "params": outcome.params},
+                {"step": outcome.step, "params": outcome.params, "metrics": outcome.metrics},
                 media_type=answer_as,
                 root="params",
                 version=outcome.version,

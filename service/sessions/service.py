@@ -37,11 +37,19 @@ from service.sessions.errors import (
 )
 from service.sessions.idempotency import Retention
 from service.sessions.optimizers import build_optimizer, core_error, summary_groups
+from service.sessions.step_metrics import (
+    MAX_METRICS_PAGE,
+    history_item,
+    kept_metrics,
+    replayed_metrics,
+    step_metrics,
+)
 from service.store import (
     CreationRecord,
     IdempotencyRecord,
     KeyInFlight,
     LockedSession,
+    MetricsKept,
     SessionMeta,
     SessionMissing,
     SessionStore,
@@ -72,6 +80,8 @@ class StepOutcome:
     step: int
     version: int
     params: dict[str, np.ndarray]
+    metrics: dict[str, Any] | None
+    """The step's telemetry (``step_metrics.py``); None for a replay whose step the history no longer keeps."""
 
 
 def _require_well_formed(session_id: str) -> None:
@@ -204,9 +214,17 @@ def _checked_groups(
 class Sessions:
     """Session operations; each validates fully before it changes anything."""
 
-    def __init__(self, *, store: SessionStore, cache: OptimizerCache, retention: Retention | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        store: SessionStore,
+        cache: OptimizerCache,
+        retention: Retention | None = None,
+        metrics_kept: MetricsKept | None = None,
+    ) -> None:
         self._store = store
         self._cache = cache
+        self._metrics_kept = metrics_kept or MetricsKept(recent=1000, every=100)
         self._retention = retention or Retention()
 
     def create(
@@ -409,6 +427,7 @@ class Sessions:
         request_hash: str,
         idempotency_key: str | None,
         expected_versions: Versions,
+        loss: float | None = None,
     ) -> Iterator[StepOutcome]:
         """Apply one step durably (or answer a retry of one), and yield its outcome.
 
@@ -423,6 +442,7 @@ class Sessions:
                     session_id,
                     caller=caller,
                     grads=grads,
+                    loss=loss,
                     request_hash=request_hash,
                     idempotency_key=idempotency_key,
                     expected_versions=expected_versions,
@@ -459,6 +479,7 @@ class Sessions:
         *,
         caller: Caller,
         grads: dict[str, np.ndarray],
+        loss: float | None,
         request_hash: str,
         idempotency_key: str | None,
         expected_versions: Versions,
@@ -481,6 +502,7 @@ class Sessions:
                     locked,
                     caller=caller,
                     grads=grads,
+                    loss=loss,
                     request_hash=request_hash,
                     idempotency_key=idempotency_key,
                     expected_versions=expected_versions,
@@ -494,6 +516,7 @@ class Sessions:
         *,
         caller: Caller,
         grads: dict[str, np.ndarray],
+        loss: float | None,
         request_hash: str,
         idempotency_key: str | None,
         expected_versions: Versions,
@@ -507,7 +530,7 @@ class Sessions:
         _require_match(expected_versions, locked.meta.version)
         optimizer = self._optimizer(locked)
         try:
-            optimizer.step(grads)
+            telemetry = optimizer.measured_step(grads)
         except OptimCoreError as error:
             raise core_error(error, "body") from None
         state = optimizer.state_dict_arrays(copy=False)["state"]
@@ -530,14 +553,17 @@ class Sessions:
             record = self._retention.record(
                 key=idempotency_key, request_hash=request_hash, step=meta.step, version=meta.version, params=params
             )
+        metrics = step_metrics(telemetry, loss)
         locked.save(
             meta,
             pack_buffers(params, state),
             record,
             self._retention.kept_with(record) if record else None,
             quotas=caller.quotas,
+            metrics=kept_metrics(meta.step, meta.updated_at, metrics),
+            metrics_kept=self._metrics_kept,
         )
-        return StepOutcome(step=meta.step, version=meta.version, params=params), optimizer
+        return StepOutcome(step=meta.step, version=meta.version, params=params, metrics=metrics), optimizer
 
     def _replayed(
         self, locked: LockedSession, record: IdempotencyRecord
@@ -545,8 +571,12 @@ class Sessions:
         """The first response to a step, again: from its copy, or from the session while no step has
         changed its params since (hyperparameters and state may have changed); and the optimizer
         taken out for it, if any."""
+        metrics = replayed_metrics(
+            self._store.metrics(locked.meta.id, after_step=record.step - 1, limit=1), record.step
+        )
         if record.params:
-            return StepOutcome(step=record.step, version=record.version, params=unpack(record.params)[0]), None
+            params = unpack(record.params)[0]
+            return StepOutcome(step=record.step, version=record.version, params=params, metrics=metrics), None
         if record.step != locked.meta.step:
             raise IdempotentResponseExpired(
                 f"Idempotency-Key {record.key!r} was applied as step {record.step}; the session is at step "
@@ -554,7 +584,8 @@ class Sessions:
                 "session's params for their current values."
             )
         optimizer = self._optimizer(locked)
-        return StepOutcome(step=record.step, version=record.version, params=optimizer.params), optimizer
+        outcome = StepOutcome(step=record.step, version=record.version, params=optimizer.params, metrics=metrics)
+        return outcome, optimizer
 
     def _optimizer(self, locked: LockedSession) -> Optimizer[Any, Any]:
         """The held session's optimizer: the cached one when it is at the stored version, else restored
@@ -625,6 +656,21 @@ class Sessions:
             locked.save(meta, _packed(optimizer), quotas=caller.quotas)
         self._cache.put(session_id, meta.version, optimizer)
         return meta
+
+    def metrics(
+        self, *, caller: Caller, session_id: str, after_step: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of the session's kept step metrics after ``after_step``, oldest first, and the step to read
+        on after (None on the last page). An admin key may read any tenant's, as it reads their summaries."""
+        _require_well_formed(session_id)
+        found = self._store.get(session_id, with_arrays=False)
+        if found is None:
+            raise SessionNotFound(f"no session {session_id!r}")
+        _check_access(found[0], caller, summary_only=True)
+        limit = min(limit, MAX_METRICS_PAGE)
+        rows = self._store.metrics(session_id, after_step=after_step, limit=limit + 1)
+        next_step = rows[limit - 1].step if len(rows) > limit else None
+        return [history_item(row) for row in rows[:limit]], next_step
 
     def usage(self, *, caller: Caller) -> TenantUsage:
         """What the caller's tenant holds now."""

@@ -4,10 +4,12 @@ from service.store.base import (
     CreationRecord,
     IdempotencyRecord,
     LockedSession,
+    MetricsKept,
     Quotas,
     RecordsKept,
     SessionMeta,
     SessionStore,
+    StepMetrics,
     TenantUsage,
 )
 from service.store.errors import (
@@ -29,6 +31,7 @@ __all__ = [
     "IdempotencyRecord",
     "KeyInFlight",
     "LockedSession",
+    "MetricsKept",
     "QuotaExceeded",
     "Quotas",
     "RecordsKept",
@@ -37,6 +40,7 @@ __all__ = [
     "SessionStore",
     "SqlSessionStore",
     "StaleAssumption",
+    "StepMetrics",
     "StorageBusy",
     "StorageFailure",
     "StorageFull",

@@ -1,5 +1,6 @@
 """What the service needs from storage, independent of the engine."""
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -73,6 +74,25 @@ class RecordsKept:
     responses: int
 
 
+@dataclass(frozen=True)
+class StepMetrics:
+    """One step's telemetry, as its session's history keeps it."""
+
+    step: int
+    recorded_at: datetime
+    document: str
+    """A JSON object: the step's measures and the client's loss."""
+
+
+@dataclass(frozen=True)
+class MetricsKept:
+    """What a session keeps of its step metrics: every one of its last ``recent`` steps, and every
+    ``every``-th step before them."""
+
+    recent: int
+    every: int
+
+
 class LockedSession(Protocol):
     """A session held for a read-modify-write until the ``locked`` block ends (its changes commit then)."""
 
@@ -95,9 +115,12 @@ class LockedSession(Protocol):
         kept: RecordsKept | None = None,
         *,
         quotas: Quotas | None = None,
+        metrics: StepMetrics | None = None,
+        metrics_kept: MetricsKept | None = None,
     ) -> None:
         """Store the new meta (and arrays, when given) at commit; ``record`` answers later retries, and the
-        session's older records are trimmed to ``kept``. When ``meta.stored_bytes`` grows, the commit fails
+        session's older records are trimmed to ``kept``. ``metrics`` joins the session's history, which is
+        thinned to ``metrics_kept``. When ``meta.stored_bytes`` grows, the commit fails
         with ``QuotaExceeded`` if the tenant would hold more than ``quotas`` allow.
 
         ``arrays`` is a blob as its pieces, which may view live arrays: they are written before this returns.
@@ -144,7 +167,12 @@ class SessionStore(Protocol):
         ...
 
     def delete(self, session_id: str, *, expected_version: int | None = None) -> bool:
-        """Delete; ``SessionMissing`` when absent, ``VersionMismatch`` when not at ``expected_version``."""
+        """Delete, with its history; ``SessionMissing`` when absent, ``VersionMismatch`` when not at
+        ``expected_version``."""
+        ...
+
+    def metrics(self, session_id: str, *, after_step: int, limit: int) -> Sequence[StepMetrics]:
+        """The session's kept step metrics after ``after_step``, oldest first, at most ``limit`` of them."""
         ...
 
     def locked(

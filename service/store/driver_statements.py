@@ -37,7 +37,7 @@ class DriverStatement:
     """The driver's base exception, whose instances leave as SQLAlchemy's wrappers of them."""
 
     @classmethod
-    def compile(cls, statement: sa.Select[Any] | sa.Update, dialect: Dialect) -> "DriverStatement":
+    def compile(cls, statement: sa.Select[Any] | sa.Update | sa.Insert, dialect: Dialect) -> "DriverStatement":
         """``statement`` for ``dialect``; ValueError for one whose parameters are not all given at execution."""
         compiled = statement.compile(dialect=dialect)
         for name, bind in compiled.binds.items():

@@ -27,7 +27,7 @@ import contextlib
 import functools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,7 +38,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from service.buffers import Buffers, buffers_size
-from service.store.base import CreationRecord, IdempotencyRecord, Quotas, RecordsKept, SessionMeta, TenantUsage
+from service.store.base import (
+    CreationRecord,
+    IdempotencyRecord,
+    MetricsKept,
+    Quotas,
+    RecordsKept,
+    SessionMeta,
+    StepMetrics,
+    TenantUsage,
+)
 from service.store.driver_statements import DriverStatement
 from service.store.errors import (
     KeyInFlight,
@@ -55,6 +64,7 @@ from service.store.schema import ensure_schema
 from service.store.sqlite.array_files import ArrayFiles, other_slot
 from service.store.sqlite.commit_queue import Batch, CommitQueue, Write, run_batch
 from service.store.sqlite.file_locks import WRITE_LOCK, LockFile, key_lock, session_lock
+from service.store.step_metrics import INSERT_METRICS, forget_metrics, metrics_writes, read_metrics
 from service.store.tables import (
     creation_records,
     idempotency_records,
@@ -335,6 +345,7 @@ class _Held:
         placement: _ArrayPlacement,
         health: WriteHealth,
         saves: Mapping[tuple[bool, bool], DriverStatement],
+        insert_metrics: DriverStatement,
         trusted: bool = False,
     ) -> None:
         self.meta = meta
@@ -346,6 +357,7 @@ class _Held:
         self.slot = slot
         """The slot file that holds the arrays (once the save commits), or None when the row does."""
         self._saves = saves
+        self._insert_metrics = insert_metrics
         self._read_arrays = read_arrays
         self._placement = placement
         self._health = health
@@ -363,6 +375,8 @@ class _Held:
         kept: RecordsKept | None = None,
         *,
         quotas: Quotas | None = None,
+        metrics: StepMetrics | None = None,
+        metrics_kept: MetricsKept | None = None,
     ) -> None:
         if self.writes:
             # A slot file written twice before one commit would overwrite the committed one (array_files.py).
@@ -404,6 +418,10 @@ class _Held:
             )
         if record is not None:
             self.writes.extend(_record_writes(record, meta.id, kept, meta.updated_at))
+        if metrics is not None:
+            self.writes.extend(
+                metrics_writes(self._insert_metrics, meta.id, metrics, metrics_kept or MetricsKept(NEVER, 1))
+            )
         self.meta = meta
         self.saved = True
 
@@ -426,6 +444,7 @@ class SqlSessionStore:
         self._lock_held = DriverStatement.compile(LOCK_HELD, dialect)
         self._read_record = DriverStatement.compile(READ_RECORD, dialect)
         self._saves = {key: DriverStatement.compile(statement, dialect) for key, statement in SAVE.items()}
+        self._insert_metrics = DriverStatement.compile(INSERT_METRICS, dialect)
         self.health = WriteHealth()
         self._committed: OrderedDict[str, SessionMeta] = OrderedDict()
         """SQLite: sessions whose arrays are in their row, as this process last committed them (newest last)."""
@@ -729,6 +748,7 @@ class SqlSessionStore:
             held.writes.extend(
                 [
                     Write(sa.delete(idempotency_records).where(idempotency_records.c.session_id == session_id)),
+                    forget_metrics(session_id),
                     Write(
                         sa.delete(sessions).where(sessions.c.id == session_id, sessions.c.version == held.meta.version),
                         expect_rows=1,
@@ -809,6 +829,7 @@ class SqlSessionStore:
             placement=self._placement,
             health=self.health,
             saves=self._saves,
+            insert_metrics=self._insert_metrics,
             trusted=trusted,
         )
 
@@ -836,6 +857,9 @@ class SqlSessionStore:
                 return self._placement.read(connection, session_id, slot)
 
         return self._new_held(_meta(row), slot=slot, record=record, read_arrays=read_arrays)
+
+    def metrics(self, session_id: str, *, after_step: int, limit: int) -> Sequence[StepMetrics]:
+        return self._read(lambda connection: read_metrics(connection, session_id, after_step=after_step, limit=limit))
 
     def forget_records(self, *, created_before: datetime, total_response_bytes: int) -> None:
         """Forget the Idempotency-Key records older than ``created_before``, and the first responses of the

@@ -57,6 +57,17 @@ creation_records = sa.Table(
 )
 """The session each Idempotency-Key of a creation made, per tenant."""
 
+step_metrics = sa.Table(
+    "step_metrics",
+    metadata,
+    sa.Column("session_id", sa.String(64), primary_key=True),
+    sa.Column("step", sa.BigInteger, primary_key=True),
+    sa.Column("recorded_at", sa.DateTime, nullable=False),
+    sa.Column("metrics", sa.Text, nullable=False),
+)
+"""Each session's step telemetry, one row per step, thinned as it ages (``step_metrics.py``); ``metrics`` is
+the step's JSON object (its norms, learning rates, the algorithm's own measures and the client's loss)."""
+
 storage_probes = sa.Table(
     "storage_probes",
     metadata,

@@ -154,6 +154,7 @@ def test_a_get_whose_if_none_match_names_an_older_version_gets_the_new_one(
     url = f"{session.url}/params"
     before = client.get(url).headers["etag"]
     stepped = ok(step(client, session.id, GRADS))
+    del stepped["metrics"]
 
     response = client.get(url, headers={"If-None-Match": before})
 

@@ -85,6 +85,7 @@ OPERATIONS = {
     ("get", "/v1/sessions/{session_id}/checkpoint"): Operation(
         200, GUARDED | ANY | ONE_SESSION | ITS_ARRAYS, frozenset({"ETag"}), binary_answer=True
     ),
+    ("get", "/v1/sessions/{session_id}/metrics"): Operation(200, GUARDED | ANY | ONE_SESSION | {422}),
     ("get", "/v1/tenant"): Operation(200, GUARDED | ANY),
     ("get", "/healthz"): Operation(200, ANY),
     ("get", "/readyz"): Operation(200, ANY | {503}),

@@ -82,7 +82,7 @@ def test_the_kernel_matches_the_reference_bit_for_bit(name: str) -> None:
                 # Half the time the last gradient's signs again, so that Rprop's steps grow as well as shrink.
                 fresh = gradient(rng, shape, dtype)
                 grad = np.abs(fresh) * np.sign(grad) if step % 2 else fresh
-            state = spec.update_in_place(param, grad, state, hyperparams)
+            state = spec.update_in_place(param, grad, state, hyperparams, None)
             reference(expected_param, grad, expected_state, **hyperparameters)
             where = f"{name} case {case} {hyperparameters} {dtype} {shape}, step {step + 1}"
             assert param.tobytes() == expected_param.tobytes(), where
