@@ -10,6 +10,8 @@ from optim_client import torch_support
 from optim_client.checkpoint import Checkpoint
 from optim_client.client import Client
 from optim_client.errors import ResponseExpiredError, StepConflictError
+from optim_client.history import PAGE_SIZE
+from optim_client.losses import loss_value
 from optim_client.params import BoundParams, Param, ParamGroup, bind_params
 from optim_client.session import ArrayLike, Session
 from optim_client.values import dtype_name, plain, torch_style
@@ -92,31 +94,53 @@ class RemoteOptimizer:
         optimizer._attach(session, bound)
         return optimizer
 
-    def step(self, closure: Callable[[], Any] | None = None, *, grads: Mapping[str, ArrayLike] | None = None) -> Any:
+    def step(
+        self,
+        closure: Callable[[], Any] | None = None,
+        *,
+        grads: Mapping[str, ArrayLike] | None = None,
+        loss: object = None,
+    ) -> Any:
         """One optimizer step; returns what ``closure`` (which recomputes the loss) returned, as torch does.
 
         Without ``grads``, the gradients are the tensors' ``.grad``. When no param has one, nothing is
-        sent and nothing changes (torch's behaviour).
+        sent and nothing changes (torch's behaviour). ``loss`` (a float, an int, a numpy scalar, or a tensor
+        with one element, read without its graph) is kept with the step's metrics (``last_metrics``,
+        ``metrics()``); a loss that is not finite raises ``ValueError`` before anything is sent. What
+        ``closure`` returns is not sent (it need not be a number): to keep it, call it first and pass its
+        result as ``loss``.
         """
-        loss = None
+        if loss is not None:
+            loss = loss_value(loss)
+        result = None
         if closure is not None:
             with torch_support.enable_grad():
-                loss = closure()
+                result = closure()
         if grads is None:
             if not self._bound.are_tensors:
                 raise TypeError("numpy params carry no gradients; pass them: step(grads={name: array})")
             grads = {param.name: grad for param in self._bound.all if (grad := param.grad()) is not None}
-        if grads and self.session.repeats_pending(grads):
+        if grads and self.session.repeats_pending(grads, loss=loss):
             # A retry of the step that failed: finished as it was sent, hyperparameters included.
             self.resolve_pending()
-            return loss
+            return result
         self.resolve_pending()
         self._push_hyperparameters()
         if not grads:
-            return loss
+            return result
         with self._service_values_if_it_moved_on():
-            self._assign(self.session.step(grads))
-        return loss
+            self._assign(self.session.step(grads, loss=loss))
+        return result
+
+    @property
+    def last_metrics(self) -> dict[str, Any] | None:
+        """The ``metrics`` the service answered to the last step (``grad_norm``, ``update_norm``, ``param_norm``,
+        ``lr``, ``loss``, and the algorithm's own); None before any step."""
+        return self.session.last_metrics
+
+    def metrics(self, since: int = 0, limit: int | None = None, *, page_size: int = PAGE_SIZE) -> list[dict[str, Any]]:
+        """The metrics the service keeps of the steps after step ``since``, oldest first (``Session.metrics``)."""
+        return self.session.metrics(since, limit, page_size=page_size)
 
     def resolve_pending(self) -> bool:
         """Finish the session's pending step, if any, and write the params it left into the tensors;

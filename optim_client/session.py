@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,8 @@ from optim_client.errors import (
     ResponseExpiredError,
     StepConflictError,
 )
+from optim_client.history import PAGE_SIZE, metrics_items
+from optim_client.losses import loss_value
 from optim_client.state_dicts import state_dict_from_wire, state_dict_to_wire
 from optim_client.steps import PENDING, StepRequest, step_conflict
 from optim_client.torch_support import is_tensor, tensor_to_numpy
@@ -48,6 +50,9 @@ class Session:
         self.id: str = summary["id"]
         self.summary: dict[str, Any] = dict(summary)
         self.etag = etag
+        self.last_metrics: dict[str, Any] | None = None
+        """The ``metrics`` of the last step the service answered to this object (None before any, and when
+        a replayed answer no longer has them)."""
         self._pending: StepRequest | None = None
 
     # Creating and finding sessions.
@@ -171,17 +176,24 @@ class Session:
         have applied it), or None. ``resolve_pending()`` finishes it; so does the next change."""
         return self._pending.key if self._pending else None
 
-    def step(self, grads: Mapping[str, ArrayLike], *, idempotency_key: str | None = None) -> dict[str, np.ndarray]:
+    def step(
+        self, grads: Mapping[str, ArrayLike], *, loss: object = None, idempotency_key: str | None = None
+    ) -> dict[str, np.ndarray]:
         """Apply one step of ``grads`` (a subset of the params is fine: the others are skipped, as torch
-        skips params whose grad is None) and return every param's new values.
+        skips params whose grad is None) and return every param's new values; ``last_metrics`` holds the
+        step's metrics.
+
+        ``loss`` (a float, an int, a numpy scalar, or a tensor or array with one element) is kept with the
+        step's metrics. A loss that is not finite raises ``ValueError`` before anything is sent.
 
         The step is sent with ``idempotency_key`` (a fresh uuid4 by default), the same on every retry,
         so it is applied exactly once however many attempts it takes, and with If-Match, so it is
         applied only to the session as this object last saw it (else ``StepConflictError``). If a
         step is pending, it is finished first; when this call repeats it (the same grads, or its
-        key), that is all it does, and its params are returned.
+        key), that is all it does, and its params are returned. The same grads with another loss are a
+        step of their own.
         """
-        body = self._step_body(grads)
+        body = self._step_body(grads, loss)
         pending = self._pending
         if pending is not None:
             finished = self._sent(pending)
@@ -189,15 +201,23 @@ class Session:
                 return finished
         return self._sent(StepRequest(idempotency_key or str(uuid.uuid4()), body, self.etag, self.step_count))
 
-    def repeats_pending(self, grads: Mapping[str, ArrayLike], *, idempotency_key: str | None = None) -> bool:
-        """Whether ``step(grads, idempotency_key=...)`` would repeat the pending step (its key, or without
-        one its very grads) rather than be a step of its own."""
+    def repeats_pending(
+        self, grads: Mapping[str, ArrayLike], *, loss: object = None, idempotency_key: str | None = None
+    ) -> bool:
+        """Whether ``step(grads, loss=..., idempotency_key=...)`` would repeat the pending step (its key, or
+        without one its very grads and loss) rather than be a step of its own."""
         pending = self._pending
-        return pending is not None and _repeats(pending, self._step_body(grads), idempotency_key)
+        return pending is not None and _repeats(pending, self._step_body(grads, loss), idempotency_key)
 
-    def _step_body(self, grads: Mapping[str, ArrayLike]) -> Body:
+    def _step_body(self, grads: Mapping[str, ArrayLike], loss: object) -> Body:
+        """The step's body; the same bytes for the same grads and loss, so that a repeat is recognised and
+        its Idempotency-Key replayed."""
         dtype = self.dtype
-        document = {"grads": {name: as_array(value, dtype, what=f"grads[{name!r}]") for name, value in grads.items()}}
+        document: dict[str, Any] = {
+            "grads": {name: as_array(value, dtype, what=f"grads[{name!r}]") for name, value in grads.items()}
+        }
+        if loss is not None:
+            document["loss"] = loss_value(loss)
         return self.client.encode(document, root="grads")
 
     def resolve_pending(self) -> dict[str, np.ndarray] | None:
@@ -245,6 +265,7 @@ class Session:
             raise
         self._pending = None
         self._remember(reply, {**self.summary, "step": reply.document["step"]})
+        self.last_metrics = reply.document.get("metrics")
         return self._arrays(reply.document["params"])
 
     def _conflict(self, request: StepRequest, refused: PreconditionFailedError, *, in_doubt: bool) -> StepConflictError:
@@ -259,6 +280,18 @@ class Session:
         reply = self.client.call("GET", f"{self.url}/params", arrays_back=True, response_root="params")
         self._remember(reply, {**self.summary, "step": reply.document["step"]})
         return self._arrays(reply.document["params"])
+
+    def metrics(self, since: int = 0, limit: int | None = None, *, page_size: int = PAGE_SIZE) -> list[dict[str, Any]]:
+        """The metrics the service keeps of the steps after step ``since``, oldest first: every one, or the
+        first ``limit``. Each item is a step's ``metrics`` with its ``step`` and ``time`` (an RFC 3339 string,
+        as the service writes it). Read ``page_size`` at a time, following the service's cursor."""
+        return list(self.iter_metrics(since, limit=limit, page_size=page_size))
+
+    def iter_metrics(
+        self, since: int = 0, *, limit: int | None = None, page_size: int = PAGE_SIZE
+    ) -> Iterator[dict[str, Any]]:
+        """``metrics()``, one item at a time; a page is read when the one before it is used up."""
+        return metrics_items(self.client, self.url, since=since, limit=limit, page_size=page_size)
 
     def update(
         self,
