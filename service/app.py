@@ -8,16 +8,20 @@ from datetime import timedelta
 import anyio
 from fastapi import FastAPI
 
-from service.api import health, problems, sessions, tenant
+from service.api import health, metrics, problems, sessions, tenant
 from service.api.authentication import Authentication
 from service.api.dependencies import Service
 from service.api.health import PROBE_THREADS
 from service.api.hosts import AllowedHosts, allowed_hosts
+from service.api.instrumentation import Instrumentation
 from service.api.methods import Methods
 from service.api.openapi import install_openapi
 from service.api.request_ids import RequestIds
+from service.api.tracing import trace_requests
 from service.config import Settings
 from service.errors import UnhandledErrors, install_error_handlers
+from service.observability.metrics import StepMetrics
+from service.observability.tracing import configured_tracing
 from service.server.memory import keep_large_allocations
 from service.sessions.cache import OptimizerCache
 from service.sessions.idempotency import Retention
@@ -118,7 +122,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.probe_limiter = anyio.CapacityLimiter(PROBE_THREADS)
         session_service = Sessions(
-            store=store, cache=OptimizerCache(settings.cache_bytes), retention=retention(settings)
+            store=store,
+            cache=OptimizerCache(settings.cache_bytes),
+            retention=retention(settings),
+            observer=StepMetrics(),
         )
         documents = Documents(processes=settings.json_workers, threshold_bytes=settings.json_worker_threshold_bytes)
         app.state.service = Service(sessions=session_service, documents=documents, settings=settings)
@@ -132,6 +139,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             rate_limits.close()
             store.close()
+            if tracing is not None:
+                tracing.shutdown()
 
     app = FastAPI(
         title="optim-service",
@@ -147,8 +156,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if hosts is not None:
         app.add_middleware(AllowedHosts, hosts=hosts)
     app.add_middleware(UnhandledErrors)
+    app.add_middleware(Instrumentation)
+    tracing = configured_tracing(settings.otel)
+    if tracing is not None:
+        trace_requests(app, tracing)
     app.add_middleware(RequestIds)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(problems.router)
     app.include_router(sessions.router)
     app.include_router(tenant.router)

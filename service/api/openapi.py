@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from service.api.authentication import GUARDED_PREFIX
+from service.api.authentication import is_guarded
 from service.api.request_schemas import request_schemas
 from service.wire.media_types import JSON, SAFETENSORS
 
@@ -189,7 +189,7 @@ def body_schema(schema_name: str, *, binary: bool = True, example: Mapping[str, 
 
 def _complete_operation(path: str, operation: dict[str, Any]) -> None:
     """What the middlewares add to the routes' own answers: security, and their statuses and headers."""
-    guarded = path == GUARDED_PREFIX or path.startswith(GUARDED_PREFIX + "/")
+    guarded = is_guarded(path)
     responses: dict[str, Any] = operation.setdefault("responses", {})
     if "HTTPValidationError" in str(responses.get("422")):
         # FastAPI's own, added to every route with parameters; routes whose parameters can fail declare theirs.
