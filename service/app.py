@@ -147,6 +147,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         summary="torch.optim's optimizers with torch's exact numbers, kept on the server.",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry spans, metrics and logs, made whenever the process has a provider: off,
+        # so that tracing follows OPTIM_OTEL and the OTEL_* variables alone (observability/tracing.py).
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     install_error_handlers(app, retry_after_seconds=settings.retry_after_seconds)
     # The last added is the outermost: every answer, problems included, gets the request's id.

@@ -2,18 +2,19 @@
 
 A pure ASGI middleware just inside ``RequestIds`` (so that its line has the request's id) and outside
 everything else (so that it sees every answer, a 401, a 421 or a 500 included). It labels a request by its
-route's template (``/v1/sessions/{session_id}/step``), never by its path: the router's match when the
-request reached it, else (refused before routing) the first route whose template matches the path.
+route's template (``/v1/sessions/{session_id}/step``), never by its path (``RouteTemplates``).
 """
 
 import logging
+import re
 import time
 from typing import Any
 
-from starlette.routing import Match
-from starlette.types import Message, Receive, Scope, Send
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.middleware import HttpMiddleware
+from service.api.paths import route_path
 from service.api.sessions import STEP_ROUTE
 from service.observability.logs import access_log, log_access
 from service.observability.metrics import UNMATCHED, record_request
@@ -24,16 +25,30 @@ from service.wire.media_types import SAFETENSORS
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-def matched_route(scope: Scope) -> tuple[str, dict[str, Any]]:
-    """The template of the route that served (or would serve) the request, and its path parameters."""
-    route = scope.get("route")
-    if route is not None:
-        return str(getattr(route, "path", UNMATCHED)), scope.get("path_params", {})
-    for candidate in scope["app"].router.routes:
-        match, child = candidate.matches(scope)
-        if match is not Match.NONE:
-            return str(getattr(candidate, "path", UNMATCHED)), child.get("path_params", {})
-    return UNMATCHED, {}
+class RouteTemplates:
+    """The templates of an app's routes, to name the route of a request the router did not see (refused
+    before it, or seen in a copy of its scope: a HEAD): the documented paths and the app's own routes."""
+
+    def __init__(self) -> None:
+        self._patterns: list[tuple[re.Pattern[str], str]] | None = None
+
+    def of(self, scope: Scope) -> tuple[str, dict[str, Any]]:
+        """The template of the route that served (or would serve) the request, and its path parameters."""
+        route = scope.get("route")
+        if route is not None and hasattr(route, "path"):
+            return str(route.path), scope.get("path_params", {})
+        path = route_path(scope)
+        for pattern, template in self._compiled(scope["app"]):
+            match = pattern.fullmatch(path)
+            if match is not None:
+                return template, match.groupdict()
+        return UNMATCHED, {}
+
+    def _compiled(self, app: Any) -> list[tuple[re.Pattern[str], str]]:
+        if self._patterns is None:
+            templates = [*app.openapi()["paths"], *(route.path for route in app.routes if hasattr(route, "path"))]
+            self._patterns = [(compile_path(template)[0], template) for template in dict.fromkeys(templates)]
+        return self._patterns
 
 
 def _transport(scope: Scope) -> str:
@@ -44,6 +59,10 @@ def _transport(scope: Scope) -> str:
 
 
 class Instrumentation(HttpMiddleware):
+    def __init__(self, app: ASGIApp) -> None:
+        super().__init__(app)
+        self._routes = RouteTemplates()
+
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         facts = RequestFacts()
@@ -71,10 +90,9 @@ class Instrumentation(HttpMiddleware):
             current_facts.reset(token)
             self._observe(scope, facts, status, time.perf_counter() - started, received)
 
-    @staticmethod
-    def _observe(scope: Scope, facts: RequestFacts, status: int, seconds: float, received: int) -> None:
+    def _observe(self, scope: Scope, facts: RequestFacts, status: int, seconds: float, received: int) -> None:
         method = scope["method"]
-        route, path_params = matched_route(scope)
+        route, path_params = self._routes.of(scope)
         record_request(
             method=method,
             route=route,

@@ -174,7 +174,9 @@ def test_every_answer_may_carry_a_request_id_and_keyed_answers_the_rate_limit(
             assert {"RateLimit-Policy", "RateLimit"} <= set(headers), (status, headers)
 
 
-def test_every_v1_operation_and_the_metrics_need_a_bearer_key_and_the_health_checks_none(document: dict[str, Any]) -> None:
+def test_every_v1_operation_and_the_metrics_need_a_bearer_key_and_the_health_checks_none(
+    document: dict[str, Any],
+) -> None:
     schemes = document["components"]["securitySchemes"]
     (name,) = schemes
     assert schemes[name]["type"] == "http"
