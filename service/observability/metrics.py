@@ -87,7 +87,7 @@ STEPS = Counter(
 )
 STEP_DURATION = Histogram(
     "optim_step_duration_seconds",
-    "A step applied, in the domain: from holding its session to the end of its commit.",
+    "A step applied, in the domain: from asking for its session (waits included) to the end of its commit.",
     buckets=SECONDS_BUCKETS,
 )
 COMMIT_DURATION = Histogram(

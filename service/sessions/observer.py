@@ -18,8 +18,8 @@ class Observer(Protocol):
         ...
 
     def step_applied(self, *, step: int, seconds: float, commit_seconds: float) -> None:
-        """A step was applied and committed as ``step``: in ``seconds`` from holding the session to the end of
-        its commit, of which the commit took ``commit_seconds``."""
+        """A step was applied and committed as ``step``: in ``seconds`` from asking for the session (a wait for
+        another request's hold included) to the end of its commit, of which the commit took ``commit_seconds``."""
         ...
 
 
