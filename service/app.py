@@ -8,16 +8,20 @@ from datetime import timedelta
 import anyio
 from fastapi import FastAPI
 
-from service.api import docs_pages, health, pages, problems, sessions, step_metrics, tenant
+from service.api import docs_pages, health, metrics, pages, problems, sessions, step_metrics, tenant
 from service.api.authentication import Authentication
 from service.api.dependencies import Service
 from service.api.health import PROBE_THREADS
 from service.api.hosts import AllowedHosts, allowed_hosts
+from service.api.instrumentation import Instrumentation
 from service.api.methods import Methods
 from service.api.openapi import install_openapi
 from service.api.request_ids import RequestIds
+from service.api.tracing import trace_requests
 from service.config import Settings
 from service.errors import UnhandledErrors, install_error_handlers
+from service.observability.metrics import StepMetrics
+from service.observability.tracing import configured_tracing
 from service.server.blas_threads import one_blas_thread
 from service.server.memory import keep_large_allocations
 from service.sessions.cache import OptimizerCache
@@ -124,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cache=OptimizerCache(settings.cache_bytes),
             retention=retention(settings),
             metrics_kept=MetricsKept(recent=settings.metrics_recent_steps, every=settings.metrics_every),
+            observer=StepMetrics(),
         )
         documents = Documents(processes=settings.json_workers, threshold_bytes=settings.json_worker_threshold_bytes)
         app.state.service = Service(sessions=session_service, documents=documents, settings=settings)
@@ -137,6 +142,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             rate_limits.close()
             store.close()
+            if tracing is not None:
+                tracing.shutdown()
 
     app = FastAPI(
         title="optim-service",
@@ -146,6 +153,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Served by docs_pages.py from the package's own files, not from a CDN.
         docs_url=None,
         redoc_url=None,
+        # FastAPI's own OpenTelemetry spans, metrics and logs, made whenever the process has a provider: off,
+        # so that tracing follows OPTIM_OTEL and the OTEL_* variables alone (observability/tracing.py).
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     install_error_handlers(app, retry_after_seconds=settings.retry_after_seconds)
     # The last added is the outermost: every answer, problems included, gets the request's id.
@@ -155,8 +165,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if hosts is not None:
         app.add_middleware(AllowedHosts, hosts=hosts)
     app.add_middleware(UnhandledErrors)
+    app.add_middleware(Instrumentation)
+    tracing = configured_tracing(settings.otel)
+    if tracing is not None:
+        trace_requests(app, tracing)
     app.add_middleware(RequestIds)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(problems.router)
     app.include_router(sessions.router)
     app.include_router(step_metrics.router)

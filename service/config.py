@@ -1,6 +1,7 @@
 """Settings, read from the environment with the prefix ``OPTIM_``."""
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -172,4 +173,13 @@ class Settings(BaseSettings):
     )
     graceful_shutdown_seconds: float = Field(
         default=10.0, gt=0, description="On SIGTERM, requests in flight get this long; then the process is killed."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="The log's format: `text` (gunicorn's, and the request's id) or `json` (one object a line).",
+    )
+    otel: bool = Field(
+        default=False,
+        description="Trace requests with OpenTelemetry (needs the `otel` extra); the standard OTEL_* variables "
+        "configure the exporter, and turn tracing on too.",
     )

@@ -16,6 +16,7 @@ from optim_core import OptimCoreError
 from service.api.methods import allowed_methods
 from service.api.middleware import HttpMiddleware
 from service.api.request_ids import current_request_id, new_request_id
+from service.observability.requests import note_problem
 from service.problem_types import PROBLEM_TYPES, type_uri
 from service.sessions import errors as sessions
 from service.store import (
@@ -112,6 +113,7 @@ def problem_response(
     whose ``instance`` is the request's id."""
     kind = PROBLEM_TYPES[slug]
     status = status or kind.status
+    note_problem(slug)
     body: dict[str, Any] = {
         "type": type_uri(slug),
         "title": kind.title,

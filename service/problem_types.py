@@ -39,7 +39,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "unauthenticated": ProblemType(
         401,
         "A valid API key is required",
-        "Requests to /v1 need `Authorization: Bearer <API key>`. The key was missing, unknown, revoked or "
+        "Requests to /v1 and /metrics need `Authorization: Bearer <API key>`. The key was missing, unknown, revoked or "
         "mistyped (`WWW-Authenticate` says which). Ask the service's operator for a key.",
     ),
     "not-your-session": ProblemType(
@@ -47,6 +47,12 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Another tenant's session",
         "An admin key may list and read the summaries of other tenants' sessions, but not change them or "
         "read their arrays.",
+    ),
+    "admin-required": ProblemType(
+        403,
+        "An admin key is required",
+        "The service's metrics (/metrics) are read with an admin key (`optim-service keys create --admin`), "
+        "once any key exists.",
     ),
     "quota-exceeded": ProblemType(
         403,

@@ -1,4 +1,4 @@
-"""Every request to /v1 is admitted first: its API key, its tenant, a token from its key's bucket.
+"""Every request to /v1 (and to /metrics) is admitted first: its API key, its tenant, a token from its key's bucket.
 
 A pure ASGI middleware, so that an unauthenticated request is answered before its
 body is read. It refuses with 401 (``WWW-Authenticate: Bearer``) or 429
@@ -19,11 +19,17 @@ from service.store import StorageFailure
 from service.tenancy.authentication import Admission, Authenticator, RateLimited, Unauthenticated
 
 GUARDED_PREFIX = "/v1"
+GUARDED_PATHS = frozenset({"/metrics"})
+"""Paths outside /v1 that need a key too (once any key exists)."""
+
+
+def is_guarded(path: str) -> bool:
+    """Whether requests to ``path`` (as the routes see it) are admitted here first."""
+    return path == GUARDED_PREFIX or path.startswith(GUARDED_PREFIX + "/") or path in GUARDED_PATHS
 
 
 def _guarded(scope: Scope) -> bool:
-    path = route_path(scope)
-    return (path == GUARDED_PREFIX or path.startswith(GUARDED_PREFIX + "/")) and scope["method"] != "OPTIONS"
+    return is_guarded(route_path(scope)) and scope["method"] != "OPTIONS"
 
 
 class Authentication:

@@ -1,9 +1,10 @@
 """The OpenAPI document: what each operation reads and answers, with which statuses and headers.
 
 Routes declare their own answers (``answers``, ``problems``, ``body_schema``). What a middleware does for
-every /v1 route is added to each of them here, once (``install_openapi``): the bearer key, its 401 and 429,
-the RateLimit fields, storage's 503, and the 500 and X-Request-ID that any route may answer with. The
-request bodies' schemas are ``request_schemas.py``'s, as strict as the server's validation.
+every /v1 route (and /metrics, which needs a key too) is added to each of them here, once
+(``install_openapi``): the bearer key, its 401 and 429, the RateLimit fields, storage's 503, and the 500
+and X-Request-ID that any route may answer with. The request bodies' schemas are ``request_schemas.py``'s,
+as strict as the server's validation.
 """
 
 from collections.abc import Iterable, Mapping
@@ -13,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from service.api.authentication import GUARDED_PREFIX
+from service.api.authentication import is_guarded
 from service.api.request_schemas import request_schemas
 from service.wire.media_types import JSON, SAFETENSORS
 
@@ -88,9 +89,9 @@ PROBLEMS: dict[int, tuple[str, dict[str, bool]]] = {
 EVERY_ROUTE = (421, 500)
 """What any route may answer."""
 EVERY_GUARDED_ROUTE = (401, 429, 503)
-"""What the authentication middleware may answer for any /v1 route, before the route runs."""
+"""What the authentication middleware may answer for any route it guards (/v1, /metrics), before the route runs."""
 GUARDED_HEADERS = ("RateLimit-Policy", "RateLimit")
-"""Headers the authentication middleware adds to every /v1 response of a key with a rate limit."""
+"""Headers the authentication middleware adds to every guarded response of a key with a rate limit."""
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -189,7 +190,7 @@ def body_schema(schema_name: str, *, binary: bool = True, example: Mapping[str, 
 
 def _complete_operation(path: str, operation: dict[str, Any]) -> None:
     """What the middlewares add to the routes' own answers: security, and their statuses and headers."""
-    guarded = path == GUARDED_PREFIX or path.startswith(GUARDED_PREFIX + "/")
+    guarded = is_guarded(path)
     responses: dict[str, Any] = operation.setdefault("responses", {})
     if "HTTPValidationError" in str(responses.get("422")):
         # FastAPI's own, added to every route with parameters; routes whose parameters can fail declare theirs.
@@ -226,8 +227,8 @@ def install_openapi(app: FastAPI) -> None:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "An API key (`optim-service keys create --tenant NAME`) as `Authorization: Bearer "
-                    "osk_...`. Every /v1 request needs one once any key exists; a server on loopback with no key "
-                    "serves without.",
+                    "osk_...`. Every /v1 request, and /metrics (an admin key), needs one once any key exists; a server "
+                    "on loopback with no key serves without.",
                 }
             }
             for path, operations in schema.get("paths", {}).items():

@@ -9,6 +9,7 @@ from pathlib import Path
 from service.cli import tenants
 from service.config import Settings
 from service.server import run
+from service.server.metrics_files import metrics_directory
 from service.store.schema import ensure_schema, head_revision
 from service.store.sql import build_engine
 from service.store.sqlite.backup import BackupError, backup_sqlite
@@ -87,13 +88,15 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["OPTIM_HOST"] = args.host
     if args.insecure_no_auth:
         os.environ["OPTIM_INSECURE_NO_AUTH"] = "true"
-    try:
-        check_serving(Settings())
-    except InsecureStart as refusal:
-        sys.exit(f"optim-service: {refusal}")
-    run.serve(
-        host=args.host, port=args.port, workers=args.workers, log_level=args.log_level, access_log=args.access_log
-    )
+    # Before anything imports prometheus-client (check_serving does): the workers count into files there.
+    with metrics_directory():
+        try:
+            check_serving(Settings())
+        except InsecureStart as refusal:
+            sys.exit(f"optim-service: {refusal}")
+        run.serve(
+            host=args.host, port=args.port, workers=args.workers, log_level=args.log_level, access_log=args.access_log
+        )
 
 
 def check_serving(settings: Settings) -> None:

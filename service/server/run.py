@@ -19,10 +19,14 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.config import Config
 from gunicorn.errors import HaltServer
+from gunicorn.glogging import Logger
 
 from service.api.request_ids import RequestIdFilter
 from service.config import Settings
+from service.observability.logs import ACCESS_LOGGER, JsonFormatter, formatter
+from service.server.metrics_files import worker_exited
 from service.server.open_files import raise_open_file_limit
 
 WORKER = "service.server.worker.ServiceWorker"
@@ -64,8 +68,8 @@ def serve(*, host: str, port: int, workers: int, log_level: str, access_log: boo
     except OSError as error:
         sys.exit(f"optim-service: cannot listen on {host}:{port}: {error}")
     raise_open_file_limit()
-    _log_service_to_stderr(log_level)
     settings = Settings()
+    _log_service_to_stderr(log_level, log_format=settings.log_format, access_log=access_log)
     options: dict[str, Any] = {
         "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
         "workers": workers,
@@ -77,10 +81,14 @@ def serve(*, host: str, port: int, workers: int, log_level: str, access_log: boo
         "keepalive": math.ceil(settings.keep_alive_timeout_seconds),
         "loglevel": log_level,
         "errorlog": "-",
-        "accesslog": "-" if access_log else None,
+        # The service writes its own access line (observability/logs.py), with the request's id and route.
+        "accesslog": None,
+        "child_exit": worker_exited,
         "proc_name": "optim-service",
         "control_socket_disable": True,
     }
+    if settings.log_format == "json":
+        options["logger_class"] = _JsonGunicornLogger
     master = os.getpid()
     try:
         _Gunicorn(options).run()
@@ -91,20 +99,30 @@ def serve(*, host: str, port: int, workers: int, log_level: str, access_log: boo
         raise
 
 
-LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s%(request)s"
-"""gunicorn's own format, and the id of the request a line was written for (``RequestIdFilter``)."""
-
-
-def _log_service_to_stderr(level: str) -> None:
-    """The service's own log lines beside gunicorn's, at the level asked for, each with the id of the request
-    it was written for. Set up once, here: the workers inherit it as they fork."""
+def _log_service_to_stderr(level: str, *, log_format: str, access_log: bool) -> None:
+    """The service's own log lines beside gunicorn's, at the level asked for, in ``log_format``, each with the id
+    of the request it was written for; the access line of each request unless ``access_log`` is off. Set up
+    once, here: the workers inherit it as they fork."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S %z"))
+    handler.setFormatter(formatter(log_format))
     service_log = logging.getLogger("service")
     service_log.addHandler(handler)
     service_log.setLevel(level.upper())
     service_log.propagate = False
+    if not access_log:
+        logging.getLogger(ACCESS_LOGGER).setLevel(logging.WARNING)
+
+
+class _JsonGunicornLogger(Logger):
+    """gunicorn's log (and uvicorn's, which its workers write through it) as JSON lines, as the service's."""
+
+    def setup(self, cfg: Config) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(JsonFormatter())
+                handler.addFilter(RequestIdFilter())
 
 
 def _free_port(host: str, port: int) -> int:

@@ -33,6 +33,8 @@ class ServiceWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn-worker ship
             **UvicornWorker.CONFIG_KWARGS,
             "http": BoundedHttpProtocol.with_limits(limits),
             "timeout_graceful_shutdown": max(1.0, settings.graceful_shutdown_seconds - SHUTDOWN_MARGIN_SECONDS),
+            # The service writes its own access line (observability/logs.py).
+            "access_log": False,
         }
         super().__init__(*args, **kwargs)
 

@@ -11,6 +11,7 @@ import base64
 import binascii
 import re
 import secrets
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -36,6 +37,7 @@ from service.sessions.errors import (
     SessionNotFound,
 )
 from service.sessions.idempotency import Retention
+from service.sessions.observer import Observer, Unobserved
 from service.sessions.optimizers import build_optimizer, core_error, summary_groups
 from service.sessions.step_metrics import (
     MAX_METRICS_PAGE,
@@ -221,11 +223,13 @@ class Sessions:
         cache: OptimizerCache,
         retention: Retention | None = None,
         metrics_kept: MetricsKept | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._store = store
         self._cache = cache
         self._metrics_kept = metrics_kept or MetricsKept(recent=1000, every=100)
         self._retention = retention or Retention()
+        self._observer = observer or Unobserved()
 
     def create(
         self,
@@ -329,6 +333,7 @@ class Sessions:
                 f"(it is at step {meta.step}); GET /v1/sessions/{made.session_id} for its current state"
             )
         _check_access(meta, caller)
+        self._observer.replayed(meta.step)
         return meta, unpack(arrays)[0]
 
     def _quota_refusal(self, refused: QuotaGuardFailed, caller: Caller) -> QuotaExceeded:
@@ -488,8 +493,10 @@ class Sessions:
         """The unit of work of a step: its outcome, the optimizer taken out of the cache for it (to put back
         once the outcome is rendered), and the version to put it back at."""
         cached_version = self._cache.version(session_id) if trust_cache else None
+        started = time.perf_counter()
         with self._held(session_id, idempotency_key=idempotency_key, cached_version=cached_version) as locked:
             _check_access(locked.meta, caller)
+            self._observer.step_held(locked.meta.optimizer)
             record = locked.record
             if record is not None:
                 if record.request_hash != request_hash:
@@ -497,6 +504,7 @@ class Sessions:
                         f"Idempotency-Key {idempotency_key!r} was used with a different request body"
                     )
                 outcome, optimizer = self._replayed(locked, record)
+                self._observer.replayed(outcome.step)
             else:
                 outcome, optimizer = self._applied(
                     locked,
@@ -508,6 +516,10 @@ class Sessions:
                     expected_versions=expected_versions,
                 )
             held_version = locked.meta.version
+            committing = time.perf_counter()
+        if record is None:
+            ended = time.perf_counter()
+            self._observer.step_applied(step=outcome.step, seconds=ended - started, commit_seconds=ended - committing)
         return outcome, optimizer, held_version
 
     def _applied(

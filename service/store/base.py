@@ -160,6 +160,10 @@ class SessionStore(Protocol):
 
     def usage(self, tenant: str) -> TenantUsage: ...
 
+    def session_count(self) -> int:
+        """Sessions of every tenant."""
+        ...
+
     def get(self, session_id: str, *, with_arrays: bool) -> tuple[SessionMeta, bytes | None] | None: ...
 
     def list(self, *, limit: int, after: tuple[datetime, str] | None, tenant: str | None) -> list[SessionMeta]:

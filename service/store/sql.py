@@ -696,6 +696,11 @@ class SqlSessionStore:
         )
         return TenantUsage(sessions=0, stored_bytes=0) if row is None else TenantUsage(row.sessions, row.stored_bytes)
 
+    def session_count(self) -> int:
+        """Sessions of every tenant, from the tenants' counts (kept in the transactions that change them)."""
+        total = sa.select(sa.func.coalesce(sa.func.sum(tenants.c.sessions), 0))
+        return int(self._read(lambda connection: connection.execute(total).scalar_one()))
+
     def get(self, session_id: str, *, with_arrays: bool) -> tuple[SessionMeta, bytes | None] | None:
         if not with_arrays:
             row = self._read(

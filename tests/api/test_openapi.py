@@ -90,7 +90,10 @@ OPERATIONS = {
     ("get", "/healthz"): Operation(200, ANY),
     ("get", "/readyz"): Operation(200, ANY | {503}),
     ("get", "/problems/{slug}"): Operation(200, ANY | {404}),
+    ("get", "/metrics"): Operation(200, GUARDED | ANY | {403}),
 }
+NEEDS_A_KEY = ("/v1/", "/metrics")
+"""Paths whose operations the authentication middleware admits first."""
 ALWAYS_WITH = {401: {"WWW-Authenticate"}, 429: {"Retry-After", "RateLimit-Policy", "RateLimit"}, 507: {"Retry-After"}}
 """Headers that always come with a problem status."""
 
@@ -162,24 +165,26 @@ def test_each_success_documents_its_headers_and_media_types(document: dict[str, 
 
 
 @pytest.mark.parametrize(("method", "path"), list(OPERATIONS), ids=lambda item: str(item))
-def test_every_answer_may_carry_a_request_id_and_v1_answers_the_rate_limit(
+def test_every_answer_may_carry_a_request_id_and_keyed_answers_the_rate_limit(
     document: dict[str, Any], method: str, path: str
 ) -> None:
     for status, answer in _operation(document, method, path)["responses"].items():
         headers = _headers(document, answer)
         assert "X-Request-ID" in headers, (status, headers)
-        if path.startswith("/v1/"):
+        if path.startswith(NEEDS_A_KEY):
             assert {"RateLimit-Policy", "RateLimit"} <= set(headers), (status, headers)
 
 
-def test_every_v1_operation_needs_a_bearer_key_and_the_health_checks_none(document: dict[str, Any]) -> None:
+def test_every_v1_operation_and_the_metrics_need_a_bearer_key_and_the_health_checks_none(
+    document: dict[str, Any],
+) -> None:
     schemes = document["components"]["securitySchemes"]
     (name,) = schemes
     assert schemes[name]["type"] == "http"
     assert schemes[name]["scheme"] == "bearer"
     for method, path in OPERATIONS:
         security = _operation(document, method, path)["security"]
-        assert security == ([{name: []}] if path.startswith("/v1/") else []), (method, path)
+        assert security == ([{name: []}] if path.startswith(NEEDS_A_KEY) else []), (method, path)
 
 
 def test_problems_are_rfc_9457_with_this_apis_extension_members(document: dict[str, Any]) -> None:
