@@ -312,6 +312,8 @@ def assert_refused_and_nothing_changes(client: TestClient, request: Callable[[st
     ("loss", "status"),
     [
         pytest.param(b'"x"', 422, id="string"),
+        pytest.param(b'"0.5"', 422, id="number-in-a-string"),
+        pytest.param(b'"NaN"', 422, id="nan-in-a-string"),
         pytest.param(b"true", 422, id="true"),
         pytest.param(b"[1.0]", 422, id="list"),
         pytest.param(b'{"value": 1.0}', 422, id="object"),
@@ -329,7 +331,9 @@ def test_a_json_loss_that_is_not_a_finite_number_is_refused_naming_loss_and_chan
     )
 
 
-@pytest.mark.parametrize("loss", ["NaN", "nan", "inf", "-Infinity", "Infinity", "1e999", '"x"', "x", "true", ""])
+@pytest.mark.parametrize(
+    "loss", ["NaN", "nan", "inf", "-Infinity", "Infinity", "1e999", '"x"', '"0.5"', "x", "true", "[1]", ""]
+)
 def test_a_safetensors_loss_that_is_not_a_finite_number_is_422_naming_loss_and_changes_nothing(
     module_client: TestClient, loss: str
 ) -> None:
@@ -618,3 +622,20 @@ def test_a_replay_of_a_step_the_history_no_longer_keeps_answers_null_metrics(mak
         key: value for key, value in first.items() if key != "metrics"
     }
     assert kept_steps(client, created.id) == [2]
+
+
+def test_after_the_retention_settings_are_lowered_the_next_thinning_keeps_what_they_document(
+    new_database: Callable[[], str], make_client: ClientFactory
+) -> None:
+    url = new_database()
+    roomy = make_client(url, metrics_recent_steps=30, metrics_every=3)
+    created = create_session(roomy, ONE_PARAM)
+    for number in range(1, 31):
+        ok(step_with_loss(roomy, created.id, {"w": [1.0, -1.0, float(number)]}))
+    assert kept_steps(roomy, created.id) == list(range(1, 31))
+
+    tight = make_client(url, metrics_recent_steps=RECENT, metrics_every=EVERY)
+    for number in range(31, 34):
+        ok(step_with_loss(tight, created.id, {"w": [1.0, -1.0, float(number)]}))
+
+    assert kept_steps(tight, created.id) == [*range(EVERY, 33 - RECENT + 1, EVERY), *range(33 - RECENT + 1, 34)]
