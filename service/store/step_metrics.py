@@ -15,14 +15,15 @@ INSERT_METRICS = sa.insert(step_metrics).values(
     recorded_at=sa.bindparam("recorded_at", type_=sa.DateTime),
     metrics=sa.bindparam("metrics", type_=sa.Text),
 )
-THINNING_REACH = 4
-"""How many ``every``-step stretches behind the newest thinned one a thinning looks at: it runs every
-``every`` steps, so one would do; more cover steps the session skipped (a step number it started at)."""
 
 
 def metrics_writes(insert: DriverStatement, session_id: str, metrics: StepMetrics, kept: MetricsKept) -> list[Write]:
-    """Add ``metrics`` to the session's history; every ``kept.every`` steps, thin the stretch that has just
-    fallen out of the recent window to its ``every``-th steps. One statement a step, two now and then."""
+    """Add ``metrics`` to the session's history; every ``kept.every`` steps, thin everything out of the recent
+    window to its ``every``-th steps. One statement a step, two now and then.
+
+    The thinning reaches back to the session's first row, not just over the stretch that has just left
+    the window, so that rows kept under larger settings are thinned once the settings are lowered. It
+    reads the rows kept before the window on the (session, step) key: about 1% of a long run's steps."""
     values = {"session_id": session_id, "step": metrics.step, "recorded_at": metrics.recorded_at}
     writes = [Write(insert, {**values, "metrics": metrics.document})]
     newest_thinned = metrics.step - kept.recent
@@ -32,7 +33,6 @@ def metrics_writes(insert: DriverStatement, session_id: str, metrics: StepMetric
                 sa.delete(step_metrics).where(
                     step_metrics.c.session_id == session_id,
                     step_metrics.c.step <= newest_thinned,
-                    step_metrics.c.step > newest_thinned - THINNING_REACH * kept.every,
                     step_metrics.c.step % kept.every != 0,
                 )
             )
