@@ -16,8 +16,10 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.hosts import AllowedHosts, allowed_hosts
+from service.api.instrumentation import Instrumentation
 from service.api.methods import Methods
 from service.api.request_ids import RequestIds
+from service.api.sessions import STEP_ROUTE
 from service.errors import UnhandledErrors
 
 SCOPE: Scope = {
@@ -38,6 +40,7 @@ assert HOSTS is not None
 
 
 async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+    scope["route"] = STEP_ROUTE  # as the router leaves it, for Instrumentation's label
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"{}"})
 
@@ -56,7 +59,8 @@ STACKS: dict[str, ASGIApp] = {
     "UnhandledErrors": UnhandledErrors(answer),
     "AllowedHosts": AllowedHosts(answer, hosts=HOSTS),
     "Methods": Methods(answer),
-    "all four": RequestIds(UnhandledErrors(AllowedHosts(Methods(answer), hosts=HOSTS))),
+    "Instrumentation": Instrumentation(answer),
+    "all five": RequestIds(Instrumentation(UnhandledErrors(AllowedHosts(Methods(answer), hosts=HOSTS)))),
 }
 
 

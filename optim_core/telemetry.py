@@ -113,17 +113,21 @@ class StepMeasure:
         self.update_squares += float(np.dot(change, change))
 
     def spread(self, values: np.ndarray, *, numerator: float | None = None) -> None:
-        """Take in the block's per-element ``values``, or ``numerator / values`` when given (all positive)."""
+        """Take in the block's per-element ``values``, or ``numerator / values`` when given (all positive).
+        Called by the kernels, under their ``np.errstate``: a zero denominator gives inf (NaN for 0 / 0)."""
+        if self._stride == 1:
+            # Every value is in the sample: its min and max come out of the median's partition.
+            sample = values.astype(np.float64)
+            if numerator is not None:
+                np.divide(numerator, sample, out=sample)
+            self._samples.append(sample)
+            return
         first = (-self._block_start) % self._stride
         sample = values[first :: self._stride].astype(np.float64)
         low, high = float(values.min()), float(values.max())
-        if numerator is not None and low > 0:
+        if numerator is not None:
             np.divide(numerator, sample, out=sample)
-            low, high = numerator / high, numerator / low
-        elif numerator is not None:
-            with np.errstate(divide="ignore", invalid="ignore"):  # a zero denominator: inf, or NaN for 0 / 0
-                np.divide(numerator, sample, out=sample)
-                low, high = _divided(numerator, high), _divided(numerator, low)
+            low, high = _divided(numerator, high), _divided(numerator, low)
         self.spread_min = min(self.spread_min, low)
         self.spread_max = max(self.spread_max, high)
         self._samples.append(sample)
@@ -137,6 +141,9 @@ class StepMeasure:
         if not self._samples:
             return None
         sample = self._samples[0] if len(self._samples) == 1 else np.concatenate(self._samples)
+        if self._stride == 1:
+            median = _median(sample, with_ends=True)
+            return Spread(min=float(sample[0]), median=median, max=float(sample[-1]))
         return Spread(min=self.spread_min, median=_median(sample), max=self.spread_max)
 
     def sign_change_fraction(self) -> float:
@@ -152,17 +159,19 @@ class StepMeasure:
         )
 
 
-def _median(values: np.ndarray) -> float:
-    """``np.median`` of a float64 array it may reorder, without its checks and dispatch (a third of a small
-    measured step); the mean of the two middle values, as numpy takes it, for an even count."""
-    half = values.size // 2
-    if values.size % 2:
-        values.partition(half)
+def _median(values: np.ndarray, *, with_ends: bool = False) -> float:
+    """``np.median`` of a float64 array it reorders, without its checks and dispatch (a third of a small
+    measured step); the mean of the two middle values, as numpy takes it, for an even count. With
+    ``with_ends``, the smallest and the largest value also end up first and last."""
+    size = values.size
+    half = size // 2
+    middle = (half,) if size % 2 else (half - 1, half)
+    values.partition(sorted({0, *middle, size - 1}) if with_ends else middle)
+    if size % 2:
         return float(values[half])
-    values.partition((half - 1, half))
     return float((values[half - 1] + values[half]) / 2)
 
 
 def _divided(numerator: float, denominator: float) -> float:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.float64(numerator) / np.float64(denominator))
+    """IEEE division, as numpy's: inf for a zero denominator, NaN for 0 / 0."""
+    return float(np.float64(numerator) / np.float64(denominator))

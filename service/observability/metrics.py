@@ -10,8 +10,10 @@ them all; elsewhere (tests, a bare ``uvicorn``) they live in the process's defau
 tenants' session counts, which every creation and deletion keeps in its own transaction).
 """
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
@@ -154,14 +156,21 @@ def record_request(
     """Count and time one answered request; ``body_bytes`` if it may have a body, ``step_transport`` (json or
     safetensors) if it was a step."""
     method = method_label(method)
-    HTTP_REQUESTS.labels(method, route, str(status)).inc()
-    HTTP_DURATION.labels(method, route).observe(seconds)
+    _child(HTTP_REQUESTS, method, route, str(status)).inc()
+    _child(HTTP_DURATION, method, route).observe(seconds)
     if body_bytes is not None:
-        REQUEST_BODY_BYTES.labels(route).observe(body_bytes)
+        _child(REQUEST_BODY_BYTES, route).observe(body_bytes)
     if 400 <= status < 500:
-        REJECTED.labels(rejection_reason(status, facts.problem)).inc()
+        _child(REJECTED, rejection_reason(status, facts.problem)).inc()
     if step_transport is not None:
-        STEPS.labels(facts.optimizer or UNKNOWN_OPTIMIZER, step_transport, step_outcome(status, facts)).inc()
+        _child(STEPS, facts.optimizer or UNKNOWN_OPTIMIZER, step_transport, step_outcome(status, facts)).inc()
+
+
+@functools.cache
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once per label set (every label's values are a bounded set):
+    ``labels`` validates and locks on each call, a quarter of the cost of counting a request."""
+    return metric.labels(*labels)
 
 
 class _Sessions:
