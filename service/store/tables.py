@@ -64,6 +64,9 @@ step_metrics = sa.Table(
     sa.Column("step", sa.BigInteger, primary_key=True),
     sa.Column("recorded_at", sa.DateTime, nullable=False),
     sa.Column("metrics", sa.Text, nullable=False),
+    # On SQLite, one B-tree keyed by (session, step), not a rowid table beside an index of the key: one
+    # page less for every step's commit to write.
+    sqlite_with_rowid=False,
 )
 """Each session's step telemetry, one row per step, thinned as it ages (``step_metrics.py``); ``metrics`` is
 the step's JSON object (its norms, learning rates, the algorithm's own measures and the client's loss)."""

@@ -16,6 +16,7 @@ def upgrade() -> None:
         sa.Column("step", sa.BigInteger, primary_key=True),
         sa.Column("recorded_at", sa.DateTime, nullable=False),
         sa.Column("metrics", sa.Text, nullable=False),
+        sqlite_with_rowid=False,
     )
 
 
