@@ -27,6 +27,7 @@ from optim_core import Optimizer
 from service.api.bodies import parse
 from service.api.schemas import StepRequest
 from service.config import Settings
+from service.server.blas_threads import one_blas_thread
 from service.server.memory import keep_large_allocations
 from service.sessions import service as service_sessions
 from service.sessions.cache import OptimizerCache
@@ -80,6 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     keep_large_allocations(settings.malloc_mmap_threshold_bytes)
+    one_blas_thread()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as directory:
         store = SqlSessionStore(f"sqlite:///{directory}/optim.sqlite3")
