@@ -84,6 +84,7 @@ class StepOutcome:
     params: dict[str, np.ndarray]
     metrics: dict[str, Any] | None
     """The step's telemetry (``step_metrics.py``); None for a replay whose step the history no longer keeps."""
+    replayed: bool = False
 
 
 def _require_well_formed(session_id: str) -> None:
@@ -473,6 +474,9 @@ class Sessions:
                     f"a step with Idempotency-Key {idempotency_key!r} is still being processed; retry later"
                 ) from None
         try:
+            if outcome.replayed:
+                kept = self._store.metrics(session_id, after_step=outcome.step - 1, limit=1)
+                outcome = replace(outcome, metrics=replayed_metrics(kept, outcome.step))
             yield outcome
         finally:
             if optimizer is not None:
@@ -583,12 +587,11 @@ class Sessions:
         """The first response to a step, again: from its copy, or from the session while no step has
         changed its params since (hyperparameters and state may have changed); and the optimizer
         taken out for it, if any."""
-        metrics = replayed_metrics(
-            self._store.metrics(locked.meta.id, after_step=record.step - 1, limit=1), record.step
-        )
+        # Its metrics are read once the session is no longer held (``step``): on PostgreSQL the hold is a
+        # pooled connection, and a read now would take a second one.
         if record.params:
             params = unpack(record.params)[0]
-            return StepOutcome(step=record.step, version=record.version, params=params, metrics=metrics), None
+            return StepOutcome(record.step, record.version, params, metrics=None, replayed=True), None
         if record.step != locked.meta.step:
             raise IdempotentResponseExpired(
                 f"Idempotency-Key {record.key!r} was applied as step {record.step}; the session is at step "
@@ -596,8 +599,7 @@ class Sessions:
                 "session's params for their current values."
             )
         optimizer = self._optimizer(locked)
-        outcome = StepOutcome(step=record.step, version=record.version, params=optimizer.params, metrics=metrics)
-        return outcome, optimizer
+        return StepOutcome(record.step, record.version, optimizer.params, metrics=None, replayed=True), optimizer
 
     def _optimizer(self, locked: LockedSession) -> Optimizer[Any, Any]:
         """The held session's optimizer: the cached one when it is at the stored version, else restored

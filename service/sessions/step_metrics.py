@@ -1,6 +1,7 @@
 """A step's telemetry as the service answers and keeps it: the core's measures plus the client's loss, as
 one JSON object; and the history's items, as ``GET /v1/sessions/{id}/metrics`` lists them."""
 
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -14,20 +15,34 @@ MAX_METRICS_PAGE = 10_000
 """The most items one page of a session's metrics holds."""
 
 
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(item) for item in value]
+    return value
+
+
 def step_metrics(telemetry: StepTelemetry, loss: float | None) -> dict[str, Any]:
-    """The step's ``metrics`` object, in its documented order (docs/api.md)."""
-    return {
-        "grad_norm": telemetry.grad_norm,
-        "update_norm": telemetry.update_norm,
-        "param_norm": telemetry.param_norm,
-        "lr": telemetry.lr,
-        "loss": loss,
-        **telemetry.extra,
-    }
+    """The step's ``metrics`` object, in its documented order (docs/api.md); a number that is not finite (the
+    norm of float64 params past 1e154, an effective learning rate over a zero denominator) is None."""
+    metrics: dict[str, Any] = _finite_or_null(
+        {
+            "grad_norm": telemetry.grad_norm,
+            "update_norm": telemetry.update_norm,
+            "param_norm": telemetry.param_norm,
+            "lr": telemetry.lr,
+            "loss": loss,
+            **telemetry.extra,
+        }
+    )
+    return metrics
 
 
 def kept_metrics(step: int, recorded_at: datetime, metrics: dict[str, Any]) -> StepMetrics:
-    """The history's row for a step's ``metrics`` (non-finite numbers become null, as in every answer)."""
+    """The history's row for a step's ``metrics``."""
     return StepMetrics(step=step, recorded_at=recorded_at, document=orjson.dumps(metrics).decode())
 
 

@@ -639,3 +639,19 @@ def test_after_the_retention_settings_are_lowered_the_next_thinning_keeps_what_t
         ok(step_with_loss(tight, created.id, {"w": [1.0, -1.0, float(number)]}))
 
     assert kept_steps(tight, created.id) == [*range(EVERY, 33 - RECENT + 1, EVERY), *range(33 - RECENT + 1, 34)]
+
+
+def test_a_metric_that_is_not_finite_is_null_in_the_answer_and_the_history_and_the_step_stands(
+    client: TestClient,
+) -> None:
+    # Params past 1e154: their squares, and so param_norm, overflow float64; the step itself is ordinary.
+    created = create_session(client, {"optimizer": "rmsprop", "dtype": "float64", "params": {"w": [1e200, 2.0]}})
+
+    answer = ok(step_with_loss(client, created.id, {"w": [1.0, 0.5]}, 0.5))
+
+    assert answer["step"] == 1
+    assert answer["metrics"]["param_norm"] is None
+    assert answer["metrics"]["grad_norm"] == pytest.approx(float(np.hypot(1.0, 0.5)), rel=RELATIVE)
+    [item] = all_history(client, created.id)
+    assert item["param_norm"] is None
+    assert without_time(item) == {"step": 1, **answer["metrics"]}
