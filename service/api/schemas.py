@@ -143,9 +143,12 @@ class StepMetrics(BaseModel):
     )
 
 
-class StepResponse(BaseModel):
+class Params(BaseModel):
     step: int
     params: dict[str, NumericArray]
+
+
+class StepResponse(Params):
     metrics: StepMetrics | None = Field(
         description="The step's telemetry; null for a replay of a step the history no longer keeps. In a "
         "safetensors answer, a JSON string under `metrics` in `__metadata__`."

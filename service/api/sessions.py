@@ -23,6 +23,7 @@ from service.api.request_schemas import CREATE_EXAMPLE, PATCH_EXAMPLE, STEP_EXAM
 from service.api.schemas import (
     Checkpoint,
     CreateSessionRequest,
+    Params,
     PatchSessionRequest,
     SessionPage,
     SessionSummary,
@@ -368,7 +369,7 @@ arithmetic. The FastAPI route above stays for the OpenAPI document; both run ``s
     summary="Current params",
     operation_id="getParams",
     responses=read_of_arrays(
-        StepResponse, {"StepSession": _link("stepSession", "a step", SAME_SESSION, STEP_WITH_THE_PARAMS)}
+        Params, {"StepSession": _link("stepSession", "a step", SAME_SESSION, STEP_WITH_THE_PARAMS)}
     ),
 )
 async def get_params(session_id: str, service: ServiceDep, caller: CallerDep, accept: Accept = None) -> Response:
