@@ -132,7 +132,7 @@ def test_a_key_that_is_not_one_is_401_naming_an_invalid_token(
 
 def test_a_key_with_a_wrong_secret_is_401(tenants: tuple[TestClient, str, str, str]) -> None:
     client, session_url, key_a, _ = tenants
-    secret = key_a.rsplit("_", 1)[1]
+    secret = key_a.split("_", 2)[2]
     forged = key_a[: -len(secret)] + ("B" if secret[0] != "B" else "C") + secret[1:]
 
     assert_problem(client.get(session_url, headers=bearer(forged)), 401)
@@ -162,7 +162,7 @@ def test_keys_list_shows_tenant_creation_and_last_use_but_never_a_secret(
 
     for key in (key_a, key_b):
         assert key_id(key) in listing
-        assert key.rsplit("_", 1)[1] not in listing
+        assert key.split("_", 2)[2] not in listing
     row_a = next(line for line in listing.splitlines() if key_id(key_a) in line)
     assert "team-a" in row_a
     assert row_a.count("Z") == 2  # created, and last used (by the fixture's requests)
