@@ -52,15 +52,6 @@ class StepTelemetry:
     extra: dict[str, object] = field(default_factory=dict)
     """The algorithm's own measures (each algorithm module documents its own)."""
 
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "grad_norm": self.grad_norm,
-            "update_norm": self.update_norm,
-            "param_norm": self.param_norm,
-            "lr": list(self.lr),
-            **self.extra,
-        }
-
 
 class StepMeasure:
     """The running sums of one step, fed block by block by a kernel.

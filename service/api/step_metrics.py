@@ -17,7 +17,8 @@ from service.wire.media_types import CSV, JSON
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
 OFFERED = (JSON, CSV)
-MAX_STEP = 2**63 - 1
+LAST_STEP = 2**63 - 1
+"""The largest step a session can reach (a 64-bit signed counter): the largest ``since``."""
 
 
 @router.get(
@@ -44,7 +45,7 @@ async def get_session_metrics(
     service: ServiceDep,
     caller: CallerDep,
     since: Annotated[
-        int, Query(ge=0, le=MAX_STEP, description="Only steps after this one; pass next_cursor to read on.")
+        int, Query(ge=0, le=LAST_STEP, description="Only steps after this one; pass next_cursor to read on.")
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_METRICS_PAGE)] = 1000,
     accept: Annotated[

@@ -676,11 +676,7 @@ class Sessions:
     ) -> tuple[list[dict[str, Any]], int | None]:
         """A page of the session's kept step metrics after ``after_step``, oldest first, and the step to read
         on after (None on the last page). An admin key may read any tenant's, as it reads their summaries."""
-        _require_well_formed(session_id)
-        found = self._store.get(session_id, with_arrays=False)
-        if found is None:
-            raise SessionNotFound(f"no session {session_id!r}")
-        _check_access(found[0], caller, summary_only=True)
+        self.summary(caller=caller, session_id=session_id)
         limit = min(limit, MAX_METRICS_PAGE)
         rows = self._store.metrics(session_id, after_step=after_step, limit=limit + 1)
         next_step = rows[limit - 1].step if len(rows) > limit else None
