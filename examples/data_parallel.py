@@ -1,11 +1,12 @@
 """Train one small MLP with several worker processes through one optim-service session (data-parallel, in
 synchronous rounds), then replay the run in one process and check that it ends on the same params, bit for bit.
 
-Each worker holds its own shard of the data, computes the gradient of its shard's mean loss, and sends it as a
-contribution weighted by the shard's size; each round the service applies one Rprop step to the weighted mean
-of the round's contributions, so every step is a full-batch step. The replay takes the gradients the workers
-sent, reduces them as the service documents (in float64, adding the weighted gradients one worker at a time in
-ascending order of worker name, then dividing by the total weight) and steps torch.optim.Rprop with the result.
+Each worker holds its own shard of the data (of unequal sizes), computes the gradient of its shard's mean loss,
+and sends it as a contribution weighted by the shard's size; each round the service applies one Rprop step to
+the weighted mean of the round's contributions, so every step is a full-batch step. The replay takes the
+gradients the workers sent, reduces them as the service documents (in float64, adding the weighted gradients one
+worker at a time in ascending order of worker name, then dividing by the total weight) and steps
+torch.optim.Rprop with the result.
 
     python examples/data_parallel.py                             # 4 workers; `make serve`'s server, else its own
     python examples/data_parallel.py --workers 3 --start-server  # always its own (temporary SQLite database)
@@ -30,7 +31,8 @@ from local_server import add_server_arguments, service_url
 from optim_client import Client, RemoteRprop
 
 SEED = 0
-SAMPLES = 90
+SHARE = 10
+"""Worker ``rank`` holds ``SHARE * (rank + 1)`` samples: shards of unequal sizes, so that the weights matter."""
 LR = 0.01
 ROUND_TIMEOUT = 120.0
 """Seconds a worker waits for a round to close: longer means a worker process died."""
@@ -49,18 +51,19 @@ class WorkerRun(TypedDict):
     """The params its model held at the end."""
 
 
-def make_data() -> tuple[torch.Tensor, torch.Tensor]:
+def make_data(samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     """y = sin(x · w) + noise, for a fixed w."""
     generator = torch.Generator().manual_seed(SEED)
-    x = torch.randn(SAMPLES, 4, generator=generator)
+    x = torch.randn(samples, 4, generator=generator)
     w = torch.tensor([1.5, -2.0, 0.5, 1.0])
-    return x, torch.sin(x @ w).unsqueeze(1) + 0.05 * torch.randn(SAMPLES, 1, generator=generator)
+    return x, torch.sin(x @ w).unsqueeze(1) + 0.05 * torch.randn(samples, 1, generator=generator)
 
 
 def shard(rank: int, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Worker ``rank``'s share of the data: every ``workers``-th sample from the ``rank``-th (uneven sizes)."""
-    x, y = make_data()
-    return x[rank::workers], y[rank::workers]
+    """Worker ``rank``'s share of the data: ``SHARE * (rank + 1)`` samples of its own."""
+    x, y = make_data(SHARE * workers * (workers + 1) // 2)
+    start, end = SHARE * rank * (rank + 1) // 2, SHARE * (rank + 1) * (rank + 2) // 2
+    return x[start:end], y[start:end]
 
 
 def make_model() -> torch.nn.Sequential:
