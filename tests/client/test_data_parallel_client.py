@@ -138,6 +138,12 @@ def test_workers_of_a_synchronous_session_step_together_on_the_weighted_mean_of_
             for _ in range(rounds):
                 sent.append(backward(model, *data[worker]))
                 optimizer.step()
+        assert optimizer.last_metrics is not None
+        assert optimizer.last_metrics["round"] == {
+            "contributors": len(weights),
+            "total_weight": sum(weights.values()),
+            "wait_s": optimizer.last_metrics["round"]["wait_s"],
+        }
         return sent, model_params(model), optimizer.based_on_step
 
     running = {worker: in_a_thread(functools.partial(work, worker)) for worker in weights}

@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from optim_client import RemoteRprop, RetryPolicy, RoundTimeoutError, ServiceUnreachableError, Session
+from optim_client import (
+    RemoteRprop,
+    ResponseExpiredError,
+    RetryPolicy,
+    RoundTimeoutError,
+    ServerError,
+    ServiceUnreachableError,
+    Session,
+)
 from optim_client.transports import Transport
 from tests.client.aggregation import (
+    ROUND_WAIT_SECONDS,
     aggregating_optimizer,
     backward,
     connect,
@@ -24,6 +33,11 @@ from tests.client.conftest import Server
 from tests.client.fault_proxy import FaultProxy
 from tests.client.reference import assert_same_bits, grads_sequence, initial_params
 from tests.client.torch_models import batches, make_model, twin
+from tests.e2e.server_process import (
+    ServerFactory,
+    # the server_factory fixture
+    server_factory_fixture,  # noqa: F401
+)
 from tests.in_a_thread import in_a_thread
 
 ONE_ATTEMPT = RetryPolicy(attempts=1)
@@ -98,6 +112,73 @@ def test_a_contribution_whose_round_outlasts_the_clients_round_timeout_stays_pen
     assert early.last_metrics["round"]["contributors"] == 2
 
 
+def test_a_contribution_whose_round_cannot_be_followed_stays_pending_and_is_finished_once_it_can(
+    round_server: Server, transport: Transport
+) -> None:
+    with FaultProxy(round_server.base_url) as proxy, connect(proxy.url, transport) as proxied:
+        session_id = aggregating_optimizer(proxied, make_model(), mode="sync", workers=2).session.id
+        early_model, late_model = make_model(seed=1), make_model(seed=2)
+        early = RemoteRprop.attach(proxied, session_id, early_model.named_parameters(), worker="early")
+        (x0, y0), (x1, y1) = batches(2)
+        backward(early_model, x0, y0)
+        proxy.inject("GET", "/rounds/0", status=503, times=4)
+        with pytest.raises(ServerError) as failure:
+            early.step()  # stored (202), and every poll of its round fails
+        assert failure.value.maybe_applied
+        assert early.session.pending_key is not None
+
+        with connect(round_server, transport) as client:
+            late = RemoteRprop.attach(client, session_id, late_model.named_parameters(), worker="late")
+            backward(late_model, x1, y1)
+            late.step()
+        assert early.resolve_pending()
+
+    step, params = service_params(round_server, session_id)
+    assert step == early.based_on_step == 1
+    assert early.session.pending_key is None
+    assert_same_bits(model_params(early_model), params)
+    assert_same_bits(model_params(late_model), params)
+
+
+def test_a_pending_contribution_whose_rounds_answer_is_gone_brings_the_params_up_to_date(
+    server_factory: ServerFactory, transport: Transport
+) -> None:
+    server = server_factory(
+        env={"OPTIM_ROUND_WAIT_SECONDS": ROUND_WAIT_SECONDS, "OPTIM_IDEMPOTENCY_RESPONSE_COPY_MAX_BYTES": "0"}
+    )
+    with (
+        connect(server.base_url, transport, round_timeout=0) as impatient,
+        connect(server.base_url, transport) as client,
+    ):
+        session_id = aggregating_optimizer(client, make_model(), mode="sync", workers=2).session.id
+        a_model, b_model, c_model = make_model(seed=1), make_model(seed=2), make_model(seed=3)
+        a = RemoteRprop.attach(impatient, session_id, a_model.named_parameters(), worker="a")
+        b = RemoteRprop.attach(client, session_id, b_model.named_parameters(), worker="b")
+        data = batches(4)
+        # Round 0: a's contribution is stored, a stops waiting, and b's closes the round.
+        backward(a_model, *data[0])
+        with pytest.raises(RoundTimeoutError):
+            a.step()
+        backward(b_model, *data[1])
+        b.step()
+        # Round 1: b and c close it, and the session's params are no longer round 0's answer.
+        c = RemoteRprop.attach(client, session_id, c_model.named_parameters(), worker="c")
+        backward(b_model, *data[2])
+        b_in_round_1 = in_a_thread(b.step)
+        backward(c_model, *data[3])
+        c.step()
+        finished(b_in_round_1)
+
+        with pytest.raises(ResponseExpiredError, match="The contribution was applied"):
+            a.step()  # its retry: round 0 closed with it, and the session's params have moved on since
+
+    step, params = service_params(Server(server.base_url), session_id)
+    assert step == 2
+    assert a.based_on_step == 2
+    assert a.session.pending_key is None
+    assert_same_bits(model_params(a_model), params)
+
+
 def test_the_same_contribution_sent_twice_to_an_asynchronous_session_is_applied_once(
     round_server: Server, transport: Transport
 ) -> None:
@@ -112,6 +193,19 @@ def test_the_same_contribution_sent_twice_to_an_asynchronous_session_is_applied_
     assert service_step(round_server, session.id) == 1
     assert session.step_count == 1
     assert_same_bits(again, first)
+
+
+def test_worker_names_that_read_as_json_values_travel_as_names(round_server: Server, transport: Transport) -> None:
+    # A safetensors body carries its fields as JSON text: the name "null" is sent as "\"null\"", not as null.
+    [grads] = grads_sequence(1, "float32")
+    names = ["null", "true", "1e3", "007", "12"]
+    with connect(round_server, transport) as client:
+        session = Session.create(
+            client, optimizer="rprop", params=initial_params("float32"), aggregation={"mode": "async"}
+        )
+        for step, worker in enumerate(names):
+            session.contribute(grads, worker=worker, based_on_step=step)
+    assert service_step(round_server, session.id) == len(names)
 
 
 @pytest.mark.parametrize(
