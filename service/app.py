@@ -32,6 +32,7 @@ from service.sessions.service import Sessions
 from service.store import MetricsKept, SqlSessionStore, StoreSettings
 from service.store.rate_limits import RateLimits
 from service.store.round_notices import RoundNotices
+from service.store.sqlite.round_wakeups import RoundWakeups
 from service.store.tenants import Tenants
 from service.tenancy.authentication import Authenticator
 from service.tenancy.callers import Limits
@@ -103,15 +104,31 @@ async def _forget_old_records(sessions: Sessions, every_seconds: float) -> None:
             log.exception("forgetting old Idempotency-Key records failed; trying again later")
 
 
-def _round_events(settings: Settings, store: SqlSessionStore) -> tuple[RoundEvents, RoundNotices | None]:
-    """Where waiters for rounds hear of closes: this process's, and on PostgreSQL every replica's (then a
-    waiter's own look is only a safety net, every 5 s at least)."""
-    if store.engine.dialect.name == "sqlite":
-        return RoundEvents(poll_seconds=settings.round_poll_seconds), None
-    events = RoundEvents(poll_seconds=max(settings.round_poll_seconds, POSTGRES_ROUND_POLL_SECONDS))
-    notices = RoundNotices(settings.database_url, events.closed)
-    notices.start()
-    return events, notices
+def _round_events(
+    settings: Settings, store: SqlSessionStore, sessions: Sessions
+) -> tuple[RoundEvents, RoundNotices | RoundWakeups | None]:
+    """Where waiters for rounds hear of closes: this process's; on PostgreSQL every replica's, through
+    LISTEN; on a SQLite file, the other server processes', through their wakeups. A waiter's own look is
+    a safety net (on PostgreSQL, every 5 s at least)."""
+    if store.engine.dialect.name != "sqlite":
+        events = RoundEvents(poll_seconds=max(settings.round_poll_seconds, POSTGRES_ROUND_POLL_SECONDS))
+        notices = RoundNotices(settings.database_url, events.closed)
+        notices.start()
+        sessions.on_round_closed = events.closed
+        return events, notices
+    events = RoundEvents(poll_seconds=settings.round_poll_seconds)
+    sessions.on_round_closed = events.closed
+    if store.sqlite_file is None or not RoundWakeups.available():
+        return events, None
+    wakeups = RoundWakeups(store.sqlite_file.with_name(store.sqlite_file.name + "-rounds"), events.closed)
+    wakeups.attach(asyncio.get_running_loop())
+
+    def closed(session_id: str, step: int) -> None:
+        events.closed(session_id, step)
+        wakeups.announce(session_id, step)
+
+    sessions.on_round_closed = closed
+    return events, wakeups
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -145,9 +162,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics_kept=MetricsKept(recent=settings.metrics_recent_steps, every=settings.metrics_every),
             observer=StepMetrics(),
         )
-        round_events, round_notices = _round_events(settings, store)
+        round_events, round_notices = _round_events(settings, store, session_service)
         round_events.bind(asyncio.get_running_loop())
-        session_service.on_round_closed = round_events.closed
         documents = Documents(processes=settings.json_workers, threshold_bytes=settings.json_worker_threshold_bytes)
         app.state.service = Service(
             sessions=session_service, documents=documents, settings=settings, round_events=round_events

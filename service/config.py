@@ -101,11 +101,11 @@ class Settings(BaseSettings):
         "before it is answered 202.",
     )
     round_poll_seconds: float = Field(
-        default=0.25,
+        default=1.0,
         gt=0,
         le=60,
-        description="How often a waiter looks at its round itself (on SQLite, how it learns of a close made by "
-        "another server process; on PostgreSQL, NOTIFY tells it sooner, and this is a safety net: 5 s at least).",
+        description="How often a waiter reads its round itself: a safety net beside the closes it is told of "
+        "(on PostgreSQL, 5 s at least).",
     )
     cache_bytes: int = Field(
         default=1 << 30, ge=0, description="Memory for optimizers kept between requests (validated against storage)."

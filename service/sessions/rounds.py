@@ -45,7 +45,9 @@ def casted_grads(
     grads: Mapping[str, np.ndarray], *, shapes: Mapping[str, list[int]], dtype: str
 ) -> dict[str, np.ndarray]:
     """The gradients cast to the params' dtype, each checked as a step checks it: a known param, its shape,
-    finite after the cast."""
+    finite after the cast; at least one, so that every round has a gradient to step with."""
+    if not grads:
+        raise InvalidRequest(("body", "grads"), "a contribution needs at least one gradient")
     casted = {}
     for name, grad in grads.items():
         loc = ("body", "grads", name)

@@ -479,6 +479,8 @@ class SqlSessionStore:
         self._writer_connection: Connection | None = None
         """The one connection this process writes a SQLite file through, under the write lock."""
         database = self._sqlite_file(database_url)
+        self.sqlite_file = database
+        """The SQLite database's file (None for PostgreSQL, or SQLite in memory)."""
         self._locks = LockFile(database.with_name(database.name + "-locks")) if database else None
         self._queue = CommitQueue(
             self._write_transaction,
