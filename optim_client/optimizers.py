@@ -13,7 +13,8 @@ class RemoteRprop(RemoteOptimizer):
     """torch.optim.Rprop (iRprop-, torch 2.13's numbers bit for bit), kept on the service.
 
     Same signature and defaults as torch, plus the ``client`` (and ``aggregation``, for a session many workers
-    train together; they join it with ``RemoteRprop.attach``)::
+    train together; they join it with ``RemoteRprop.attach``), and ``send_signs``: send only the gradients'
+    signs, as int8, which Rprop steps with exactly as with the gradients themselves::
 
         optimizer = RemoteRprop(model.named_parameters(), lr=0.01, etas=(0.5, 1.2), client=client)
     """
@@ -33,6 +34,7 @@ class RemoteRprop(RemoteOptimizer):
         differentiable: bool = False,
         client: Client,
         aggregation: Mapping[str, Any] | None = None,
+        send_signs: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -44,6 +46,17 @@ class RemoteRprop(RemoteOptimizer):
             "capturable": capturable,
         }
         super().__init__(params, defaults, client=client, aggregation=aggregation)
+        self.send_signs = send_signs
+
+    @property
+    def send_signs(self) -> bool:
+        """Whether each step sends its gradients' signs alone, as int8: lossless for Rprop, whose steps depend on
+        nothing else, and a quarter of float32's bytes (an eighth of float64's) over safetensors."""
+        return self.session.send_signs
+
+    @send_signs.setter
+    def send_signs(self, value: bool) -> None:
+        self.session.send_signs = bool(value)
 
 
 class RemoteRMSprop(RemoteOptimizer):

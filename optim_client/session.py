@@ -60,6 +60,8 @@ class Session:
         """The ``metrics`` of the last step the service answered to this object (None before any, and when
         a replayed answer no longer has them)."""
         self.last_staleness: int | None = None
+        self.send_signs = False
+        """Send each gradient's signs alone, as int8 (an Rprop session's steps depend on nothing else)."""
         """The ``staleness`` the last contribution to an asynchronous session was applied with (None before any,
         and for a synchronous round)."""
         self._pending: StepRequest | None = None
@@ -280,9 +282,10 @@ class Session:
         """The step's body; the same bytes for the same grads, loss and contribution fields, so that a repeat is
         recognised and its Idempotency-Key replayed."""
         dtype = self.dtype
-        document: dict[str, Any] = {
-            "grads": {name: as_array(value, dtype, what=f"grads[{name!r}]") for name, value in grads.items()}
-        }
+        arrays = {name: as_array(value, dtype, what=f"grads[{name!r}]") for name, value in grads.items()}
+        if self.send_signs:
+            arrays = {name: _signs(array, what=f"grads[{name!r}]") for name, array in arrays.items()}
+        document: dict[str, Any] = {"grads": arrays}
         if loss is not None:
             document["loss"] = loss_value(loss)
         if contribution is not None:
@@ -460,3 +463,11 @@ def _inferred_dtype(values: Sequence[object]) -> np.dtype[Any]:
     # Not ``dtype == float64``: numpy reads None as float64 there.
     every_one_float64 = dtypes and all(dtype is not None and dtype == DTYPES["float64"] for dtype in dtypes)
     return DTYPES["float64"] if every_one_float64 else DTYPES["float32"]
+
+
+def _signs(array: np.ndarray, *, what: str) -> np.ndarray:
+    """``array``'s signs as int8: -1, 0 or 1 (a quarter of float32's bytes in a safetensors body)."""
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{what} holds NaN or infinite values, which have no sign to send")
+    signs: np.ndarray = np.sign(array).astype(np.int8)
+    return signs

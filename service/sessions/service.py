@@ -47,6 +47,7 @@ from service.sessions.idempotency import Retention
 from service.sessions.observer import Observer, Unobserved
 from service.sessions.optimizers import build_optimizer, core_error, summary_groups
 from service.sessions.rounds import RoundCloser, casted_grads, due, joined, moved_on, seconds_until_due
+from service.sessions.sign_grads import sign_grads_cast
 from service.sessions.step_metrics import (
     MAX_METRICS_PAGE,
     history_item,
@@ -565,6 +566,7 @@ class Sessions:
         with self._held(session_id, idempotency_key=idempotency_key, cached_version=cached_version) as locked:
             _check_access(locked.meta, caller)
             self._observer.step_held(locked.meta.optimizer)
+            grads = sign_grads_cast(grads, optimizer=locked.meta.optimizer, dtype=locked.meta.dtype)
             aggregation = locked.meta.aggregation
             checked_contribution(aggregation, contribution)
             record = locked.record
