@@ -34,7 +34,7 @@ def _send(client: TestClient, session_id: str, grads: dict[str, np.ndarray]) -> 
 def _grads(rng: np.random.Generator, dtype: type) -> dict[str, np.ndarray]:
     grads = {}
     for name, shape in SHAPES.items():
-        grad = rng.standard_normal(shape).astype(dtype)
+        grad: np.ndarray = rng.standard_normal(shape).astype(dtype)
         grad[rng.random(shape) < 0.2] = 0  # zeros: no step for that element, and its stored sign is 0
         grads[name] = grad
     return grads
@@ -50,7 +50,9 @@ def test_signs_step_bit_for_bit_as_torch_steps_with_the_full_gradients(
     client: TestClient, dtype: type, maximize: bool
 ) -> None:
     rng = np.random.default_rng(7)
-    start = {name: np.asarray(rng.standard_normal(shape), dtype=dtype) for name, shape in SHAPES.items()}
+    start: dict[str, np.ndarray] = {
+        name: np.asarray(rng.standard_normal(shape), dtype=dtype) for name, shape in SHAPES.items()
+    }
     session_id = _create(client, "rprop", start, maximize=maximize, etas=[0.4, 1.3])
     params = {name: torch.nn.Parameter(torch.from_numpy(value.copy())) for name, value in start.items()}
     local = torch.optim.Rprop(list(params.values()), maximize=maximize, etas=(0.4, 1.3))
