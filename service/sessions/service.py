@@ -204,7 +204,7 @@ def _merged_groups(
         for key in change:
             if key == "params" and change[key] == group["params"]:
                 continue
-            if key not in spec.defaults:
+            if key not in spec.all_defaults:
                 reason = "param groups cannot change" if key == "params" else "unknown hyperparameter"
                 raise InvalidRequest((*loc, key), f"{reason}: {key!r}")
         candidate = {**group, **{key: value for key, value in change.items() if key != "params"}}
@@ -314,7 +314,7 @@ class Sessions:
                     f"param names are 1 to {MAX_NAME_LENGTH} characters, none of them a control character",
                 )
         for key in hyperparameters:
-            if key not in spec.defaults:
+            if key not in spec.all_defaults:
                 raise InvalidRequest(("body", "hyperparameters", key), f"unknown hyperparameter {key!r}")
         groups = _checked_groups(param_groups, params)
         aggregating = checked_aggregation(aggregation)
