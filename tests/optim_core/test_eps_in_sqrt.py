@@ -1,9 +1,9 @@
 """RMSprop with eps inside the square root, against a direct numpy transliteration of the documented
 formulas (Keras, TF1 and older Lucid), in float64:
 
-    v ← α v + (1 − α) g²
-    centered:  ḡ ← α ḡ + (1 − α) g,  denominator sqrt(v − ḡ² + ε);  else sqrt(v + ε)
-    momentum:  b ← μ b + g / denominator,  θ ← θ − lr b;  else θ ← θ − lr g / denominator
+    v <- alpha v + (1 - alpha) g^2
+    centered:  g_avg <- alpha g_avg + (1 - alpha) g,  denominator sqrt(v - g_avg^2 + eps);  else sqrt(v + eps)
+    momentum:  b <- momentum b + g / denominator,  theta <- theta - lr b;  else theta <- theta - lr g / denominator
 """
 
 from typing import Any
