@@ -6,6 +6,7 @@ from optim_core.errors import (
     InvalidParameterError,
     InvalidStateDictError,
     OptimCoreError,
+    ScheduleStepError,
 )
 from optim_core.optimizer import Optimizer
 from optim_core.registry import ALGORITHMS, NAMES
@@ -25,4 +26,5 @@ __all__ = [
     "Optimizer",
     "RMSprop",
     "Rprop",
+    "ScheduleStepError",
 ]

@@ -29,4 +29,11 @@ class InvalidGradientError(OptimCoreError):
 
 
 class InvalidStateDictError(OptimCoreError):
-    """A state_dict does not fit the optimizer it is loaded into."""
+    """A state_dict does not fit the optimizer or learning-rate schedule it is loaded into."""
+
+
+class ScheduleStepError(OptimCoreError):
+    """A learning-rate schedule cannot do this now: it has neither been started nor loaded a state
+    (so it cannot step, nor tell its lrs or state), it has been started already, it has run its
+    course (OneCycleLR after ``total_steps`` steps), or the step would leave a learning rate or
+    momentum that is not finite."""

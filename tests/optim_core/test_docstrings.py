@@ -5,10 +5,13 @@ from types import ModuleType
 
 import pytest
 
-from optim_core import optimizer, rmsprop, rprop
+from optim_core import lr_schedules, optimizer, rmsprop, rprop
+from optim_core.lr_schedules import cosine, decays, one_cycle, sequential, warmups
+
+MODULES = [rprop, rmsprop, optimizer, lr_schedules, decays, warmups, cosine, one_cycle, sequential]
 
 
-@pytest.mark.parametrize("module", [rprop, rmsprop, optimizer], ids=lambda module: module.__name__)
+@pytest.mark.parametrize("module", MODULES, ids=lambda module: module.__name__)
 def test_docstring_examples_hold(module: ModuleType) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0
