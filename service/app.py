@@ -9,7 +9,18 @@ from datetime import timedelta
 import anyio
 from fastapi import FastAPI
 
-from service.api import docs_pages, health, metrics, pages, problems, rounds, sessions, step_metrics, tenant
+from service.api import (
+    docs_pages,
+    health,
+    lr_scheduler,
+    metrics,
+    pages,
+    problems,
+    rounds,
+    sessions,
+    step_metrics,
+    tenant,
+)
 from service.api.authentication import Authentication
 from service.api.dependencies import Service
 from service.api.health import PROBE_THREADS
@@ -213,6 +224,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(problems.router)
     app.include_router(sessions.router)
     app.include_router(rounds.router)
+    app.include_router(lr_scheduler.router)
     app.include_router(step_metrics.router)
     app.include_router(tenant.router)
     app.include_router(pages.router)

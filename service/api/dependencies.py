@@ -86,4 +86,5 @@ def summary(meta: SessionMeta) -> dict[str, Any]:
         "aggregation": meta.aggregation,
         "clip_grad_norm": meta.clip_grad_norm,
         "nonfinite": meta.nonfinite,
+        "lr_scheduler": None if meta.lr_scheduler is None else meta.lr_scheduler["config"],
     }

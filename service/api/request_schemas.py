@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from optim_core import ALGORITHMS
+from optim_core.lr_schedules import NAMES as SCHEDULE_NAMES
 from optim_core.spec import AlgorithmSpec
 from service.sessions.aggregation import MAX_TIMEOUT_SECONDS, MAX_WEIGHT, MAX_WORKERS, WORKER_ID
 from service.sessions.optimizers import DTYPES
@@ -136,6 +137,19 @@ CLIP_GRAD_NORM_SCHEMA: Schema = {
     "description": "Clip each step's gradients by their global norm first, as torch.nn.utils.clip_grad_norm_ "
     "(norm_type 2.0 by default); null for none.",
 }
+LR_SCHEDULER_SCHEMA: Schema = {
+    "anyOf": [
+        {
+            "type": "object",
+            "properties": {"name": {"enum": list(SCHEDULE_NAMES)}},
+            "required": ["name"],
+            "additionalProperties": True,
+        },
+        {"type": "null"},
+    ],
+    "description": "An LR schedule advanced after every step: torch's class name and its own arguments (no "
+    "optimizer, last_epoch or verbose); SequentialLR's schedulers are configs of the others.",
+}
 NONFINITE_SCHEMA: Schema = {
     "enum": ["reject", "skip"],
     "description": "A step with a non-finite gradient: refused (422), or answered unchanged and not applied.",
@@ -175,6 +189,24 @@ def _create(spec: AlgorithmSpec[Any, Any], dtype: str, *, default_dtype: str) ->
             },
             "clip_grad_norm": CLIP_GRAD_NORM_SCHEMA,
             "nonfinite": NONFINITE_SCHEMA,
+            "lr_scheduler": {
+                "anyOf": [
+                    LR_SCHEDULER_SCHEMA["anyOf"][0],
+                    {
+                        "type": "object",
+                        "description": "A checkpoint's schedule, as it was.",
+                        "properties": {
+                            "config": {"type": "object"},
+                            "state_dict": {"type": "object"},
+                            "group_keys": {"type": "array", "items": {"type": "object"}},
+                        },
+                        "required": ["config", "state_dict", "group_keys"],
+                        "additionalProperties": False,
+                    },
+                    {"type": "null"},
+                ],
+                "description": LR_SCHEDULER_SCHEMA["description"],
+            },
         },
         "required": ["optimizer", "params"] if dtype == default_dtype else ["optimizer", "params", "dtype"],
         "additionalProperties": False,
@@ -195,7 +227,11 @@ def _patch() -> Schema:
         "items": group_change,
         "description": "One entry for each of the session's groups, in order.",
     }
-    settings = {"clip_grad_norm": CLIP_GRAD_NORM_SCHEMA, "nonfinite": NONFINITE_SCHEMA}
+    settings = {
+        "clip_grad_norm": CLIP_GRAD_NORM_SCHEMA,
+        "nonfinite": NONFINITE_SCHEMA,
+        "lr_scheduler": LR_SCHEDULER_SCHEMA,
+    }
     return {
         "type": "object",
         "description": "At most one of `hyperparameters` (every group) and `param_groups` (group by group), naming "
@@ -211,7 +247,11 @@ def _patch() -> Schema:
             },
             {
                 "properties": {"hyperparameters": {"type": "null"}, "param_groups": {"type": "null"}},
-                "anyOf": [{"required": ["clip_grad_norm"]}, {"required": ["nonfinite"]}],
+                "anyOf": [
+                    {"required": ["clip_grad_norm"]},
+                    {"required": ["nonfinite"]},
+                    {"required": ["lr_scheduler"]},
+                ],
             },
         ],
         "properties": {"hyperparameters": {}, "param_groups": {}, **settings},
@@ -279,6 +319,13 @@ def request_schemas(*, default_dtype: str = "float32") -> dict[str, Schema]:
         },
         "required": ["grads"],
         "dependentRequired": {"worker": ["based_on_step"], "based_on_step": ["worker"], "weight": ["worker"]},
+        "additionalProperties": False,
+    }
+    schemas["LRSchedulerState"] = {
+        "type": "object",
+        "description": "torch's scheduler.state_dict() of the session's schedule, as GET .../lr_scheduler answers it.",
+        "properties": {"state_dict": {"type": "object"}},
+        "required": ["state_dict"],
         "additionalProperties": False,
     }
     schemas["SyncAggregation"] = {

@@ -84,6 +84,11 @@ class CreateSessionRequest(Strict):
         default=None, description="Clip each step's gradients by their global norm: {max_norm, norm_type}."
     )
     nonfinite: Literal["reject", "skip"] = "reject"
+    lr_scheduler: dict[str, Any] | None = Field(
+        default=None,
+        description="An LR schedule, {name: torch's class name, ...its arguments}, advanced after every step (or "
+        "a checkpoint's, {config, state_dict, group_keys}).",
+    )
 
 
 class StepRequest(Strict):
@@ -92,7 +97,7 @@ class StepRequest(Strict):
         default=None, allow_inf_nan=False, description="The client's loss for these gradients (finite)."
     )
     worker: Annotated[str | None, BeforeValidator(_integer_as_text)] = Field(
-        default=None, pattern=WORKER_ID.pattern, description="An aggregating session's contributor."
+        default=None, pattern=f"^{WORKER_ID.pattern}$", description="An aggregating session's contributor."
     )
     based_on_step: WholeNumber | None = Field(
         default=None, ge=0, le=MAX_STEP, description="The step whose params the gradients were computed from."
@@ -121,14 +126,17 @@ class PatchSessionRequest(Strict):
     )
     clip_grad_norm: dict[str, Any] | None = Field(default=None, description="null turns clipping off.")
     nonfinite: Literal["reject", "skip"] | None = None
+    lr_scheduler: dict[str, Any] | None = Field(
+        default=None, description="A new LR schedule, started on the groups' current lrs; null removes it."
+    )
 
     @model_validator(mode="after")
     def something_to_change(self) -> "PatchSessionRequest":
         if self.hyperparameters is not None and self.param_groups is not None:
             raise ValueError("give at most one of 'hyperparameters' and 'param_groups'")
-        settings = self.model_fields_set & {"clip_grad_norm", "nonfinite"}
+        settings = self.model_fields_set & {"clip_grad_norm", "nonfinite", "lr_scheduler"}
         if self.hyperparameters is None and self.param_groups is None and not settings:
-            raise ValueError("give 'hyperparameters', 'param_groups', 'clip_grad_norm' or 'nonfinite'")
+            raise ValueError("give 'hyperparameters', 'param_groups', 'clip_grad_norm', 'nonfinite' or 'lr_scheduler'")
         return self
 
 
@@ -155,6 +163,9 @@ class SessionSummary(BaseModel):
     )
     nonfinite: Literal["reject", "skip"] = Field(
         default="reject", description="A step with a non-finite gradient: refused, or answered and not applied."
+    )
+    lr_scheduler: dict[str, Any] | None = Field(
+        default=None, description="The LR schedule's config ({name, ...torch's arguments}); null for none."
     )
 
 
@@ -247,6 +258,19 @@ class Checkpoint(BaseModel):
     aggregation: dict[str, Any] | None = None
     clip_grad_norm: dict[str, Any] | None = None
     nonfinite: Literal["reject", "skip"] = "reject"
+    lr_scheduler: dict[str, Any] | None = None
+
+
+class LRSchedulerView(BaseModel):
+    """A session's LR schedule; every member null without one."""
+
+    config: dict[str, Any] | None = Field(description="torch's class name and arguments.")
+    state_dict: dict[str, Any] | None = Field(description="torch's scheduler.state_dict(), as JSON.")
+    last_lr: list[float] | None = Field(description="get_last_lr(): each group's lr for the next step.")
+
+
+class LRSchedulerState(Strict):
+    state_dict: dict[str, Any] = Field(description="torch's scheduler.state_dict() of the session's schedule.")
 
 
 class Status(BaseModel):

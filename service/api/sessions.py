@@ -168,6 +168,7 @@ async def create_session(
             aggregation=create.aggregation,
             clip_grad_norm=create.clip_grad_norm,
             nonfinite=create.nonfinite,
+            lr_scheduler=create.lr_scheduler,
         )
         return service.answer(
             {**summary(meta), "params": params},
@@ -260,7 +261,9 @@ async def patch_session(
             hyperparameters=patch.hyperparameters,
             param_groups=patch.param_groups,
             gradient_settings={
-                key: getattr(patch, key) for key in ("clip_grad_norm", "nonfinite") if key in patch.model_fields_set
+                key: getattr(patch, key)
+                for key in ("clip_grad_norm", "nonfinite", "lr_scheduler")
+                if key in patch.model_fields_set
             },
             expected_versions=expected_versions(if_match),
         )

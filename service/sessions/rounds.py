@@ -25,7 +25,8 @@ from service.sessions.arrays_blob import pack, pack_buffers, unpack
 from service.sessions.errors import ContributionChanged, InvalidRequest, RoundMovedOn
 from service.sessions.gradient_settings import prepared_grads
 from service.sessions.idempotency import Retention
-from service.sessions.optimizers import core_error
+from service.sessions.lr_scheduler import advance_optimizer
+from service.sessions.optimizers import core_error, summary_groups
 from service.sessions.step_metrics import kept_metrics, step_metrics
 from service.store import Contribution, LockedSession, MetricsKept, Quotas, RoundRecord, RoundsKept, SessionMeta
 
@@ -150,6 +151,9 @@ class RoundCloser:
         new_meta = replace(
             meta, step=meta.step + 1, version=meta.version + 1, updated_at=now, stored_bytes=array_bytes(params, state)
         )
+        schedule = advance_optimizer(meta.lr_scheduler, optimizer)
+        if schedule is not None:
+            new_meta = replace(new_meta, param_groups=summary_groups(optimizer), lr_scheduler=schedule)
         opened = min(c.created_at for c in everyone)
         metrics = step_metrics(telemetry, _round_loss(everyone))
         if prepared.clip is not None:

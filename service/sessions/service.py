@@ -43,6 +43,7 @@ from service.sessions.errors import (
 )
 from service.sessions.gradient_settings import checked_clip_grad_norm, checked_nonfinite, prepared_grads
 from service.sessions.idempotency import Retention
+from service.sessions.lr_scheduler import advance_optimizer, last_lr, restored, started, with_state_dict
 from service.sessions.observer import Observer, Unobserved
 from service.sessions.optimizers import build_optimizer, core_error, summary_groups
 from service.sessions.rounds import (
@@ -300,6 +301,7 @@ class Sessions:
         aggregation: object = None,
         clip_grad_norm: object = None,
         nonfinite: object = "reject",
+        lr_scheduler: object = None,
     ) -> tuple[SessionMeta, dict[str, np.ndarray]]:
         """A new session of ``optimizer`` over ``params`` (already of ``dtype``), from ``state_dict`` if given,
         for the caller's tenant. With ``idempotency_key``, a retry answers the session the first one made."""
@@ -342,6 +344,11 @@ class Sessions:
                 built.load_state_dict(state_dict)
             except OptimCoreError as error:
                 raise core_error(error, "body", "state_dict") from None
+        schedule = None
+        if isinstance(lr_scheduler, dict) and "config" in lr_scheduler:
+            schedule = restored(lr_scheduler, built.param_groups)  # a checkpoint's: as it was
+        elif lr_scheduler is not None:
+            schedule, built.param_groups = started(lr_scheduler, built.param_groups)
         now = _now()
         meta = SessionMeta(
             id=secrets.token_urlsafe(18),
@@ -358,6 +365,7 @@ class Sessions:
             aggregation=aggregating,
             clip_grad_norm=clipping,
             nonfinite=policy,
+            lr_scheduler=schedule,
         )
         creation = None
         if idempotency_key is not None:
@@ -446,16 +454,21 @@ class Sessions:
         (``clip_grad_norm``, ``nonfinite``); they apply from the next step."""
         _require_well_formed(session_id)
         changes: dict[str, Any] = {}
-        if gradient_settings and "clip_grad_norm" in gradient_settings:
-            changes["clip_grad_norm"] = checked_clip_grad_norm(gradient_settings["clip_grad_norm"])
-        if gradient_settings and "nonfinite" in gradient_settings:
-            changes["nonfinite"] = checked_nonfinite(gradient_settings["nonfinite"])
+        settings = dict(gradient_settings or {})
+        if "clip_grad_norm" in settings:
+            changes["clip_grad_norm"] = checked_clip_grad_norm(settings["clip_grad_norm"])
+        if "nonfinite" in settings:
+            changes["nonfinite"] = checked_nonfinite(settings["nonfinite"])
         with self._held(session_id) as locked:
             _check_access(locked.meta, caller)
             _require_match(expected_versions, locked.meta.version)
             groups = locked.meta.param_groups
             if hyperparameters is not None or param_groups is not None:
                 groups = _merged_groups(locked.meta, hyperparameters, param_groups)
+            if "lr_scheduler" in settings:
+                changes["lr_scheduler"] = None
+                if settings["lr_scheduler"] is not None:
+                    changes["lr_scheduler"], groups = started(settings["lr_scheduler"], groups)
             meta = replace(
                 locked.meta, param_groups=groups, version=locked.meta.version + 1, updated_at=_now(), **changes
             )
@@ -686,6 +699,9 @@ class Sessions:
         metrics = step_metrics(telemetry, loss)
         if prepared.clip is not None:
             metrics["clip"] = prepared.clip
+        schedule = advance_optimizer(locked.meta.lr_scheduler, optimizer)
+        if schedule is not None:
+            meta = replace(meta, param_groups=summary_groups(optimizer), lr_scheduler=schedule)
         if staleness is not None:
             metrics["staleness"] = staleness
         locked.save(
@@ -948,6 +964,7 @@ class Sessions:
             "aggregation": meta.aggregation,
             "clip_grad_norm": meta.clip_grad_norm,
             "nonfinite": meta.nonfinite,
+            "lr_scheduler": meta.lr_scheduler,
         }
 
     def load_state_dict(
@@ -992,6 +1009,36 @@ class Sessions:
         rows = self._store.metrics(session_id, after_step=after_step, limit=limit + 1)
         next_step = rows[limit - 1].step if len(rows) > limit else None
         return [history_item(row) for row in rows[:limit]], next_step
+
+    def lr_scheduler(self, *, caller: Caller, session_id: str) -> tuple[SessionMeta, dict[str, Any] | None]:
+        """The session's LR schedule: its config, torch's state_dict of it, and the lrs it last set; None
+        without one."""
+        _require_well_formed(session_id)
+        meta, _ = self._stored_meta(session_id, caller)
+        if meta.lr_scheduler is None:
+            return meta, None
+        setting = meta.lr_scheduler
+        return meta, {"config": setting["config"], "state_dict": setting["state_dict"], "last_lr": last_lr(setting)}
+
+    def load_lr_scheduler(
+        self, *, caller: Caller, session_id: str, state_dict: object, expected_versions: Versions
+    ) -> SessionMeta:
+        """Load torch's state_dict of the session's schedule (``scheduler.load_state_dict``: the lrs stay)."""
+        _require_well_formed(session_id)
+        with self._held(session_id) as locked:
+            _check_access(locked.meta, caller)
+            _require_match(expected_versions, locked.meta.version)
+            if locked.meta.lr_scheduler is None:
+                raise InvalidRequest(
+                    ("body", "state_dict"), "the session has no lr_scheduler: PATCH one in first, then load its state"
+                )
+            setting = with_state_dict(locked.meta.lr_scheduler, state_dict)
+            meta = replace(locked.meta, lr_scheduler=setting, version=locked.meta.version + 1, updated_at=_now())
+            locked.save(meta, None)
+        optimizer = self._cache.take(session_id, meta.version - 1)
+        if optimizer is not None:
+            self._cache.put(session_id, meta.version, optimizer)
+        return meta
 
     def usage(self, *, caller: Caller) -> TenantUsage:
         """What the caller's tenant holds now."""

@@ -34,6 +34,8 @@ class SessionMeta:
     """``{"max_norm", "norm_type"}``: each step's gradients are clipped by their global norm first."""
     nonfinite: str = "reject"
     """What a step with a non-finite gradient does: "reject" (422) or "skip" (answered, not applied)."""
+    lr_scheduler: dict[str, Any] | None = None
+    """The LR schedule that advances after every step (``sessions/lr_scheduler.py``), or None."""
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,7 @@ def _save_statement(*, groups: bool, arrays: bool) -> sa.Update:
         values["param_groups"] = sa.bindparam("new_param_groups", type_=sa.JSON)
         values["clip_grad_norm"] = sa.bindparam("new_clip_grad_norm", type_=sa.JSON)
         values["nonfinite"] = sa.bindparam("new_nonfinite", type_=sa.String)
+        values["lr_scheduler"] = sa.bindparam("new_lr_scheduler", type_=sa.JSON)
     if arrays:
         values["arrays"] = sa.bindparam("new_arrays", type_=sa.LargeBinary)
         values["arrays_slot"] = sa.bindparam("new_arrays_slot", type_=sa.SmallInteger)
@@ -253,6 +254,7 @@ def _meta(row: sa.Row[Any]) -> SessionMeta:
         aggregation=row.aggregation,
         clip_grad_norm=row.clip_grad_norm,
         nonfinite=row.nonfinite,
+        lr_scheduler=row.lr_scheduler,
     )
 
 
@@ -408,15 +410,17 @@ class _Held:
             "new_version": meta.version,
             "new_updated_at": meta.updated_at,
         }
-        groups_changed = (meta.param_groups, meta.clip_grad_norm, meta.nonfinite) != (
+        groups_changed = (meta.param_groups, meta.clip_grad_norm, meta.nonfinite, meta.lr_scheduler) != (
             self.meta.param_groups,
             self.meta.clip_grad_norm,
             self.meta.nonfinite,
+            self.meta.lr_scheduler,
         )
         if groups_changed:
             values["new_param_groups"] = meta.param_groups
             values["new_clip_grad_norm"] = meta.clip_grad_norm
             values["new_nonfinite"] = meta.nonfinite
+            values["new_lr_scheduler"] = meta.lr_scheduler
         if arrays is not None:
             if self.trusted and self._placement.goes_to_a_file(arrays):
                 # The slot a file write must spare is the committed one, which only a read can tell.
@@ -1047,4 +1051,5 @@ def _row_values(meta: SessionMeta) -> dict[str, Any]:
         "aggregation": meta.aggregation,
         "clip_grad_norm": meta.clip_grad_norm,
         "nonfinite": meta.nonfinite,
+        "lr_scheduler": meta.lr_scheduler,
     }

@@ -27,6 +27,7 @@ sessions = sa.Table(
     sa.Column("aggregation", sa.JSON, nullable=True),
     sa.Column("clip_grad_norm", sa.JSON, nullable=True),
     sa.Column("nonfinite", sa.String(16), nullable=False, server_default="reject"),
+    sa.Column("lr_scheduler", sa.JSON, nullable=True),
     sa.Index("sessions_by_creation", "created_at", "id"),
     sa.Index("sessions_by_tenant", "tenant", "created_at", "id"),
 )

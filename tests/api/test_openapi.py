@@ -89,6 +89,10 @@ OPERATIONS = {
         200, GUARDED | ANY | ONE_SESSION | ITS_ARRAYS, frozenset({"ETag"}), binary_answer=True
     ),
     ("get", "/v1/sessions/{session_id}/metrics"): Operation(200, GUARDED | ANY | ONE_SESSION | {422}),
+    ("get", "/v1/sessions/{session_id}/lr_scheduler"): Operation(200, GUARDED | ANY | ONE_SESSION, frozenset({"ETag"})),
+    ("put", "/v1/sessions/{session_id}/lr_scheduler"): Operation(
+        200, GUARDED | ANY | ONE_SESSION | ITS_ARRAYS | A_BODY | A_CHANGE, frozenset({"ETag"}), "LRSchedulerState"
+    ),
     ("get", "/v1/sessions/{session_id}/rounds/{step}"): Operation(
         200,
         GUARDED | ANY | ONE_SESSION | ITS_ARRAYS | {409, 422},

@@ -40,6 +40,7 @@ SUMMARY_KEYS = {
     "aggregation",
     "clip_grad_norm",
     "nonfinite",
+    "lr_scheduler",
 }
 RPROP_KEYS = ["lr", "etas", "step_sizes", "foreach", "maximize", "differentiable", "capturable"]
 RMSPROP_KEYS = [

@@ -43,6 +43,7 @@ CHECKPOINT_KEYS = {
     "aggregation",
     "clip_grad_norm",
     "nonfinite",
+    "lr_scheduler",
 }
 
 # (optimizer, extra create fields) — per-group hyperparameters, and RMSprop with momentum + centered.
