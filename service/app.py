@@ -1,5 +1,6 @@
 """The app factory. Nothing happens at import time; the store and the rest are built in the lifespan."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -8,7 +9,7 @@ from datetime import timedelta
 import anyio
 from fastapi import FastAPI
 
-from service.api import docs_pages, health, metrics, pages, problems, sessions, step_metrics, tenant
+from service.api import docs_pages, health, metrics, pages, problems, rounds, sessions, step_metrics, tenant
 from service.api.authentication import Authentication
 from service.api.dependencies import Service
 from service.api.health import PROBE_THREADS
@@ -17,6 +18,7 @@ from service.api.instrumentation import Instrumentation
 from service.api.methods import Methods
 from service.api.openapi import install_openapi
 from service.api.request_ids import RequestIds
+from service.api.round_events import RoundEvents
 from service.api.tracing import trace_requests
 from service.config import Settings
 from service.errors import UnhandledErrors, install_error_handlers
@@ -29,6 +31,8 @@ from service.sessions.idempotency import Retention
 from service.sessions.service import Sessions
 from service.store import MetricsKept, SqlSessionStore, StoreSettings
 from service.store.rate_limits import RateLimits
+from service.store.round_notices import RoundNotices
+from service.store.sqlite.round_wakeups import RoundWakeups
 from service.store.tenants import Tenants
 from service.tenancy.authentication import Authenticator
 from service.tenancy.callers import Limits
@@ -36,6 +40,7 @@ from service.tenancy.startup import check_start, is_loopback, store_bootstrap_ke
 from service.wire.documents import Documents
 
 log = logging.getLogger("service")
+POSTGRES_ROUND_POLL_SECONDS = 5.0
 
 
 def store_settings(settings: Settings) -> StoreSettings:
@@ -99,6 +104,33 @@ async def _forget_old_records(sessions: Sessions, every_seconds: float) -> None:
             log.exception("forgetting old Idempotency-Key records failed; trying again later")
 
 
+def _round_events(
+    settings: Settings, store: SqlSessionStore, sessions: Sessions
+) -> tuple[RoundEvents, RoundNotices | RoundWakeups | None]:
+    """Where waiters for rounds hear of closes: this process's; on PostgreSQL every replica's, through
+    LISTEN; on a SQLite file, the other server processes', through their wakeups. A waiter's own look is
+    a safety net (on PostgreSQL, every 5 s at least)."""
+    if store.engine.dialect.name != "sqlite":
+        events = RoundEvents(poll_seconds=max(settings.round_poll_seconds, POSTGRES_ROUND_POLL_SECONDS))
+        notices = RoundNotices(settings.database_url, events.closed)
+        notices.start()
+        sessions.on_round_closed = events.closed
+        return events, notices
+    events = RoundEvents(poll_seconds=settings.round_poll_seconds)
+    sessions.on_round_closed = events.closed
+    if store.sqlite_file is None or not RoundWakeups.available():
+        return events, None
+    wakeups = RoundWakeups(store.sqlite_file.with_name(store.sqlite_file.name + "-rounds"), events.closed)
+    wakeups.attach(asyncio.get_running_loop())
+
+    def closed(session_id: str, step: int) -> None:
+        events.closed(session_id, step)
+        wakeups.announce(session_id, step)
+
+    sessions.on_round_closed = closed
+    return events, wakeups
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -130,8 +162,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics_kept=MetricsKept(recent=settings.metrics_recent_steps, every=settings.metrics_every),
             observer=StepMetrics(),
         )
+        round_events, round_notices = _round_events(settings, store, session_service)
+        round_events.bind(asyncio.get_running_loop())
         documents = Documents(processes=settings.json_workers, threshold_bytes=settings.json_worker_threshold_bytes)
-        app.state.service = Service(sessions=session_service, documents=documents, settings=settings)
+        app.state.service = Service(
+            sessions=session_service, documents=documents, settings=settings, round_events=round_events
+        )
         try:
             async with anyio.create_task_group() as background:
                 background.start_soon(_forget_old_records, session_service, settings.idempotency_sweep_seconds)
@@ -140,6 +176,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 finally:
                     background.cancel_scope.cancel()
         finally:
+            if round_notices is not None:
+                round_notices.close()
             rate_limits.close()
             store.close()
             if tracing is not None:
@@ -174,6 +212,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(problems.router)
     app.include_router(sessions.router)
+    app.include_router(rounds.router)
     app.include_router(step_metrics.router)
     app.include_router(tenant.router)
     app.include_router(pages.router)

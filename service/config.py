@@ -93,6 +93,20 @@ class Settings(BaseSettings):
         gt=0,
         description="...and every this-many-th step before them: a million-step run keeps about 11,000 rows.",
     )
+    round_wait_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        le=300,
+        description="How long a contribution to a synchronous round, or a poll of one, waits for it to close "
+        "before it is answered 202.",
+    )
+    round_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often a waiter reads its round itself: a safety net beside the closes it is told of "
+        "(on PostgreSQL, 5 s at least).",
+    )
     cache_bytes: int = Field(
         default=1 << 30, ge=0, description="Memory for optimizers kept between requests (validated against storage)."
     )

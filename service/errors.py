@@ -96,6 +96,8 @@ REFUSALS: dict[type[Exception], str] = {
     sessions.IdempotentResponseExpired: "idempotent-response-expired",
     wire.MalformedBody: "malformed-body",
     sessions.NotYours: "not-your-session",
+    sessions.ContributionChanged: "contribution-changed",
+    sessions.RoundNotFound: "round-not-found",
 }
 """Refusals of the layers below HTTP that name no field, and their problem types."""
 
@@ -176,6 +178,18 @@ def install_error_handlers(app: FastAPI, *, retry_after_seconds: int = 1) -> Non
             slug="idempotency-key-in-flight",
             detail=str(error),
             headers={"Retry-After": str(max(1, retry_after_seconds))},
+        )
+
+    @app.exception_handler(sessions.RoundMovedOn)
+    async def on_round_moved_on(request: Request, error: sessions.RoundMovedOn) -> Response:
+        return problem_response(
+            slug="round-moved-on", detail=str(error), extensions={"current_step": error.current_step}
+        )
+
+    @app.exception_handler(sessions.RoundAnswerExpired)
+    async def on_round_answer_expired(request: Request, error: sessions.RoundAnswerExpired) -> Response:
+        return problem_response(
+            slug="round-answer-expired", detail=str(error), extensions={"current_step": error.current_step}
         )
 
     @app.exception_handler(sessions.QuotaExceeded)

@@ -67,6 +67,32 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "No such session",
         "No session with this id exists for the caller: it never existed, was deleted, or belongs to another tenant.",
     ),
+    "round-not-found": ProblemType(
+        404,
+        "No such round",
+        "The session is not synchronous, or has no round with this step: a round ahead of the session has not "
+        "opened yet, and a session remembers its newest 1000 closed rounds only.",
+    ),
+    "round-moved-on": ProblemType(
+        409,
+        "The round has moved on",
+        "The contribution's based_on_step is not the session's current round (synchronous), or is more stale "
+        "than the session's max_staleness allows, or is ahead of the session (asynchronous); `current_step` says "
+        "where the session is. Nothing was stored: GET the params, recompute the gradient on them, and contribute "
+        "to round `current_step`.",
+    ),
+    "round-answer-expired": ProblemType(
+        409,
+        "The round's answer is no longer kept",
+        "The round closed and was applied, but its answer's params were not copied (or no longer are) and a later "
+        "step has changed the session's params; `current_step` says where the session is. GET the params.",
+    ),
+    "contribution-changed": ProblemType(
+        422,
+        "A different contribution from the same worker",
+        "The worker has already contributed to this round with a different request. A retry must send the same "
+        "body (the same media type and bytes); nothing was changed.",
+    ),
     "method-not-allowed": ProblemType(
         405,
         "Method not allowed",

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from starlette.responses import Response
 
 from service.api.etags import etag
+from service.api.round_events import RoundEvents
 from service.config import Settings
 from service.sessions.service import Sessions
 from service.store import SessionMeta
@@ -23,6 +24,7 @@ class Service:
     sessions: Sessions
     documents: Documents
     settings: Settings
+    round_events: RoundEvents
 
     def answer(
         self,
@@ -81,4 +83,5 @@ def summary(meta: SessionMeta) -> dict[str, Any]:
         "created_at": _timestamp(meta.created_at),
         "updated_at": _timestamp(meta.updated_at),
         "tenant": meta.tenant,
+        "aggregation": meta.aggregation,
     }

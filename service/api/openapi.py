@@ -41,7 +41,10 @@ HEADERS: dict[str, dict[str, Any]] = {
         '`"7.safetensors"`); If-Match takes either.',
         "schema": {"type": "string", "pattern": '^"[0-9]+(\\.safetensors)?"$'},
     },
-    "Location": {"description": "The new session's URL.", "schema": {"type": "string", "pattern": "^/v1/sessions/"}},
+    "Location": {
+        "description": "The new session's URL; in a 202, the URL of the round to poll.",
+        "schema": {"type": "string", "pattern": "^/v1/sessions/"},
+    },
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}},
     "WWW-Authenticate": {
         "description": 'The Bearer challenge (RFC 6750): `Bearer realm="optim-service"`.',

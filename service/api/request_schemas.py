@@ -15,6 +15,7 @@ import numpy as np
 
 from optim_core import ALGORITHMS
 from optim_core.spec import AlgorithmSpec
+from service.sessions.aggregation import MAX_TIMEOUT_SECONDS, MAX_WEIGHT, MAX_WORKERS, WORKER_ID
 from service.sessions.optimizers import DTYPES
 from service.sessions.service import PARAM_NAME
 from service.wire.json_arrays import MAX_STEP
@@ -146,6 +147,10 @@ def _create(spec: AlgorithmSpec[Any, Any], dtype: str, *, default_dtype: str) ->
                 "maximum": MAX_STEP,
                 "description": "The step counter to start from (as in a checkpoint).",
             },
+            "aggregation": {
+                "anyOf": [ref("SyncAggregation"), ref("AsyncAggregation"), {"type": "null"}],
+                "description": "Data-parallel training: how the session takes its workers' contributions.",
+            },
         },
         "required": ["optimizer", "params"] if dtype == default_dtype else ["optimizer", "params", "dtype"],
         "additionalProperties": False,
@@ -225,8 +230,53 @@ def request_schemas(*, default_dtype: str = "float32") -> dict[str, Schema]:
                 "description": "The loss the client computed for these gradients, kept with the step's metrics "
                 "(finite).",
             },
+            "worker": {
+                "type": "string",
+                "pattern": f"^{WORKER_ID.pattern}$",
+                "description": "An aggregating session's contributor (required there, refused elsewhere).",
+            },
+            "based_on_step": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_STEP,
+                "description": "The step whose params the gradients were computed from.",
+            },
+            "weight": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": MAX_WEIGHT,
+                "description": "How much the contribution counts (its examples, say); 1 by default.",
+            },
         },
         "required": ["grads"],
+        "dependentRequired": {"worker": ["based_on_step"], "based_on_step": ["worker"], "weight": ["worker"]},
+        "additionalProperties": False,
+    }
+    schemas["SyncAggregation"] = {
+        "type": "object",
+        "description": "A round per step: closed by `workers` contributions, or by `min_workers` once `timeout_s` "
+        "has passed since its first.",
+        "properties": {
+            "mode": {"const": "sync"},
+            "workers": {"type": "integer", "minimum": 1, "maximum": MAX_WORKERS},
+            "min_workers": {"type": "integer", "minimum": 1, "maximum": MAX_WORKERS, "description": "<= workers"},
+            "timeout_s": {
+                "anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_SECONDS}, {"type": "null"}],
+                "description": "Needed when min_workers < workers.",
+            },
+        },
+        "required": ["mode", "workers"],
+        "additionalProperties": False,
+    }
+    schemas["AsyncAggregation"] = {
+        "type": "object",
+        "description": "Every contribution a step of its own, refused when more than `max_staleness` steps stale.",
+        "properties": {
+            "mode": {"const": "async"},
+            "max_staleness": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}]},
+            "staleness_weighting": {"enum": ["none", "inverse"]},
+        },
+        "required": ["mode"],
         "additionalProperties": False,
     }
     schemas["PatchSessionRequest"] = _patch()

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from optim_core import ALGORITHMS, NAMES
+from service.sessions.aggregation import MAX_WEIGHT, MAX_WORKERS, WORKER_ID
 from service.wire.json_arrays import MAX_STEP
 
 if TYPE_CHECKING:
@@ -41,6 +42,11 @@ def _whole_float_as_int(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def _integer_as_text(value: object) -> object:
+    """A worker id of digits, which safetensors metadata (JSON text) reads back as a number."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 WholeNumber = Annotated[int, BeforeValidator(_whole_float_as_int)]
 """An integer as JSON Schema has it: a number with no fractional part, 3.0 too (strict pydantic takes 3 only)."""
 
@@ -71,6 +77,9 @@ class CreateSessionRequest(Strict):
         le=MAX_STEP,
         description="The step counter to start from (as in a checkpoint), up to 2**53 - 1.",
     )
+    aggregation: dict[str, Any] | None = Field(
+        default=None, description="Data-parallel training: how the session takes its workers' contributions."
+    )
 
 
 class StepRequest(Strict):
@@ -78,6 +87,27 @@ class StepRequest(Strict):
     loss: float | None = Field(
         default=None, allow_inf_nan=False, description="The client's loss for these gradients (finite)."
     )
+    worker: Annotated[str | None, BeforeValidator(_integer_as_text)] = Field(
+        default=None, pattern=WORKER_ID.pattern, description="An aggregating session's contributor."
+    )
+    based_on_step: WholeNumber | None = Field(
+        default=None, ge=0, le=MAX_STEP, description="The step whose params the gradients were computed from."
+    )
+    weight: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_WEIGHT,
+        allow_inf_nan=False,
+        description="How much the contribution counts (its examples, say); 1 by default.",
+    )
+
+    @model_validator(mode="after")
+    def contribution_complete(self) -> "StepRequest":
+        if self.worker is not None and self.based_on_step is None:
+            raise ValueError("a contribution (worker given) needs based_on_step")
+        if self.worker is None and (self.based_on_step is not None or self.weight is not None):
+            raise ValueError("based_on_step and weight come with worker, on an aggregating session")
+        return self
 
 
 class PatchSessionRequest(Strict):
@@ -108,6 +138,9 @@ class SessionSummary(BaseModel):
     created_at: datetime
     updated_at: datetime
     tenant: str = Field(description="The tenant the session belongs to.")
+    aggregation: dict[str, Any] | None = Field(
+        default=None, description="How a data-parallel session takes contributions; null for an ordinary one."
+    )
 
 
 class SessionWithParams(SessionSummary):
@@ -153,6 +186,18 @@ class StepResponse(Params):
         description="The step's telemetry; null for a replay of a step the history no longer keeps. In a "
         "safetensors answer, a JSON string under `metrics` in `__metadata__`."
     )
+    staleness: int | None = Field(
+        default=None, description="An asynchronous session's step: the staleness it was applied with."
+    )
+
+
+class RoundPending(BaseModel):
+    """A synchronous round still open: poll its Location."""
+
+    round: int
+    contributions: int = Field(description="The contributions in so far.")
+    workers: int = Field(description="The contributions that close it at once.", le=MAX_WORKERS)
+    closed: Literal[False]
 
 
 class MetricsItem(StepMetrics):
@@ -180,6 +225,7 @@ class Checkpoint(BaseModel):
     param_groups: list[ParamGroupOut]
     state_dict: StateDict
     step: int
+    aggregation: dict[str, Any] | None = None
 
 
 class Status(BaseModel):

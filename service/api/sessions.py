@@ -20,11 +20,13 @@ from service.api.etags import expected_versions
 from service.api.negotiation import negotiate
 from service.api.openapi import answers, body_schema, problems
 from service.api.request_schemas import CREATE_EXAMPLE, PATCH_EXAMPLE, STEP_EXAMPLE
+from service.api.round_waits import Joined, round_answer
 from service.api.schemas import (
     Checkpoint,
     CreateSessionRequest,
     Params,
     PatchSessionRequest,
+    RoundPending,
     SessionPage,
     SessionSummary,
     SessionWithParams,
@@ -33,6 +35,7 @@ from service.api.schemas import (
     StepResponse,
 )
 from service.errors import MalformedHeader, ValidationFailed
+from service.sessions.aggregation import Contribution
 from service.sessions.optimizers import DTYPES
 from service.wire.json_arrays import arrays_from_json, state_dict_from_json
 from service.wire.media_types import JSON, SAFETENSORS
@@ -162,6 +165,7 @@ async def create_session(
             if create.state_dict is None
             else state_dict_from_json(create.state_dict, loc=("body", "state_dict")),  # type: ignore[arg-type]
             step=create.step,
+            aggregation=create.aggregation,
         )
         return service.answer(
             {**summary(meta), "params": params},
@@ -316,6 +320,13 @@ STEP_HEADERS = [
                 ),
             },
         ),
+        **answers(
+            RoundPending,
+            202,
+            headers=("Location",),
+            description="A contribution to a synchronous round still open after the server's wait: stored; poll "
+            "the round's Location for the answer.",
+        ),
         **problems(409),
         **WRITES,
     },
@@ -330,28 +341,51 @@ async def step_session(session_id: str, request: Request) -> Response:
     checked_idempotency_key(idempotency_key)
     body = await read_body(request, service.settings)
 
-    def run() -> Response:
+    def run() -> Response | Joined:
         content = body.content()
         document = service.documents.decode(body.media_type, content, root="grads", array_paths=STEP_ARRAYS)
         step = parse(StepRequest, document)
+        contribution = None
+        if step.worker is not None:
+            assert step.based_on_step is not None
+            contribution = Contribution(
+                worker=step.worker,
+                based_on_step=step.based_on_step,
+                weight=1.0 if step.weight is None else step.weight,
+            )
+        hashed = idempotency_key is not None or contribution is not None
+        request_hash = hash_request(body.media_type, content) if hashed else ""
         with service.sessions.step(
             caller=caller,
             session_id=session_id,
             # The core refuses non-finite gradients after casting them to the params' dtype: one pass, not two.
             grads=arrays_from_json(step.grads, loc=("body", "grads"), check_finite=False),
             loss=step.loss,
-            request_hash=hash_request(body.media_type, content) if idempotency_key is not None else "",
+            request_hash=request_hash,
             idempotency_key=idempotency_key,
             expected_versions=expected_versions(if_match),
+            contribution=contribution,
         ) as outcome:
-            return service.answer(
-                {"step": outcome.step, "params": outcome.params, "metrics": outcome.metrics},
-                media_type=answer_as,
-                root="params",
-                version=outcome.version,
-            )
+            if outcome.pending:
+                assert outcome.round is not None
+                assert contribution is not None
+                return Joined(outcome.round, contribution.worker, request_hash)
+            answer: dict[str, Any] = {"step": outcome.step, "params": outcome.params, "metrics": outcome.metrics}
+            if outcome.staleness is not None:
+                answer["staleness"] = outcome.staleness
+            return service.answer(answer, media_type=answer_as, root="params", version=outcome.version)
 
-    return await run_in_threadpool(run)
+    answered = await run_in_threadpool(run)
+    if isinstance(answered, Joined):
+        return await round_answer(
+            request,
+            session_id=session_id,
+            step=answered.round,
+            answer_as=answer_as,
+            worker=answered.worker,
+            request_hash=answered.request_hash,
+        )
+    return answered
 
 
 async def _step_endpoint(request: Request) -> Response:

@@ -54,3 +54,27 @@ class QuotaExceeded(SessionError):
         self.limit = limit
         self.usage = usage
         self.requested = requested
+
+
+class RoundMovedOn(SessionError):
+    """A contribution for a step other than the session's current round (sync), or too stale (async)."""
+
+    def __init__(self, message: str, *, current_step: int) -> None:
+        super().__init__(message)
+        self.current_step = current_step
+
+
+class RoundAnswerExpired(SessionError):
+    """A closed round whose answer is no longer kept."""
+
+    def __init__(self, message: str, *, current_step: int) -> None:
+        super().__init__(message)
+        self.current_step = current_step
+
+
+class ContributionChanged(SessionError):
+    """A worker contributed to the same round again with a different request."""
+
+
+class RoundNotFound(SessionError):
+    """The session has no such round: not yet opened, or no longer remembered."""

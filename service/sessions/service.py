@@ -12,7 +12,7 @@ import binascii
 import re
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -22,11 +22,15 @@ import numpy as np
 import orjson
 
 from optim_core import ALGORITHMS, OptimCoreError, Optimizer
+from optim_core.aggregation import staleness_scaled
 from optim_core.checks import all_finite
 from service.buffers import Buffers
-from service.sessions.arrays_blob import pack_buffers, unpack
+from service.sessions.aggregation import Contribution as ContributionFields
+from service.sessions.aggregation import checked_aggregation, checked_contribution
+from service.sessions.arrays_blob import pack, pack_buffers, unpack
 from service.sessions.cache import OptimizerCache
 from service.sessions.errors import (
+    ContributionChanged,
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     IdempotentResponseExpired,
@@ -34,11 +38,14 @@ from service.sessions.errors import (
     NotYours,
     PreconditionFailed,
     QuotaExceeded,
+    RoundAnswerExpired,
+    RoundNotFound,
     SessionNotFound,
 )
 from service.sessions.idempotency import Retention
 from service.sessions.observer import Observer, Unobserved
 from service.sessions.optimizers import build_optimizer, core_error, summary_groups
+from service.sessions.rounds import RoundCloser, casted_grads, due, joined, moved_on, seconds_until_due
 from service.sessions.step_metrics import (
     MAX_METRICS_PAGE,
     history_item,
@@ -47,11 +54,13 @@ from service.sessions.step_metrics import (
     step_metrics,
 )
 from service.store import (
+    Contribution,
     CreationRecord,
     IdempotencyRecord,
     KeyInFlight,
     LockedSession,
     MetricsKept,
+    RoundRecord,
     SessionMeta,
     SessionMissing,
     SessionStore,
@@ -85,6 +94,29 @@ class StepOutcome:
     metrics: dict[str, Any] | None
     """The step's telemetry (``step_metrics.py``); None for a replay whose step the history no longer keeps."""
     replayed: bool = False
+    round: int | None = None
+    """Of a synchronous session's contribution: the round it joined."""
+    pending: bool = False
+    """The answer is not in this outcome: it is round ``round``'s (``Sessions.round``), still open or closed before."""
+    staleness: int | None = None
+    """Of an asynchronous session's step: the staleness it was applied with."""
+
+
+@dataclass(frozen=True)
+class RoundView:
+    """A synchronous round as a contributor or a poll finds it: closed, with its answer (``params`` from
+    storage, a copy); or open, with its progress."""
+
+    round: int
+    closed: bool
+    step: int = 0
+    version: int = 0
+    params: dict[str, np.ndarray] | None = None
+    metrics: dict[str, Any] | None = None
+    contributions: int = 0
+    workers: int = 0
+    due_in: float | None = None
+    """Open: the seconds until its timeout closes it, if it has the contributions to close by then."""
 
 
 def _require_well_formed(session_id: str) -> None:
@@ -225,12 +257,16 @@ class Sessions:
         retention: Retention | None = None,
         metrics_kept: MetricsKept | None = None,
         observer: Observer | None = None,
+        on_round_closed: Callable[[str, int], None] | None = None,
     ) -> None:
         self._store = store
         self._cache = cache
         self._metrics_kept = metrics_kept or MetricsKept(recent=1000, every=100)
         self._retention = retention or Retention()
         self._observer = observer or Unobserved()
+        self._closer = RoundCloser(retention=self._retention, metrics_kept=self._metrics_kept)
+        self.on_round_closed = on_round_closed or (lambda session_id, step: None)
+        """Told, after the commit, of each round this process closed (the waiters of this process)."""
 
     def create(
         self,
@@ -245,6 +281,7 @@ class Sessions:
         step: int,
         idempotency_key: str | None = None,
         request_hash: str = "",
+        aggregation: object = None,
     ) -> tuple[SessionMeta, dict[str, np.ndarray]]:
         """A new session of ``optimizer`` over ``params`` (already of ``dtype``), from ``state_dict`` if given,
         for the caller's tenant. With ``idempotency_key``, a retry answers the session the first one made."""
@@ -274,6 +311,7 @@ class Sessions:
             if key not in spec.defaults:
                 raise InvalidRequest(("body", "hyperparameters", key), f"unknown hyperparameter {key!r}")
         groups = _checked_groups(param_groups, params)
+        aggregating = checked_aggregation(aggregation)
         try:
             built = build_optimizer(optimizer, params, groups, hyperparameters)
         except OptimCoreError as error:
@@ -297,6 +335,7 @@ class Sessions:
             updated_at=now,
             tenant=caller.tenant,
             stored_bytes=_array_bytes(built.params, built.state_dict_arrays(copy=False)["state"]),
+            aggregation=aggregating,
         )
         creation = None
         if idempotency_key is not None:
@@ -434,6 +473,7 @@ class Sessions:
         idempotency_key: str | None,
         expected_versions: Versions,
         loss: float | None = None,
+        contribution: ContributionFields | None = None,
     ) -> Iterator[StepOutcome]:
         """Apply one step durably (or answer a retry of one), and yield its outcome.
 
@@ -453,6 +493,7 @@ class Sessions:
                     idempotency_key=idempotency_key,
                     expected_versions=expected_versions,
                     trust_cache=trust_cache,
+                    contribution=contribution,
                 )
                 break
             except StaleAssumption:
@@ -473,6 +514,8 @@ class Sessions:
                 raise IdempotencyKeyInFlight(
                     f"a step with Idempotency-Key {idempotency_key!r} is still being processed; retry later"
                 ) from None
+        if outcome.round is not None and not outcome.pending:
+            self.on_round_closed(session_id, outcome.round)
         try:
             if outcome.replayed:
                 kept = self._store.metrics(session_id, after_step=outcome.step - 1, limit=1)
@@ -493,6 +536,7 @@ class Sessions:
         idempotency_key: str | None,
         expected_versions: Versions,
         trust_cache: bool,
+        contribution: ContributionFields | None = None,
     ) -> tuple[StepOutcome, Optimizer[Any, Any] | None, int]:
         """The unit of work of a step: its outcome, the optimizer taken out of the cache for it (to put back
         once the outcome is rendered), and the version to put it back at."""
@@ -501,15 +545,34 @@ class Sessions:
         with self._held(session_id, idempotency_key=idempotency_key, cached_version=cached_version) as locked:
             _check_access(locked.meta, caller)
             self._observer.step_held(locked.meta.optimizer)
+            aggregation = locked.meta.aggregation
+            checked_contribution(aggregation, contribution)
             record = locked.record
-            if record is not None:
+            staleness = None
+            if aggregation is not None and aggregation["mode"] == "sync":
+                assert contribution is not None
+                if locked.trusted:
+                    # A contribution saves no version-checked row: what the round is must be read, not trusted.
+                    raise StaleAssumption("a synchronous session's round is read, never trusted")
+                outcome, optimizer = self._contributed(
+                    locked, caller=caller, grads=grads, loss=loss, fields=contribution, request_hash=request_hash
+                )
+                applied = outcome.round is not None and not outcome.pending
+            elif record is not None:
                 if record.request_hash != request_hash:
                     raise IdempotencyKeyReused(
                         f"Idempotency-Key {idempotency_key!r} was used with a different request body"
                     )
                 outcome, optimizer = self._replayed(locked, record)
+                if contribution is not None:
+                    outcome = replace(outcome, staleness=record.step - 1 - contribution.based_on_step)
                 self._observer.replayed(outcome.step)
+                applied = False
             else:
+                if aggregation is not None and contribution is not None:
+                    staleness = self._staleness(locked.meta.step, aggregation, contribution)
+                    if aggregation["staleness_weighting"] == "inverse":
+                        grads = staleness_scaled(grads, staleness)
                 outcome, optimizer = self._applied(
                     locked,
                     caller=caller,
@@ -518,10 +581,12 @@ class Sessions:
                     request_hash=request_hash,
                     idempotency_key=idempotency_key,
                     expected_versions=expected_versions,
+                    staleness=staleness,
                 )
+                applied = True
             held_version = locked.meta.version
             committing = time.perf_counter()
-        if record is None:
+        if applied:
             ended = time.perf_counter()
             self._observer.step_applied(step=outcome.step, seconds=ended - started, commit_seconds=ended - committing)
         return outcome, optimizer, held_version
@@ -536,6 +601,7 @@ class Sessions:
         request_hash: str,
         idempotency_key: str | None,
         expected_versions: Versions,
+        staleness: int | None = None,
     ) -> tuple[StepOutcome, Optimizer[Any, Any]]:
         """Apply the step to the held session and save it; the outcome views the optimizer's params."""
         stale = expected_versions is not None and locked.meta.version not in expected_versions
@@ -570,6 +636,8 @@ class Sessions:
                 key=idempotency_key, request_hash=request_hash, step=meta.step, version=meta.version, params=params
             )
         metrics = step_metrics(telemetry, loss)
+        if staleness is not None:
+            metrics["staleness"] = staleness
         locked.save(
             meta,
             pack_buffers(params, state),
@@ -579,7 +647,178 @@ class Sessions:
             metrics=kept_metrics(meta.step, meta.updated_at, metrics),
             metrics_kept=self._metrics_kept,
         )
-        return StepOutcome(step=meta.step, version=meta.version, params=params, metrics=metrics), optimizer
+        outcome = StepOutcome(step=meta.step, version=meta.version, params=params, metrics=metrics, staleness=staleness)
+        return outcome, optimizer
+
+    def _staleness(self, step: int, aggregation: dict[str, Any], fields: ContributionFields) -> int:
+        """An asynchronous contribution's staleness, if it is within the session's bound."""
+        staleness = step - fields.based_on_step
+        if staleness < 0:
+            raise moved_on(fields, step, reason="that step is ahead of the session")
+        bound = aggregation["max_staleness"]
+        if bound is not None and staleness > bound:
+            raise moved_on(fields, step, reason=f"its staleness {staleness} is over max_staleness {bound}")
+        return staleness
+
+    def _contributed(
+        self,
+        locked: LockedSession,
+        *,
+        caller: Caller,
+        grads: dict[str, np.ndarray],
+        loss: float | None,
+        fields: ContributionFields,
+        request_hash: str,
+    ) -> tuple[StepOutcome, Optimizer[Any, Any] | None]:
+        """A contribution to the held synchronous session's round: stored, or closing the round with it."""
+        meta = locked.meta
+        current = meta.step
+        pending = StepOutcome(step=current, version=meta.version, params={}, metrics=None, pending=True)
+        if fields.based_on_step > current:
+            raise moved_on(fields, current, reason="that step is ahead of the session")
+        if fields.based_on_step < current:
+            # A retry of a contribution to a round that has closed, or a late one: the round's record tells.
+            return replace(pending, round=fields.based_on_step), None
+        pending = replace(pending, round=current)
+        stored = locked.contributions(current, with_grads=False)
+        if joined(stored, fields, request_hash) is not None:
+            return pending, None
+        casted = casted_grads(grads, shapes=meta.shapes, dtype=meta.dtype)
+        now = _now()
+        mine = Contribution(
+            worker=fields.worker, weight=fields.weight, loss=loss, request_hash=request_hash, created_at=now
+        )
+        assert meta.aggregation is not None
+        if not due(meta.aggregation, [*stored, mine], now):
+            locked.contribute(current, replace(mine, grads=pack(casted)))
+            return pending, None
+        others = locked.contributions(current, with_grads=True) if stored else []
+        closed = self._closer.close(
+            locked,
+            others,
+            fresh=(mine, casted),
+            optimizer=self._optimizer(locked),
+            quotas=caller.quotas,
+            now=now,
+            array_bytes=_array_bytes,
+        )
+        outcome = StepOutcome(
+            step=closed.step, version=closed.version, params=closed.params, metrics=closed.metrics, round=current
+        )
+        return outcome, closed.optimizer
+
+    def close_due_round(self, *, caller: Caller, session_id: str, step: int) -> bool:
+        """Close the synchronous session's round ``step`` if it is due (its timeout passed with enough
+        contributions); whether this call closed it."""
+        with self._held(session_id) as locked:
+            _check_access(locked.meta, caller)
+            aggregation = locked.meta.aggregation
+            if aggregation is None or aggregation["mode"] != "sync" or locked.meta.step != step:
+                return False
+            stored = locked.contributions(step, with_grads=True)
+            now = _now()
+            if not stored or not due(aggregation, stored, now):
+                return False
+            closed = self._closer.close(
+                locked,
+                stored,
+                fresh=None,
+                optimizer=self._optimizer(locked),
+                quotas=caller.quotas,
+                now=now,
+                array_bytes=_array_bytes,
+            )
+            version = locked.meta.version
+        self._cache.put(session_id, version, closed.optimizer)
+        self.on_round_closed(session_id, step)
+        return True
+
+    def round(
+        self, *, caller: Caller, session_id: str, step: int, worker: str | None = None, request_hash: str = ""
+    ) -> RoundView:
+        """The synchronous session's round ``step`` as it is now (closing it first when it is due). With
+        ``worker``, as that worker's contribution finds it: ``RoundMovedOn`` if the round closed without it."""
+        _require_well_formed(session_id)
+        for _ in range(2):
+            record = self._store.round(session_id, step)
+            meta, _ = self._stored_meta(session_id, caller)
+            if record is None and meta.step > step:
+                record = self._store.round(session_id, step)
+            aggregation = meta.aggregation
+            if aggregation is None or aggregation["mode"] != "sync":
+                raise RoundNotFound(f"session {session_id!r} is not synchronous: it has no rounds")
+            if record is not None:
+                return self._closed_round(session_id, caller, meta, record, worker=worker, request_hash=request_hash)
+            if step != meta.step:
+                if worker is not None and step < meta.step:
+                    fields = ContributionFields(worker=worker, based_on_step=step)
+                    raise moved_on(fields, meta.step, reason="that round is no longer remembered")
+                raise RoundNotFound(
+                    f"session {session_id!r} has no round {step}: it is at step {meta.step}, and remembers its "
+                    "newest rounds only"
+                )
+            stored = self._store.open_round(session_id, step)
+            now = _now()
+            if stored and due(aggregation, stored, now):
+                self.close_due_round(caller=caller, session_id=session_id, step=step)
+                continue
+            return RoundView(
+                round=step,
+                closed=False,
+                contributions=len(stored),
+                workers=aggregation["workers"],
+                due_in=seconds_until_due(aggregation, stored, now) if stored else None,
+            )
+        raise RoundNotFound(f"round {step} of session {session_id!r} was closed and forgotten meanwhile")
+
+    def _stored_meta(self, session_id: str, caller: Caller) -> tuple[SessionMeta, None]:
+        found = self._store.get(session_id, with_arrays=False)
+        if found is None:
+            raise SessionNotFound(f"no session {session_id!r}")
+        _check_access(found[0], caller)
+        return found[0], None
+
+    def _closed_round(
+        self,
+        session_id: str,
+        caller: Caller,
+        meta: SessionMeta,
+        record: RoundRecord,
+        *,
+        worker: str | None,
+        request_hash: str,
+    ) -> RoundView:
+        if worker is not None:
+            entry = next((entry for entry in record.contributors if entry["worker"] == worker), None)
+            fields = ContributionFields(worker=worker, based_on_step=record.step)
+            if entry is None:
+                raise moved_on(fields, meta.step, reason="that round closed without it")
+            if entry["request_hash"] != request_hash:
+                raise ContributionChanged(
+                    f"worker {worker!r} contributed to round {record.step} with a different request; a retry must "
+                    "send the same body"
+                )
+        answer_step = record.step + 1
+        if record.params:
+            params = unpack(record.params)[0]
+        else:
+            current, params = self.params(caller=caller, session_id=session_id)
+            if current.step != answer_step:
+                raise RoundAnswerExpired(
+                    f"round {record.step} of session {session_id!r} closed as step {answer_step}; the session is at "
+                    f"step {current.step} now, and that answer's params are no longer kept. GET the session's params "
+                    "for their current values.",
+                    current_step=current.step,
+                )
+        kept = self._store.metrics(session_id, after_step=record.step, limit=1)
+        return RoundView(
+            round=record.step,
+            closed=True,
+            step=answer_step,
+            version=record.version,
+            params=params,
+            metrics=replayed_metrics(kept, answer_step),
+        )
 
     def _replayed(
         self, locked: LockedSession, record: IdempotencyRecord
@@ -637,6 +876,7 @@ class Sessions:
             "param_groups": meta.param_groups,
             "state_dict": optimizer.state_dict_arrays(),
             "step": meta.step,
+            "aggregation": meta.aggregation,
         }
 
     def load_state_dict(

@@ -1,12 +1,15 @@
 """Session storage: one interface, one SQLAlchemy implementation for SQLite and PostgreSQL."""
 
 from service.store.base import (
+    Contribution,
     CreationRecord,
     IdempotencyRecord,
     LockedSession,
     MetricsKept,
     Quotas,
     RecordsKept,
+    RoundRecord,
+    RoundsKept,
     SessionMeta,
     SessionStore,
     StepMetrics,
@@ -27,6 +30,7 @@ from service.store.errors import (
 from service.store.sql import SqlSessionStore, StoreSettings
 
 __all__ = [
+    "Contribution",
     "CreationRecord",
     "IdempotencyRecord",
     "KeyInFlight",
@@ -35,6 +39,8 @@ __all__ = [
     "QuotaExceeded",
     "Quotas",
     "RecordsKept",
+    "RoundRecord",
+    "RoundsKept",
     "SessionMeta",
     "SessionMissing",
     "SessionStore",

@@ -27,6 +27,9 @@ class SessionMeta:
     tenant: str = DEFAULT_TENANT
     stored_bytes: int = 0
     """The bytes of its arrays (params and optimizer state): what the tenant's byte quota counts."""
+    aggregation: dict[str, Any] | None = None
+    """How a data-parallel session takes its workers' contributions (``sessions/aggregation.py``); None for
+    an ordinary session, each of whose step requests is a step."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,42 @@ class MetricsKept:
     every: int
 
 
+@dataclass(frozen=True)
+class Contribution:
+    """One worker's contribution to a synchronous session's open round (the session's ``step``)."""
+
+    worker: str
+    weight: float
+    loss: float | None
+    request_hash: str
+    created_at: datetime
+    grads: bytes = b""
+    """A packed blob of the gradients, cast to the params' dtype; empty when read without them."""
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """A closed round of a synchronous session: the step it gathered, the version its step made, who
+    contributed (``worker``, ``weight``, ``request_hash`` each), and the answer's params as a packed blob
+    (empty when not copied, or no longer kept)."""
+
+    step: int
+    version: int
+    opened_at: datetime
+    closed_at: datetime
+    contributors: list[dict[str, Any]]
+    params: bytes
+
+
+@dataclass(frozen=True)
+class RoundsKept:
+    """What a synchronous session keeps of its closed rounds once one more closes: the newest ``rounds``, and
+    the params of the newest ``responses`` of them."""
+
+    rounds: int
+    responses: int
+
+
 class LockedSession(Protocol):
     """A session held for a read-modify-write until the ``locked`` block ends (its changes commit then)."""
 
@@ -125,6 +164,19 @@ class LockedSession(Protocol):
 
         ``arrays`` is a blob as its pieces, which may view live arrays: they are written before this returns.
         """
+        ...
+
+    def contributions(self, step: int, *, with_grads: bool) -> list[Contribution]:
+        """The contributions stored for the session's round ``step``, by worker."""
+        ...
+
+    def contribute(self, step: int, contribution: Contribution) -> None:
+        """Store ``contribution`` to round ``step`` at commit."""
+        ...
+
+    def close_round(self, record: RoundRecord, kept: RoundsKept) -> None:
+        """At commit: remember ``record``, forget the round's contributions, trim older rounds to ``kept``,
+        and tell the waiters of other servers (after ``save``, in the same unit of work)."""
         ...
 
 
@@ -190,6 +242,14 @@ class SessionStore(Protocol):
         ``cached_version`` of the session lets the store skip reading it where the store can check
         at commit instead; ``StaleAssumption`` then means: run the unit of work again, without it.
         """
+        ...
+
+    def round(self, session_id: str, step: int) -> RoundRecord | None:
+        """The session's closed round ``step``, if it is remembered."""
+        ...
+
+    def open_round(self, session_id: str, step: int) -> Sequence[Contribution]:
+        """The contributions stored so far to the session's round ``step``, without their gradients."""
         ...
 
     def forget_records(self, *, created_before: datetime, total_response_bytes: int) -> None:

@@ -39,11 +39,14 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from service.buffers import Buffers, buffers_size
 from service.store.base import (
+    Contribution,
     CreationRecord,
     IdempotencyRecord,
     MetricsKept,
     Quotas,
     RecordsKept,
+    RoundRecord,
+    RoundsKept,
     SessionMeta,
     StepMetrics,
     TenantUsage,
@@ -60,6 +63,13 @@ from service.store.errors import (
     storage_errors,
 )
 from service.store.health import WriteHealth
+from service.store.rounds import (
+    close_round_writes,
+    contribution_write,
+    forget_rounds,
+    read_contributions,
+    read_round,
+)
 from service.store.schema import ensure_schema
 from service.store.sqlite.array_files import ArrayFiles, other_slot
 from service.store.sqlite.commit_queue import Batch, CommitQueue, Write, run_batch
@@ -237,6 +247,7 @@ def _meta(row: sa.Row[Any]) -> SessionMeta:
         updated_at=row.updated_at,
         tenant=row.tenant,
         stored_bytes=row.stored_bytes,
+        aggregation=row.aggregation,
     )
 
 
@@ -346,6 +357,8 @@ class _Held:
         health: WriteHealth,
         saves: Mapping[tuple[bool, bool], DriverStatement],
         insert_metrics: DriverStatement,
+        read: Callable[[Callable[[Connection], Any]], Any],
+        postgres: bool,
         trusted: bool = False,
     ) -> None:
         self.meta = meta
@@ -361,6 +374,8 @@ class _Held:
         self._read_arrays = read_arrays
         self._placement = placement
         self._health = health
+        self._read = read
+        self._postgres = postgres
         self.writes: list[Write] = []
 
     def read_arrays(self) -> bytes:
@@ -425,6 +440,19 @@ class _Held:
         self.meta = meta
         self.saved = True
 
+    def contributions(self, step: int, *, with_grads: bool) -> list[Contribution]:
+        with storage_errors(before_commit=True):
+            found: list[Contribution] = self._read(
+                lambda connection: read_contributions(connection, self.meta.id, step, with_grads=with_grads)
+            )
+            return found
+
+    def contribute(self, step: int, contribution: Contribution) -> None:
+        self.writes.append(contribution_write(self.meta.id, step, contribution))
+
+    def close_round(self, record: RoundRecord, kept: RoundsKept) -> None:
+        self.writes.extend(close_round_writes(self.meta.id, record, kept, postgres=self._postgres))
+
 
 class SqlSessionStore:
     def __init__(self, database_url: str, settings: StoreSettings | None = None) -> None:
@@ -451,6 +479,8 @@ class SqlSessionStore:
         self._writer_connection: Connection | None = None
         """The one connection this process writes a SQLite file through, under the write lock."""
         database = self._sqlite_file(database_url)
+        self.sqlite_file = database
+        """The SQLite database's file (None for PostgreSQL, or SQLite in memory)."""
         self._locks = LockFile(database.with_name(database.name + "-locks")) if database else None
         self._queue = CommitQueue(
             self._write_transaction,
@@ -754,6 +784,7 @@ class SqlSessionStore:
                 [
                     Write(sa.delete(idempotency_records).where(idempotency_records.c.session_id == session_id)),
                     forget_metrics(session_id),
+                    *forget_rounds(session_id),
                     Write(
                         sa.delete(sessions).where(sessions.c.id == session_id, sessions.c.version == held.meta.version),
                         expect_rows=1,
@@ -815,7 +846,7 @@ class SqlSessionStore:
                 raise StaleAssumption(f"session {session_id} changed elsewhere")
             return self._read(lambda reader: self._placement.read(reader, session_id, None))
 
-        return self._new_held(meta, slot=None, record=None, read_arrays=read_arrays, trusted=True)
+        return self._new_held(meta, slot=None, record=None, read_arrays=read_arrays, read=self._read, trusted=True)
 
     def _new_held(
         self,
@@ -824,6 +855,7 @@ class SqlSessionStore:
         slot: int | None,
         record: IdempotencyRecord | None,
         read_arrays: Callable[[], bytes],
+        read: Callable[[Callable[[Connection], Any]], Any],
         trusted: bool = False,
     ) -> _Held:
         return _Held(
@@ -835,6 +867,8 @@ class SqlSessionStore:
             health=self.health,
             saves=self._saves,
             insert_metrics=self._insert_metrics,
+            read=read,
+            postgres=not self._sqlite,
             trusted=trusted,
         )
 
@@ -852,19 +886,28 @@ class SqlSessionStore:
         if key is not None:
             record = _record(self._read_record.first(connection, {"session_id": session_id, "key": key}))
         slot = row.arrays_slot
+        read: Callable[[Callable[[Connection], Any]], Any]
         if self._sqlite:
-
-            def read_arrays() -> bytes:
-                return self._read(lambda reader: self._placement.read(reader, session_id, slot))
+            read = self._read
         else:
 
-            def read_arrays() -> bytes:
-                return self._placement.read(connection, session_id, slot)
+            def read(work: Callable[[Connection], Any]) -> Any:
+                return work(connection)
 
-        return self._new_held(_meta(row), slot=slot, record=record, read_arrays=read_arrays)
+        def read_arrays() -> bytes:
+            arrays: bytes = read(lambda reader: self._placement.read(reader, session_id, slot))
+            return arrays
+
+        return self._new_held(_meta(row), slot=slot, record=record, read_arrays=read_arrays, read=read)
 
     def metrics(self, session_id: str, *, after_step: int, limit: int) -> Sequence[StepMetrics]:
         return self._read(lambda connection: read_metrics(connection, session_id, after_step=after_step, limit=limit))
+
+    def round(self, session_id: str, step: int) -> RoundRecord | None:
+        return self._read(lambda connection: read_round(connection, session_id, step))
+
+    def open_round(self, session_id: str, step: int) -> Sequence[Contribution]:
+        return self._read(lambda connection: read_contributions(connection, session_id, step, with_grads=False))
 
     def forget_records(self, *, created_before: datetime, total_response_bytes: int) -> None:
         """Forget the Idempotency-Key records older than ``created_before``, and the first responses of the
@@ -990,4 +1033,5 @@ def _row_values(meta: SessionMeta) -> dict[str, Any]:
         "updated_at": meta.updated_at,
         "tenant": meta.tenant,
         "stored_bytes": meta.stored_bytes,
+        "aggregation": meta.aggregation,
     }

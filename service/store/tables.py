@@ -24,6 +24,7 @@ sessions = sa.Table(
     sa.Column("arrays_slot", sa.SmallInteger, nullable=True),
     sa.Column("tenant", sa.String(64), nullable=False, server_default=DEFAULT_TENANT),
     sa.Column("stored_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("aggregation", sa.JSON, nullable=True),
     sa.Index("sessions_by_creation", "created_at", "id"),
     sa.Index("sessions_by_tenant", "tenant", "created_at", "id"),
 )
@@ -70,6 +71,35 @@ step_metrics = sa.Table(
 )
 """Each session's step telemetry, one row per step, thinned as it ages (``step_metrics.py``); ``metrics`` is
 the step's JSON object (its norms, learning rates, the algorithm's own measures and the client's loss)."""
+
+round_contributions = sa.Table(
+    "round_contributions",
+    metadata,
+    sa.Column("session_id", sa.String(64), primary_key=True),
+    sa.Column("step", sa.BigInteger, primary_key=True),
+    sa.Column("worker", sa.String(64), primary_key=True),
+    sa.Column("weight", sa.Float, nullable=False),
+    sa.Column("loss", sa.Float, nullable=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("grads", sa.LargeBinary, nullable=False),
+)
+"""The contributions to each synchronous session's open round (its current ``step``), until the round closes;
+``grads`` is a packed blob of the gradients, cast to the params' dtype."""
+
+rounds = sa.Table(
+    "rounds",
+    metadata,
+    sa.Column("session_id", sa.String(64), primary_key=True),
+    sa.Column("step", sa.BigInteger, primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("opened_at", sa.DateTime, nullable=False),
+    sa.Column("closed_at", sa.DateTime, nullable=False),
+    sa.Column("contributors", sa.JSON, nullable=False),
+    sa.Column("params", sa.LargeBinary, nullable=False),
+)
+"""Each synchronous session's closed rounds, newest kept: who contributed (worker, weight, request hash), the
+version the round made, and a copy of its answer's params (empty when not copied, or no longer kept)."""
 
 storage_probes = sa.Table(
     "storage_probes",

@@ -44,7 +44,7 @@ def session(client: TestClient) -> Created:
 def declared_paths(client: TestClient, session_id: str) -> dict[str, set[str]]:
     """Every path of the OpenAPI document, with a real session id and problem slug, and its methods."""
     document = ok(client.get("/openapi.json"))
-    values = {"session_id": session_id, "slug": "not-found"}
+    values = {"session_id": session_id, "slug": "not-found", "step": "0"}
     return {
         re.sub(r"\{(\w+)\}", lambda match: values[match.group(1)], template): {method.upper() for method in operations}
         for template, operations in document["paths"].items()

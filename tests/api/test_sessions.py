@@ -27,7 +27,18 @@ from tests.api.conftest import (
     summary_groups,
 )
 
-SUMMARY_KEYS = {"id", "optimizer", "dtype", "step", "param_groups", "shapes", "created_at", "updated_at", "tenant"}
+SUMMARY_KEYS = {
+    "id",
+    "optimizer",
+    "dtype",
+    "step",
+    "param_groups",
+    "shapes",
+    "created_at",
+    "updated_at",
+    "tenant",
+    "aggregation",
+}
 RPROP_KEYS = ["lr", "etas", "step_sizes", "foreach", "maximize", "differentiable", "capturable"]
 RMSPROP_KEYS = [
     "lr",
