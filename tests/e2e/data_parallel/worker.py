@@ -1,4 +1,5 @@
-"""One data-parallel worker process: ``python -m tests.e2e.data_parallel.worker CONFIG.json``.
+"""One data-parallel worker process: ``python -m tests.e2e.data_parallel.worker CONFIG.json``, or
+``run_forked`` in a process that has imported this module already.
 
 It trains ``model.py``'s MLP on its shard through one aggregating session, speaking HTTP as
 docs/api.md says (no SDK): it reads the params, computes its gradients with torch, and posts them
@@ -17,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import operator
+import os
 import sys
 import time
 import traceback
@@ -256,6 +258,15 @@ def main(config_path: str) -> None:
     finally:
         worker.replicas.close()
     (Path(config.journal) / "done").write_text(json.dumps({"failovers": worker.replicas.failovers}))
+
+
+def run_forked(config_path: str, log_path: str) -> None:
+    """A worker in a process forked from the tests' forkserver: its output goes to ``log_path``."""
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, sys.stdout.fileno())
+    os.dup2(log, sys.stderr.fileno())
+    os.close(log)
+    main(config_path)
 
 
 if __name__ == "__main__":
