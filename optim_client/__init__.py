@@ -7,6 +7,11 @@
     loss.backward()
     optimizer.step()  # sends the grads, writes the new values into the params in place
 
+Data-parallel training: each worker attaches to one session created with ``aggregation``, and its
+``step()`` sends a contribution::
+
+    optimizer = RemoteRprop.attach(client, session_id, model.named_parameters(), worker="rank3")
+
 ``Session`` is the lower level, with numpy arrays. torch is optional: it is used only when the
 params are tensors, and never imported otherwise.
 """
@@ -24,6 +29,9 @@ from optim_client.errors import (
     PreconditionFailedError,
     RateLimitedError,
     ResponseExpiredError,
+    RoundAnswerExpiredError,
+    RoundMovedOnError,
+    RoundTimeoutError,
     ServerError,
     ServiceUnreachableError,
     StepConflictError,
@@ -52,6 +60,9 @@ __all__ = [
     "RemoteRprop",
     "ResponseExpiredError",
     "RetryPolicy",
+    "RoundAnswerExpiredError",
+    "RoundMovedOnError",
+    "RoundTimeoutError",
     "ServerError",
     "ServiceUnreachableError",
     "Session",

@@ -15,7 +15,8 @@ from optim_client.values import DTYPES
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A session's optimizer, dtype, params, param groups (hyperparameters and param names), state and step.
+    """A session's optimizer, dtype, params, param groups (hyperparameters and param names), state, step, and
+    how it aggregates its workers' contributions (None for an ordinary session).
 
     ``Session.restore`` (or ``RemoteRMSprop.restore``) creates a session from it that continues exactly
     as the original would have, step counter included. ``to_bytes`` / ``from_bytes`` keep it in a file
@@ -29,6 +30,7 @@ class Checkpoint:
     param_groups: list[dict[str, Any]]
     state_dict: dict[str, Any]
     """torch's layout, with numpy arrays."""
+    aggregation: dict[str, Any] | None = None
 
     @property
     def param_names(self) -> list[str]:
@@ -49,11 +51,12 @@ class Checkpoint:
             },
             param_groups=[dict(group) for group in document["param_groups"]],
             state_dict=state_dict_from_wire(document["state_dict"], dtype),
+            aggregation=document.get("aggregation"),
         )
 
     def to_document(self) -> dict[str, Any]:
         """The checkpoint as ``POST /v1/sessions`` takes it."""
-        return {
+        document = {
             "optimizer": self.optimizer,
             "dtype": self.dtype,
             "params": dict(self.params),
@@ -61,6 +64,9 @@ class Checkpoint:
             "state_dict": state_dict_to_wire(self.state_dict, DTYPES[self.dtype]),
             "step": self.step,
         }
+        if self.aggregation is not None:
+            document["aggregation"] = self.aggregation
+        return document
 
     def to_bytes(self) -> bytes:
         return SafetensorsCodec().encode(self.to_document())

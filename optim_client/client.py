@@ -20,14 +20,18 @@ from optim_client.transports import Transport, codec_for, decode
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+DEFAULT_ROUND_TIMEOUT = 1800.0
+"""Seconds a contribution waits for its round to close, as torch.distributed waits for its peers by default."""
 
 
 @dataclass(frozen=True)
 class Reply:
-    """A successful response: its document (arrays as numpy arrays or nested lists) and ETag."""
+    """A successful response: its document (arrays as numpy arrays or nested lists), ETag, status and Location."""
 
     document: dict[str, Any]
     etag: str | None
+    status: int = 200
+    location: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class Client:
     says how often and how patiently connection errors, 5xx and 429 are retried (other 4xx never are).
     ``api_key`` (by default ``$OPTIM_API_KEY``, if set) goes with every request as
     ``Authorization: Bearer``; it is never shown, in a repr, a message or a log record.
+    ``round_timeout`` is how many seconds a worker's contribution waits, in all, for its round of a
+    synchronous session to close (None: as long as it takes); each wait for the service's answer is
+    bounded by ``timeout`` as any request is.
     """
 
     def __init__(
@@ -57,9 +64,13 @@ class Client:
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         headers: Mapping[str, str] | None = None,
+        round_timeout: float | None = DEFAULT_ROUND_TIMEOUT,
     ) -> None:
+        if round_timeout is not None and not round_timeout >= 0:
+            raise ValueError(f"Invalid round_timeout: {round_timeout} (seconds, at least 0, or None)")
         self.transport: Transport = transport
         self.retry = retry or RetryPolicy()
+        self.round_timeout = round_timeout
         self._codec = codec_for(transport)
         self._json = JsonCodec()
         auth = bearer_key(api_key)
@@ -145,7 +156,8 @@ class Client:
                 else "This client sends no API key: pass Client(api_key=...) or set $" + API_KEY_VARIABLE
             )
             raise
+        etag, location = response.headers.get("etag"), response.headers.get("location")
         if response.status_code == 204 or not response.is_success:
-            return Reply({}, response.headers.get("etag"))
+            return Reply({}, etag, response.status_code, location)
         document = decode(response.content, response.headers.get("content-type"), root=response_root)
-        return Reply(document, response.headers.get("etag"))
+        return Reply(document, etag, response.status_code, location)

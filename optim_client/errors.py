@@ -11,6 +11,10 @@ KEY_IN_FLIGHT = "/problems/idempotency-key-in-flight"
 """The problem type of a 409 that answers a repeat of a request the service is still processing."""
 RESPONSE_EXPIRED = "/problems/idempotent-response-expired"
 """The problem type of a 409 that answers a repeat of an applied request whose first answer is gone."""
+ROUND_MOVED_ON = "/problems/round-moved-on"
+"""The problem type of a 409 that refuses a contribution for a step other than the one the session takes."""
+ROUND_ANSWER_EXPIRED = "/problems/round-answer-expired"
+"""The problem type of a 409 that answers a contributor of a closed round whose answer is gone."""
 
 
 class OptimClientError(Exception):
@@ -51,6 +55,7 @@ class OptimServiceError(OptimClientError):
         title: str,
         detail: str,
         errors: list[dict[str, Any]] | None = None,
+        problem: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(f"{status} {title}: {detail}")
         self.status = status
@@ -58,6 +63,8 @@ class OptimServiceError(OptimClientError):
         self.title = title
         self.detail = detail
         self.errors = errors or []
+        self.problem = problem or {}
+        """The whole problem document, extension members (``current_step``) included."""
 
 
 class ClientError(OptimServiceError):
@@ -83,6 +90,31 @@ class ConflictError(ClientError):
 
 class ResponseExpiredError(ConflictError):
     """409: a repeat of a request that was applied, whose first answer the service no longer keeps."""
+
+
+class RoundMovedOnError(ConflictError):
+    """409 to a contribution: its ``based_on_step`` is not a step the session takes contributions for.
+
+    In a synchronous session the round it names closed without it (or is not open yet); in an asynchronous
+    one it is staler than ``max_staleness`` allows. Nothing was stored: compute the gradient again on the
+    params of ``current_step`` (an attached optimizer has written them into its params already).
+    """
+
+    @property
+    def current_step(self) -> int | None:
+        """The session's step when the contribution was refused: the round that takes contributions now."""
+        return _current_step(self.problem)
+
+
+class RoundAnswerExpiredError(ResponseExpiredError):
+    """409 to a contributor: its round closed, with its contribution, and the service no longer keeps the answer.
+
+    The contribution was applied; ``current_step`` is where the session is now.
+    """
+
+    @property
+    def current_step(self) -> int | None:
+        return _current_step(self.problem)
 
 
 class PreconditionFailedError(ClientError):
@@ -133,6 +165,22 @@ class ServerError(OptimServiceError):
     """5xx on every attempt."""
 
 
+class RoundTimeoutError(OptimClientError):
+    """A contribution's round stayed open longer than the client waits (``Client(round_timeout=...)``).
+
+    The contribution is stored in round ``round`` (``contributions`` of ``workers`` are in) and is applied
+    when the round closes: it stays pending, and the next ``step()`` (or ``resolve_pending()``) waits again.
+    """
+
+    maybe_applied = True
+
+    def __init__(self, message: str, *, round: int | None, contributions: int | None, workers: int | None) -> None:
+        super().__init__(message)
+        self.round = round
+        self.contributions = contributions
+        self.workers = workers
+
+
 _BY_STATUS: dict[int, type[ClientError]] = {
     400: BadRequestError,
     401: AuthenticationError,
@@ -142,7 +190,11 @@ _BY_STATUS: dict[int, type[ClientError]] = {
     422: ValidationError,
     429: RateLimitedError,
 }
-_BY_TYPE: dict[str, type[ClientError]] = {RESPONSE_EXPIRED: ResponseExpiredError}
+_BY_TYPE: dict[str, type[ClientError]] = {
+    RESPONSE_EXPIRED: ResponseExpiredError,
+    ROUND_MOVED_ON: RoundMovedOnError,
+    ROUND_ANSWER_EXPIRED: RoundAnswerExpiredError,
+}
 
 
 def problem_type(response: httpx.Response) -> str:
@@ -165,7 +217,13 @@ def error_from_response(response: httpx.Response) -> OptimServiceError:
         title=str(problem.get("title", response.reason_phrase)),
         detail=str(problem.get("detail", response.text[:500])),
         errors=errors if isinstance(errors, list) else None,
+        problem=problem,
     )
+
+
+def _current_step(problem: dict[str, Any]) -> int | None:
+    step = problem.get("current_step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def _problem(response: httpx.Response) -> dict[str, Any]:

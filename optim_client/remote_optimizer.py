@@ -6,10 +6,13 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar, Self
 
+import numpy as np
+
 from optim_client import torch_support
 from optim_client.checkpoint import Checkpoint
 from optim_client.client import Client
-from optim_client.errors import ResponseExpiredError, StepConflictError
+from optim_client.contributions import Contribution, check_weight, check_worker
+from optim_client.errors import ResponseExpiredError, RoundMovedOnError, StepConflictError
 from optim_client.history import PAGE_SIZE
 from optim_client.losses import loss_value
 from optim_client.params import BoundParams, Param, ParamGroup, bind_params
@@ -35,6 +38,11 @@ class RemoteOptimizer:
     A step whose outcome is unknown (it raised, but the service may have applied it) stays pending on
     the session: the next ``step()`` finishes it first, exactly once, and when that ``step()`` repeats
     it (the same grads) that is all it does. ``resolve_pending()`` finishes it at once.
+
+    Data-parallel training: a session created with ``aggregation`` is trained by many workers, each
+    an optimizer made by ``attach(client, session_id, params, worker="rank3")``, whose ``step()`` sends
+    a contribution (the grads, the worker, and ``based_on_step``, the step of the params they were
+    computed on) and writes the params of the step it took part in into the tensors.
     """
 
     optimizer_name: ClassVar[str]
@@ -43,6 +51,12 @@ class RemoteOptimizer:
     session: Session
     param_groups: list[dict[str, Any]]
     defaults: dict[str, Any]
+    worker: str | None
+    """The name this optimizer contributes under to an aggregating session; None for an ordinary one."""
+    weight: float | None
+    """How much each contribution counts unless ``step(weight=...)`` says otherwise (None: the service's 1)."""
+    based_on_step: int
+    """The step of the params the tensors hold: what the next contribution's gradient is computed on."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -55,7 +69,14 @@ class RemoteOptimizer:
         """The class of the remote optimizer ``optimizer_name`` (KeyError if the SDK has none)."""
         return RemoteOptimizer._by_name[optimizer_name]
 
-    def __init__(self, params: object, defaults: Mapping[str, Any], *, client: Client) -> None:
+    def __init__(
+        self,
+        params: object,
+        defaults: Mapping[str, Any],
+        *,
+        client: Client,
+        aggregation: Mapping[str, Any] | None = None,
+    ) -> None:
         bound = bind_params(params)
         session = Session.create(
             client,
@@ -66,9 +87,59 @@ class RemoteOptimizer:
                 {"params": [param.name for param in group.params], **group.options} for group in bound.groups
             ],
             dtype=dtype_name(bound.dtype),
+            aggregation=aggregation,
         )
         self.defaults = dict(defaults)
         self._attach(session, bound)
+
+    @classmethod
+    def attach(
+        cls,
+        client: Client,
+        session_id: str,
+        params: object = None,
+        *,
+        worker: str | None = None,
+        weight: float | None = None,
+    ) -> Self:
+        """An optimizer on the existing session ``session_id``: a worker joining data-parallel training, or one
+        coming back after a restart.
+
+        ``params`` (in any form the constructor takes) are overwritten in place with the session's current
+        values, and ``based_on_step`` is their step; named params must have the session's names, unnamed
+        ones are matched by position, and shapes and dtype must be the session's (``ValueError`` otherwise,
+        before anything is written). Without ``params``, the optimizer gets numpy arrays of its own.
+        ``worker`` (1 to 64 characters of ``A-Z a-z 0-9 . _ : -``) is required on an aggregating session
+        and refused on an ordinary one; ``weight`` is how much each contribution counts by default.
+        """
+        if worker is not None:
+            check_worker(worker)
+        if weight is not None:
+            check_weight(weight)
+        session = Session.open(client, session_id)
+        if session.optimizer != cls.optimizer_name:
+            raise ValueError(f"{cls.__name__} cannot attach to session {session_id!r}, a {session.optimizer!r} session")
+        if session.aggregation is not None and worker is None:
+            raise ValueError(f"session {session_id!r} aggregates its workers' contributions: attach with worker=...")
+        if session.aggregation is None and (worker is not None or weight is not None):
+            raise ValueError(
+                f"session {session_id!r} is an ordinary session, whose every step is a step: "
+                "attach without worker and weight"
+            )
+        values = session.params()
+        if params is None:
+            params = [
+                {"params": {name: values[name].copy() for name in group["params"]}} for group in session.param_groups
+            ]
+        bound = _bound_like(
+            bind_params(params), session.param_groups, session.summary["dtype"], values, whose="the session"
+        )
+        for param in bound.all:
+            param.assign(values[param.name])
+        optimizer = cls.__new__(cls)
+        optimizer.defaults = _hyperparameters(torch_style(session.param_groups[0]))
+        optimizer._attach(session, bound, worker=worker, weight=weight)
+        return optimizer
 
     @classmethod
     def restore(cls, client: Client, checkpoint: Checkpoint, params: object = None) -> Self:
@@ -85,7 +156,9 @@ class RemoteOptimizer:
                 {"params": {name: checkpoint.params[name].copy() for name in group["params"]}}
                 for group in checkpoint.param_groups
             ]
-        bound = _bound_like(bind_params(params), checkpoint)
+        bound = _bound_like(
+            bind_params(params), checkpoint.param_groups, checkpoint.dtype, checkpoint.params, whose="the checkpoint"
+        )
         session = Session.restore(client, checkpoint)
         for param in bound.all:
             param.assign(checkpoint.params[param.name])
@@ -100,6 +173,7 @@ class RemoteOptimizer:
         *,
         grads: Mapping[str, ArrayLike] | None = None,
         loss: object = None,
+        weight: float | None = None,
     ) -> Any:
         """One optimizer step; returns what ``closure`` (which recomputes the loss) returned, as torch does.
 
@@ -109,9 +183,16 @@ class RemoteOptimizer:
         ``metrics()``); a loss that is not finite raises ``ValueError`` before anything is sent. What
         ``closure`` returns is not sent (it need not be a number): to keep it, call it first and pass its
         result as ``loss``.
+
+        An attached worker of an aggregating session sends a contribution instead (``weight``, if given,
+        replacing the optimizer's ``weight`` for this one), and writes the params of the step it took part
+        in: in a synchronous session, once the round has closed. A contribution the session no longer takes
+        raises ``RoundMovedOnError``, the params having been brought to the session's current values first:
+        compute the gradient again on them. ``last_staleness`` is what an asynchronous session said of it.
         """
         if loss is not None:
             loss = loss_value(loss)
+        contribution = self._contribution(weight)
         result = None
         if closure is not None:
             with torch_support.enable_grad():
@@ -120,7 +201,7 @@ class RemoteOptimizer:
             if not self._bound.are_tensors:
                 raise TypeError("numpy params carry no gradients; pass them: step(grads={name: array})")
             grads = {param.name: grad for param in self._bound.all if (grad := param.grad()) is not None}
-        if grads and self.session.repeats_pending(grads, loss=loss):
+        if grads and self.session.repeats_pending(grads, loss=loss, contribution=contribution):
             # A retry of the step that failed: finished as it was sent, hyperparameters included.
             self.resolve_pending()
             return result
@@ -129,8 +210,40 @@ class RemoteOptimizer:
         if not grads:
             return result
         with self._service_values_if_it_moved_on():
-            self._assign(self.session.step(grads, loss=loss))
+            if contribution is None:
+                self._assign(self.session.step(grads, loss=loss))
+            else:
+                # based_on_step as it was before a pending contribution was finished: these grads were
+                # computed on the params of that step, whatever the pending one brought.
+                self._assign(
+                    self.session.contribute(
+                        grads,
+                        worker=contribution.worker,
+                        based_on_step=contribution.based_on_step,
+                        weight=contribution.weight,
+                        loss=loss,
+                    )
+                )
         return result
+
+    def _contribution(self, weight: float | None) -> Contribution | None:
+        """What makes the next step a contribution, for an attached worker; None for an ordinary session."""
+        if self.worker is None:
+            if weight is not None:
+                raise TypeError("weight= is for a worker of an aggregating session (attach with worker=...)")
+            if self.session.aggregation is not None:
+                raise ValueError(
+                    f"session {self.session.id!r} aggregates its workers' contributions: step through an optimizer "
+                    f"made by {type(self).__name__}.attach(client, {self.session.id!r}, params, worker=...)"
+                )
+            return None
+        return Contribution(self.worker, self.based_on_step, weight if weight is not None else self.weight)
+
+    @property
+    def last_staleness(self) -> int | None:
+        """How stale the last contribution was when an asynchronous session applied it (its step then, minus
+        ``based_on_step``); None before any, and in a synchronous session."""
+        return self.session.last_staleness
 
     @property
     def last_metrics(self) -> dict[str, Any] | None:
@@ -196,11 +309,14 @@ class RemoteOptimizer:
         return self.session.checkpoint()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(session={self.session.id!r}, step={self.session.step_count})"
+        worker = f", worker={self.worker!r}" if self.worker is not None else ""
+        return f"{type(self).__name__}(session={self.session.id!r}, step={self.session.step_count}{worker})"
 
     def _assign(self, params: Mapping[str, Any]) -> None:
+        """Write the params the session just answered into the tensors; they are those of its ``step_count``."""
         for param in self._bound.all:
             param.assign(params[param.name])
+        self.based_on_step = self.session.step_count
 
     @contextmanager
     def _service_values_if_it_moved_on(self) -> Iterator[None]:
@@ -208,13 +324,20 @@ class RemoteOptimizer:
         the next step starts from."""
         try:
             yield
-        except (StepConflictError, ResponseExpiredError):
+        except (StepConflictError, ResponseExpiredError, RoundMovedOnError) as moved:
             self._assign(self.session.params())
+            if isinstance(moved, RoundMovedOnError):
+                moved.explain(f"The params now hold the session's values of step {self.based_on_step}")
             raise
 
-    def _attach(self, session: Session, bound: BoundParams) -> None:
+    def _attach(
+        self, session: Session, bound: BoundParams, *, worker: str | None = None, weight: float | None = None
+    ) -> None:
         self.session = session
         self._bound = bound
+        self.worker = worker
+        self.weight = weight
+        self.based_on_step = session.step_count
         self._reset_groups([{} for _ in bound.groups])
 
     def _reset_groups(self, extras: list[dict[str, Any]]) -> None:
@@ -251,25 +374,32 @@ def _hyperparameters(group: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in group.items() if key not in NOT_HYPERPARAMETERS}
 
 
-def _bound_like(bound: BoundParams, checkpoint: Checkpoint) -> BoundParams:
-    """``bound``'s params named and grouped as the checkpoint's (unnamed ones by position), shapes checked."""
-    names = checkpoint.param_names
+def _bound_like(
+    bound: BoundParams,
+    param_groups: list[dict[str, Any]],
+    dtype: str,
+    values: Mapping[str, np.ndarray],
+    *,
+    whose: str,
+) -> BoundParams:
+    """``bound``'s params named and grouped as ``param_groups`` (unnamed ones by position), their dtype and
+    shapes checked against ``dtype`` and ``values``; the errors speak of them as ``whose``."""
+    names = [name for group in param_groups for name in group["params"]]
     params = bound.all
     if len(params) != len(names):
-        raise ValueError(f"the checkpoint has {len(names)} params, {names}; {len(params)} were given")
+        raise ValueError(f"{whose} has {len(names)} params, {names}; {len(params)} were given")
     if bound.named and [param.name for param in params] != names:
-        raise ValueError(f"the checkpoint's params are {names}; given {[param.name for param in params]}")
-    if dtype_name(bound.dtype) != checkpoint.dtype:
-        raise ValueError(f"the checkpoint's params are {checkpoint.dtype}; given {bound.dtype}")
+        raise ValueError(f"{whose}'s params are {names}; given {[param.name for param in params]}")
+    if dtype_name(bound.dtype) != dtype:
+        raise ValueError(f"{whose}'s params are {dtype}; given {bound.dtype}")
     renamed = [Param(name, param.target) for name, param in zip(names, params, strict=True)]
     for param in renamed:
-        if param.values().shape != checkpoint.params[param.name].shape:
+        if param.values().shape != values[param.name].shape:
             raise ValueError(
-                f"param {param.name!r} has shape {param.values().shape}; "
-                f"the checkpoint's has {checkpoint.params[param.name].shape}"
+                f"param {param.name!r} has shape {param.values().shape}; {whose}'s has {values[param.name].shape}"
             )
     groups, start = [], 0
-    for group in checkpoint.param_groups:
+    for group in param_groups:
         groups.append(ParamGroup(renamed[start : start + len(group["params"])], {}))
         start += len(group["params"])
     return BoundParams(groups, bound.named, bound.dtype)

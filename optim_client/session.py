@@ -10,15 +10,18 @@ import numpy as np
 
 from optim_client.checkpoint import Checkpoint
 from optim_client.client import Body, Client, Reply
+from optim_client.contributions import CONTRIBUTION_PENDING, Contribution, contribution_key
 from optim_client.errors import (
     NotFoundError,
     OptimClientError,
     PreconditionFailedError,
     ResponseExpiredError,
+    RoundMovedOnError,
     StepConflictError,
 )
 from optim_client.history import PAGE_SIZE, metrics_items
 from optim_client.losses import loss_value
+from optim_client.rounds import round_answer
 from optim_client.state_dicts import state_dict_from_wire, state_dict_to_wire
 from optim_client.steps import PENDING, StepRequest, step_conflict
 from optim_client.torch_support import is_tensor, tensor_to_numpy
@@ -43,6 +46,9 @@ class Session:
     call raised, but the service may have applied it) is kept as pending and finished, exactly once,
     before anything else changes the session. Arrays travel as the client's transport says; both give
     the same numbers.
+
+    On a session created with ``aggregation`` (data-parallel training), workers send contributions
+    instead of steps: ``contribute(grads, worker=..., based_on_step=...)``.
     """
 
     def __init__(self, client: Client, summary: Mapping[str, Any], etag: str | None = None) -> None:
@@ -53,6 +59,11 @@ class Session:
         self.last_metrics: dict[str, Any] | None = None
         """The ``metrics`` of the last step the service answered to this object (None before any, and when
         a replayed answer no longer has them)."""
+        self.last_staleness: int | None = None
+        self.send_signs = False
+        """Send each gradient's signs alone, as int8 (an Rprop session's steps depend on nothing else)."""
+        """The ``staleness`` the last contribution to an asynchronous session was applied with (None before any,
+        and for a synchronous round)."""
         self._pending: StepRequest | None = None
 
     # Creating and finding sessions.
@@ -69,6 +80,7 @@ class Session:
         dtype: str | None = None,
         state_dict: Mapping[str, Any] | None = None,
         step: int = 0,
+        aggregation: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> Session:
         """A new session over ``params`` (name -> initial values).
@@ -76,7 +88,9 @@ class Session:
         ``hyperparameters`` take torch's names and defaults; ``param_groups`` (``[{"params": [names],
         **overrides}]``) put each param in one group. ``dtype`` is "float32" or "float64"; by default
         float64 when every param is a float64 array or tensor, else float32. ``state_dict`` (torch's
-        layout) and ``step`` start from a saved state. The request carries ``idempotency_key`` (a fresh
+        layout) and ``step`` start from a saved state. ``aggregation`` (``{"mode": "sync", "workers": 4}``, or
+        ``{"mode": "async", "max_staleness": 2}``; docs/api.md) makes a session that many workers train
+        together, each through ``contribute``. The request carries ``idempotency_key`` (a fresh
         uuid4 by default), the same on every retry, so a creation whose answer was lost is answered with
         the session it made, never a second one.
         """
@@ -95,6 +109,8 @@ class Session:
             document["state_dict"] = state_dict_to_wire(state_dict, numpy_dtype)
         if step:
             document["step"] = step
+        if aggregation is not None:
+            document["aggregation"] = plain(dict(aggregation))
         return cls._created(client, document, idempotency_key)
 
     @classmethod
@@ -145,6 +161,13 @@ class Session:
     @property
     def dtype(self) -> np.dtype[Any]:
         return DTYPES[self.summary["dtype"]]
+
+    @property
+    def aggregation(self) -> dict[str, Any] | None:
+        """How the session aggregates its workers' contributions (``mode`` and its settings); None for an
+        ordinary session, whose every step request is a step."""
+        aggregation: dict[str, Any] | None = self.summary.get("aggregation")
+        return aggregation
 
     @property
     def step_count(self) -> int:
@@ -201,23 +224,72 @@ class Session:
                 return finished
         return self._sent(StepRequest(idempotency_key or str(uuid.uuid4()), body, self.etag, self.step_count))
 
-    def repeats_pending(
-        self, grads: Mapping[str, ArrayLike], *, loss: object = None, idempotency_key: str | None = None
-    ) -> bool:
-        """Whether ``step(grads, loss=..., idempotency_key=...)`` would repeat the pending step (its key, or
-        without one its very grads and loss) rather than be a step of its own."""
-        pending = self._pending
-        return pending is not None and _repeats(pending, self._step_body(grads, loss), idempotency_key)
+    def contribute(
+        self,
+        grads: Mapping[str, ArrayLike],
+        *,
+        worker: str,
+        based_on_step: int,
+        weight: float | None = None,
+        loss: object = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """A worker's contribution to an aggregating session: ``grads`` computed on the params of step
+        ``based_on_step`` (the ``step`` of the answer, or of ``params()``, the worker last saw), counting
+        ``weight`` (by default 1) in its round's weighted mean. Returns every param's values after the step
+        it took part in; ``step_count`` is that step, the ``based_on_step`` of the worker's next contribution.
 
-    def _step_body(self, grads: Mapping[str, ArrayLike], loss: object) -> Body:
-        """The step's body; the same bytes for the same grads and loss, so that a repeat is recognised and
-        its Idempotency-Key replayed."""
+        In a synchronous session this waits until the round closes (following the service's ``202
+        Accepted``, for at most ``client.round_timeout`` seconds: ``RoundTimeoutError``, and the
+        contribution stays pending). In an asynchronous one it is applied at once, and ``last_staleness``
+        says how stale it was. A contribution the session no longer takes (its round closed without it, or
+        it is staler than ``max_staleness``) raises ``RoundMovedOnError``: nothing was stored; read
+        ``params()`` and compute the gradient again.
+
+        The Idempotency-Key (``idempotency_key``, by default a digest of the body) and the body are the same
+        on every retry, and for a worker that sends the same contribution again after a restart: it is
+        answered as the first was, and never counted twice. No If-Match is sent: ``based_on_step`` says
+        which params the gradient belongs to. A pending step or contribution is finished first, as
+        ``step`` does.
+        """
+        contribution = Contribution(worker, based_on_step, weight)
+        body = self._step_body(grads, loss, contribution)
+        pending = self._pending
+        if pending is not None:
+            finished = self._sent(pending)
+            if _repeats(pending, body, idempotency_key):
+                return finished
+        key = idempotency_key or contribution_key(body)
+        return self._sent(StepRequest(key, body, None, based_on_step, contribution=True))
+
+    def repeats_pending(
+        self,
+        grads: Mapping[str, ArrayLike],
+        *,
+        loss: object = None,
+        idempotency_key: str | None = None,
+        contribution: Contribution | None = None,
+    ) -> bool:
+        """Whether ``step(grads, loss=..., idempotency_key=...)`` (with ``contribution``, ``contribute`` with its
+        fields) would repeat the pending request (its key, or without one its very body) rather than be
+        one of its own."""
+        pending = self._pending
+        return pending is not None and _repeats(pending, self._step_body(grads, loss, contribution), idempotency_key)
+
+    def _step_body(
+        self, grads: Mapping[str, ArrayLike], loss: object, contribution: Contribution | None = None
+    ) -> Body:
+        """The step's body; the same bytes for the same grads, loss and contribution fields, so that a repeat is
+        recognised and its Idempotency-Key replayed."""
         dtype = self.dtype
-        document: dict[str, Any] = {
-            "grads": {name: as_array(value, dtype, what=f"grads[{name!r}]") for name, value in grads.items()}
-        }
+        arrays = {name: as_array(value, dtype, what=f"grads[{name!r}]") for name, value in grads.items()}
+        if self.send_signs:
+            arrays = {name: _signs(array, what=f"grads[{name!r}]") for name, array in arrays.items()}
+        document: dict[str, Any] = {"grads": arrays}
         if loss is not None:
             document["loss"] = loss_value(loss)
+        if contribution is not None:
+            document.update(contribution.fields())
         return self.client.encode(document, root="grads")
 
     def resolve_pending(self) -> dict[str, np.ndarray] | None:
@@ -241,19 +313,27 @@ class Session:
                 response_root="params",
                 headers=request.headers,
             )
+            if reply.status == 202:
+                reply = self._round_closed(reply)
         except PreconditionFailedError as refused:
             self._pending = None
             raise self._conflict(request, refused, in_doubt=refused.maybe_applied or was_pending) from refused
         except ResponseExpiredError as expired:
             self._pending = None
+            what = "The contribution was applied" if request.contribution else "The step was applied"
             try:
                 self.refresh()
             except OptimClientError:
-                expired.explain("The step was applied; refresh() reads where the session is now")
+                expired.explain(f"{what}; refresh() reads where the session is now")
             else:
-                expired.explain(
-                    f"The step was applied; this Session now holds the service's state, at step {self.step_count}"
-                )
+                expired.explain(f"{what}; this Session now holds the service's state, at step {self.step_count}")
+            raise
+        except RoundMovedOnError as refused:
+            self._pending = None
+            refused.explain(
+                f"The contribution, computed on the params of step {request.step}, was not stored; the session is at "
+                f"step {refused.current_step}: compute the gradient again on its params (params())"
+            )
             raise
         except NotFoundError:
             self._pending = None
@@ -261,12 +341,25 @@ class Session:
         except OptimClientError as failure:
             if failure.maybe_applied or was_pending:
                 self._pending = request
-                failure.explain(PENDING)
+                failure.explain(CONTRIBUTION_PENDING if request.contribution else PENDING)
             raise
         self._pending = None
         self._remember(reply, {**self.summary, "step": reply.document["step"]})
         self.last_metrics = reply.document.get("metrics")
+        staleness = reply.document.get("staleness")
+        self.last_staleness = staleness if isinstance(staleness, int) else None
         return self._arrays(reply.document["params"])
+
+    def _round_closed(self, accepted: Reply) -> Reply:
+        """The answer of the round a contribution was stored in (``accepted`` is the 202 that said so). A failure
+        while waiting leaves the contribution pending: it is stored, and is applied when its round closes."""
+        try:
+            return round_answer(self.client, accepted)
+        except (ResponseExpiredError, NotFoundError):
+            raise
+        except OptimClientError as failure:
+            failure.maybe_applied = True
+            raise
 
     def _conflict(self, request: StepRequest, refused: PreconditionFailedError, *, in_doubt: bool) -> StepConflictError:
         try:
@@ -370,3 +463,11 @@ def _inferred_dtype(values: Sequence[object]) -> np.dtype[Any]:
     # Not ``dtype == float64``: numpy reads None as float64 there.
     every_one_float64 = dtypes and all(dtype is not None and dtype == DTYPES["float64"] for dtype in dtypes)
     return DTYPES["float64"] if every_one_float64 else DTYPES["float32"]
+
+
+def _signs(array: np.ndarray, *, what: str) -> np.ndarray:
+    """``array``'s signs as int8: -1, 0 or 1 (a quarter of float32's bytes in a safetensors body)."""
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{what} holds NaN or infinite values, which have no sign to send")
+    signs: np.ndarray = np.sign(array).astype(np.int8)
+    return signs

@@ -22,13 +22,15 @@ PENDING = (
 
 @dataclass(frozen=True)
 class StepRequest:
-    """A step as sent, byte for byte: its Idempotency-Key, its body, the ETag it was sent for, and the
-    session's step counter then."""
+    """A step as sent, byte for byte: its Idempotency-Key, its body, the ETag it was sent for (None: no
+    If-Match), and the session's step counter then (a contribution's ``based_on_step``)."""
 
     key: str
     body: Body
     etag: str | None
     step: int
+    contribution: bool = False
+    """Whether it is a worker's contribution to an aggregating session."""
 
     @property
     def headers(self) -> dict[str, str]:

@@ -84,4 +84,6 @@ def summary(meta: SessionMeta) -> dict[str, Any]:
         "updated_at": _timestamp(meta.updated_at),
         "tenant": meta.tenant,
         "aggregation": meta.aggregation,
+        "clip_grad_norm": meta.clip_grad_norm,
+        "nonfinite": meta.nonfinite,
     }

@@ -120,6 +120,28 @@ def _state_dict(spec: AlgorithmSpec[Any, Any], dtype: str) -> Schema:
     }
 
 
+CLIP_GRAD_NORM_SCHEMA: Schema = {
+    "anyOf": [
+        {
+            "type": "object",
+            "properties": {
+                "max_norm": {"type": "number", "minimum": 0},
+                "norm_type": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": "inf"}]},
+            },
+            "required": ["max_norm"],
+            "additionalProperties": False,
+        },
+        {"type": "null"},
+    ],
+    "description": "Clip each step's gradients by their global norm first, as torch.nn.utils.clip_grad_norm_ "
+    "(norm_type 2.0 by default); null for none.",
+}
+NONFINITE_SCHEMA: Schema = {
+    "enum": ["reject", "skip"],
+    "description": "A step with a non-finite gradient: refused (422), or answered unchanged and not applied.",
+}
+
+
 def _create(spec: AlgorithmSpec[Any, Any], dtype: str, *, default_dtype: str) -> Schema:
     dtype_schema: Schema = {"const": dtype, "description": f"Default: {default_dtype}."}
     return {
@@ -151,6 +173,8 @@ def _create(spec: AlgorithmSpec[Any, Any], dtype: str, *, default_dtype: str) ->
                 "anyOf": [ref("SyncAggregation"), ref("AsyncAggregation"), {"type": "null"}],
                 "description": "Data-parallel training: how the session takes its workers' contributions.",
             },
+            "clip_grad_norm": CLIP_GRAD_NORM_SCHEMA,
+            "nonfinite": NONFINITE_SCHEMA,
         },
         "required": ["optimizer", "params"] if dtype == default_dtype else ["optimizer", "params", "dtype"],
         "additionalProperties": False,
@@ -171,10 +195,11 @@ def _patch() -> Schema:
         "items": group_change,
         "description": "One entry for each of the session's groups, in order.",
     }
+    settings = {"clip_grad_norm": CLIP_GRAD_NORM_SCHEMA, "nonfinite": NONFINITE_SCHEMA}
     return {
         "type": "object",
-        "description": "Exactly one of `hyperparameters` (every group) and `param_groups` (group by group), naming "
-        "only the session's optimizer's hyperparameters.",
+        "description": "At most one of `hyperparameters` (every group) and `param_groups` (group by group), naming "
+        "only the session's optimizer's hyperparameters; and the gradient settings to change. At least one field.",
         "oneOf": [
             {
                 "properties": {"hyperparameters": hyperparameters, "param_groups": {"type": "null"}},
@@ -184,8 +209,12 @@ def _patch() -> Schema:
                 "properties": {"hyperparameters": {"type": "null"}, "param_groups": param_groups},
                 "required": ["param_groups"],
             },
+            {
+                "properties": {"hyperparameters": {"type": "null"}, "param_groups": {"type": "null"}},
+                "anyOf": [{"required": ["clip_grad_norm"]}, {"required": ["nonfinite"]}],
+            },
         ],
-        "properties": {"hyperparameters": {}, "param_groups": {}},
+        "properties": {"hyperparameters": {}, "param_groups": {}, **settings},
         "additionalProperties": False,
     }
 

@@ -80,6 +80,10 @@ class CreateSessionRequest(Strict):
     aggregation: dict[str, Any] | None = Field(
         default=None, description="Data-parallel training: how the session takes its workers' contributions."
     )
+    clip_grad_norm: dict[str, Any] | None = Field(
+        default=None, description="Clip each step's gradients by their global norm: {max_norm, norm_type}."
+    )
+    nonfinite: Literal["reject", "skip"] = "reject"
 
 
 class StepRequest(Strict):
@@ -115,11 +119,16 @@ class PatchSessionRequest(Strict):
     param_groups: list[dict[str, Any]] | None = Field(
         default=None, description="One entry of hyperparameters per group, in order."
     )
+    clip_grad_norm: dict[str, Any] | None = Field(default=None, description="null turns clipping off.")
+    nonfinite: Literal["reject", "skip"] | None = None
 
     @model_validator(mode="after")
-    def exactly_one(self) -> "PatchSessionRequest":
-        if (self.hyperparameters is None) == (self.param_groups is None):
-            raise ValueError("give exactly one of 'hyperparameters' and 'param_groups'")
+    def something_to_change(self) -> "PatchSessionRequest":
+        if self.hyperparameters is not None and self.param_groups is not None:
+            raise ValueError("give at most one of 'hyperparameters' and 'param_groups'")
+        settings = self.model_fields_set & {"clip_grad_norm", "nonfinite"}
+        if self.hyperparameters is None and self.param_groups is None and not settings:
+            raise ValueError("give 'hyperparameters', 'param_groups', 'clip_grad_norm' or 'nonfinite'")
         return self
 
 
@@ -140,6 +149,12 @@ class SessionSummary(BaseModel):
     tenant: str = Field(description="The tenant the session belongs to.")
     aggregation: dict[str, Any] | None = Field(
         default=None, description="How a data-parallel session takes contributions; null for an ordinary one."
+    )
+    clip_grad_norm: dict[str, Any] | None = Field(
+        default=None, description="Each step's gradients are clipped by their global norm first; null for none."
+    )
+    nonfinite: Literal["reject", "skip"] = Field(
+        default="reject", description="A step with a non-finite gradient: refused, or answered and not applied."
     )
 
 
@@ -189,6 +204,10 @@ class StepResponse(Params):
     staleness: int | None = Field(
         default=None, description="An asynchronous session's step: the staleness it was applied with."
     )
+    skipped: bool | None = Field(
+        default=None,
+        description="true: the gradients were not finite and the session skips such steps; nothing was applied.",
+    )
 
 
 class RoundPending(BaseModel):
@@ -226,6 +245,8 @@ class Checkpoint(BaseModel):
     state_dict: StateDict
     step: int
     aggregation: dict[str, Any] | None = None
+    clip_grad_norm: dict[str, Any] | None = None
+    nonfinite: Literal["reject", "skip"] = "reject"
 
 
 class Status(BaseModel):

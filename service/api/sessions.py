@@ -166,6 +166,8 @@ async def create_session(
             else state_dict_from_json(create.state_dict, loc=("body", "state_dict")),  # type: ignore[arg-type]
             step=create.step,
             aggregation=create.aggregation,
+            clip_grad_norm=create.clip_grad_norm,
+            nonfinite=create.nonfinite,
         )
         return service.answer(
             {**summary(meta), "params": params},
@@ -257,6 +259,9 @@ async def patch_session(
             session_id=session_id,
             hyperparameters=patch.hyperparameters,
             param_groups=patch.param_groups,
+            gradient_settings={
+                key: getattr(patch, key) for key in ("clip_grad_norm", "nonfinite") if key in patch.model_fields_set
+            },
             expected_versions=expected_versions(if_match),
         )
         return service.answer(summary(meta), version=meta.version)
@@ -373,6 +378,8 @@ async def step_session(session_id: str, request: Request) -> Response:
             answer: dict[str, Any] = {"step": outcome.step, "params": outcome.params, "metrics": outcome.metrics}
             if outcome.staleness is not None:
                 answer["staleness"] = outcome.staleness
+            if outcome.skipped:
+                answer["skipped"] = True
             return service.answer(answer, media_type=answer_as, root="params", version=outcome.version)
 
     answered = await run_in_threadpool(run)

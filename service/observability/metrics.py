@@ -30,8 +30,9 @@ UNMATCHED = "unmatched"
 UNKNOWN_OPTIMIZER = "unknown"
 """The optimizer label of a step refused before its session was read (no key, no such session, a bad body)."""
 
-OUTCOMES = ("ok", "replayed", "conflict", "rejected", "error")
-"""A step's outcome: applied; answered again with its Idempotency-Key's first response; refused because of
+OUTCOMES = ("ok", "replayed", "skipped", "conflict", "rejected", "error")
+"""A step's outcome: applied; answered again with its Idempotency-Key's first response; answered without
+being applied (non-finite gradients, on a session that skips them); refused because of
 the session's or the key's state (409, 412, or a key reused with another body); refused for anything else
 the client sent (4xx); failed on the server's side (5xx)."""
 REASONS: dict[str, str] = {
@@ -120,6 +121,11 @@ class StepMetrics:
         if facts is not None:
             facts.replayed, facts.step = True, step
 
+    def step_skipped(self) -> None:
+        facts = current_facts.get()
+        if facts is not None:
+            facts.skipped = True
+
     def step_applied(self, *, step: int, seconds: float, commit_seconds: float) -> None:
         STEP_DURATION.observe(seconds)
         COMMIT_DURATION.observe(commit_seconds)
@@ -141,7 +147,7 @@ def rejection_reason(status: int, problem: str | None) -> str:
 
 def step_outcome(status: int, facts: RequestFacts) -> str:
     if status < 400:
-        return "replayed" if facts.replayed else "ok"
+        return "replayed" if facts.replayed else "skipped" if facts.skipped else "ok"
     if status >= 500 or status == 0:
         return "error"
     return "conflict" if rejection_reason(status, facts.problem) == "conflict" else "rejected"

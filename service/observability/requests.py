@@ -17,6 +17,8 @@ class RequestFacts:
     optimizer: str | None = None
     """The optimizer of the session a step held."""
     replayed: bool = False
+    skipped: bool = False
+    """A step answered without being applied (non-finite gradients, on a session that skips them)."""
     """Answered with the first response of its Idempotency-Key."""
     step: int | None = None
     """The step a step request applied (or replayed)."""

@@ -17,6 +17,10 @@ class Observer(Protocol):
         ``step``."""
         ...
 
+    def step_skipped(self) -> None:
+        """A step of non-finite gradients was answered without being applied (the session's ``nonfinite``)."""
+        ...
+
     def step_applied(self, *, step: int, seconds: float, commit_seconds: float) -> None:
         """A step was applied and committed as ``step``: in ``seconds`` from asking for the session (a wait for
         another request's hold included) to the end of its commit, of which the commit took ``commit_seconds``."""
@@ -30,6 +34,9 @@ class Unobserved:
         pass
 
     def replayed(self, step: int) -> None:
+        pass
+
+    def step_skipped(self) -> None:
         pass
 
     def step_applied(self, *, step: int, seconds: float, commit_seconds: float) -> None:

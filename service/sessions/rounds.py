@@ -21,6 +21,7 @@ from optim_core.checks import all_finite
 from service.sessions.aggregation import Contribution as ContributionFields
 from service.sessions.arrays_blob import pack, pack_buffers, unpack
 from service.sessions.errors import ContributionChanged, InvalidRequest, RoundMovedOn
+from service.sessions.gradient_settings import prepared_grads
 from service.sessions.idempotency import Retention
 from service.sessions.optimizers import core_error
 from service.sessions.step_metrics import kept_metrics, step_metrics
@@ -130,8 +131,9 @@ class RoundCloser:
             parts.append((fresh[0].worker, fresh[0].weight, fresh[1]))
             everyone.append(fresh[0])
         mean = weighted_mean(parts, dtypes)
+        prepared = prepared_grads(mean, dtype=meta.dtype, clip_settings=meta.clip_grad_norm, nonfinite="reject")
         try:
-            telemetry = optimizer.measured_step(mean)
+            telemetry = optimizer.measured_step(prepared.grads)
         except OptimCoreError as error:
             raise core_error(error, "body") from None
         state = optimizer.state_dict_arrays(copy=False)["state"]
@@ -146,6 +148,8 @@ class RoundCloser:
         )
         opened = min(c.created_at for c in everyone)
         metrics = step_metrics(telemetry, _round_loss(everyone))
+        if prepared.clip is not None:
+            metrics["clip"] = prepared.clip
         metrics["round"] = {
             "contributors": len(everyone),
             "total_weight": sum(c.weight for c in sorted(everyone, key=lambda c: c.worker)),

@@ -42,10 +42,12 @@ from service.sessions.errors import (
     RoundNotFound,
     SessionNotFound,
 )
+from service.sessions.gradient_settings import checked_clip_grad_norm, checked_nonfinite, prepared_grads
 from service.sessions.idempotency import Retention
 from service.sessions.observer import Observer, Unobserved
 from service.sessions.optimizers import build_optimizer, core_error, summary_groups
 from service.sessions.rounds import RoundCloser, casted_grads, due, joined, moved_on, seconds_until_due
+from service.sessions.sign_grads import sign_grads_cast
 from service.sessions.step_metrics import (
     MAX_METRICS_PAGE,
     history_item,
@@ -100,6 +102,8 @@ class StepOutcome:
     """The answer is not in this outcome: it is round ``round``'s (``Sessions.round``), still open or closed before."""
     staleness: int | None = None
     """Of an asynchronous session's step: the staleness it was applied with."""
+    skipped: bool = False
+    """A step of non-finite gradients on a session whose ``nonfinite`` is "skip": answered, not applied."""
 
 
 @dataclass(frozen=True)
@@ -282,6 +286,8 @@ class Sessions:
         idempotency_key: str | None = None,
         request_hash: str = "",
         aggregation: object = None,
+        clip_grad_norm: object = None,
+        nonfinite: object = "reject",
     ) -> tuple[SessionMeta, dict[str, np.ndarray]]:
         """A new session of ``optimizer`` over ``params`` (already of ``dtype``), from ``state_dict`` if given,
         for the caller's tenant. With ``idempotency_key``, a retry answers the session the first one made."""
@@ -312,6 +318,8 @@ class Sessions:
                 raise InvalidRequest(("body", "hyperparameters", key), f"unknown hyperparameter {key!r}")
         groups = _checked_groups(param_groups, params)
         aggregating = checked_aggregation(aggregation)
+        clipping = checked_clip_grad_norm(clip_grad_norm)
+        policy = checked_nonfinite(nonfinite)
         try:
             built = build_optimizer(optimizer, params, groups, hyperparameters)
         except OptimCoreError as error:
@@ -336,6 +344,8 @@ class Sessions:
             tenant=caller.tenant,
             stored_bytes=_array_bytes(built.params, built.state_dict_arrays(copy=False)["state"]),
             aggregation=aggregating,
+            clip_grad_norm=clipping,
+            nonfinite=policy,
         )
         creation = None
         if idempotency_key is not None:
@@ -418,14 +428,25 @@ class Sessions:
         hyperparameters: dict[str, Any] | None,
         param_groups: list[dict[str, Any]] | None,
         expected_versions: Versions,
+        gradient_settings: Mapping[str, Any] | None = None,
     ) -> SessionMeta:
-        """Change hyperparameters, of every group or group by group; they apply from the next step."""
+        """Change hyperparameters, of every group or group by group, and the gradient settings given
+        (``clip_grad_norm``, ``nonfinite``); they apply from the next step."""
         _require_well_formed(session_id)
+        changes: dict[str, Any] = {}
+        if gradient_settings and "clip_grad_norm" in gradient_settings:
+            changes["clip_grad_norm"] = checked_clip_grad_norm(gradient_settings["clip_grad_norm"])
+        if gradient_settings and "nonfinite" in gradient_settings:
+            changes["nonfinite"] = checked_nonfinite(gradient_settings["nonfinite"])
         with self._held(session_id) as locked:
             _check_access(locked.meta, caller)
             _require_match(expected_versions, locked.meta.version)
-            groups = _merged_groups(locked.meta, hyperparameters, param_groups)
-            meta = replace(locked.meta, param_groups=groups, version=locked.meta.version + 1, updated_at=_now())
+            groups = locked.meta.param_groups
+            if hyperparameters is not None or param_groups is not None:
+                groups = _merged_groups(locked.meta, hyperparameters, param_groups)
+            meta = replace(
+                locked.meta, param_groups=groups, version=locked.meta.version + 1, updated_at=_now(), **changes
+            )
             locked.save(meta, None)
         optimizer = self._cache.take(session_id, meta.version - 1)
         if optimizer is not None:
@@ -545,6 +566,7 @@ class Sessions:
         with self._held(session_id, idempotency_key=idempotency_key, cached_version=cached_version) as locked:
             _check_access(locked.meta, caller)
             self._observer.step_held(locked.meta.optimizer)
+            grads = sign_grads_cast(grads, optimizer=locked.meta.optimizer, dtype=locked.meta.dtype)
             aggregation = locked.meta.aggregation
             checked_contribution(aggregation, contribution)
             record = locked.record
@@ -611,8 +633,17 @@ class Sessions:
             raise StaleAssumption(f"If-Match failed before the record of {idempotency_key!r} was read")
         _require_match(expected_versions, locked.meta.version)
         optimizer = self._optimizer(locked)
+        prepared = prepared_grads(
+            grads, dtype=locked.meta.dtype, clip_settings=locked.meta.clip_grad_norm, nonfinite=locked.meta.nonfinite
+        )
+        if prepared.skipped:
+            self._observer.step_skipped()
+            skipped = StepOutcome(
+                step=locked.meta.step, version=locked.meta.version, params=optimizer.params, metrics=None, skipped=True
+            )
+            return skipped, optimizer
         try:
-            telemetry = optimizer.measured_step(grads)
+            telemetry = optimizer.measured_step(prepared.grads)
         except OptimCoreError as error:
             raise core_error(error, "body") from None
         state = optimizer.state_dict_arrays(copy=False)["state"]
@@ -636,6 +667,8 @@ class Sessions:
                 key=idempotency_key, request_hash=request_hash, step=meta.step, version=meta.version, params=params
             )
         metrics = step_metrics(telemetry, loss)
+        if prepared.clip is not None:
+            metrics["clip"] = prepared.clip
         if staleness is not None:
             metrics["staleness"] = staleness
         locked.save(
@@ -877,6 +910,8 @@ class Sessions:
             "state_dict": optimizer.state_dict_arrays(),
             "step": meta.step,
             "aggregation": meta.aggregation,
+            "clip_grad_norm": meta.clip_grad_norm,
+            "nonfinite": meta.nonfinite,
         }
 
     def load_state_dict(

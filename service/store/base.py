@@ -30,6 +30,10 @@ class SessionMeta:
     aggregation: dict[str, Any] | None = None
     """How a data-parallel session takes its workers' contributions (``sessions/aggregation.py``); None for
     an ordinary session, each of whose step requests is a step."""
+    clip_grad_norm: dict[str, Any] | None = None
+    """``{"max_norm", "norm_type"}``: each step's gradients are clipped by their global norm first."""
+    nonfinite: str = "reject"
+    """What a step with a non-finite gradient does: "reject" (422) or "skip" (answered, not applied)."""
 
 
 @dataclass(frozen=True)

@@ -130,8 +130,9 @@ log = logging.getLogger(__name__)
 
 
 def _save_statement(*, groups: bool, arrays: bool) -> sa.Update:
-    """The UPDATE that saves a held session: always its step, version and update time; its param
-    groups only when they changed (a step leaves them, and they are JSON to encode); its arrays if given."""
+    """The UPDATE that saves a held session: always its step, version and update time; its settings
+    (param groups, gradient settings) only when they changed (a step leaves them, and they are JSON to
+    encode); its arrays if given."""
     values: dict[str, Any] = {
         "step": sa.bindparam("new_step"),
         "version": sa.bindparam("new_version"),
@@ -139,6 +140,8 @@ def _save_statement(*, groups: bool, arrays: bool) -> sa.Update:
     }
     if groups:
         values["param_groups"] = sa.bindparam("new_param_groups", type_=sa.JSON)
+        values["clip_grad_norm"] = sa.bindparam("new_clip_grad_norm", type_=sa.JSON)
+        values["nonfinite"] = sa.bindparam("new_nonfinite", type_=sa.String)
     if arrays:
         values["arrays"] = sa.bindparam("new_arrays", type_=sa.LargeBinary)
         values["arrays_slot"] = sa.bindparam("new_arrays_slot", type_=sa.SmallInteger)
@@ -151,7 +154,7 @@ SAVE = {
     for groups in (False, True)
     for arrays in (False, True)
 }
-"""By (param groups changed, arrays given)."""
+"""By (settings changed, arrays given)."""
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,8 @@ def _meta(row: sa.Row[Any]) -> SessionMeta:
         tenant=row.tenant,
         stored_bytes=row.stored_bytes,
         aggregation=row.aggregation,
+        clip_grad_norm=row.clip_grad_norm,
+        nonfinite=row.nonfinite,
     )
 
 
@@ -403,9 +408,15 @@ class _Held:
             "new_version": meta.version,
             "new_updated_at": meta.updated_at,
         }
-        groups_changed = meta.param_groups != self.meta.param_groups
+        groups_changed = (meta.param_groups, meta.clip_grad_norm, meta.nonfinite) != (
+            self.meta.param_groups,
+            self.meta.clip_grad_norm,
+            self.meta.nonfinite,
+        )
         if groups_changed:
             values["new_param_groups"] = meta.param_groups
+            values["new_clip_grad_norm"] = meta.clip_grad_norm
+            values["new_nonfinite"] = meta.nonfinite
         if arrays is not None:
             if self.trusted and self._placement.goes_to_a_file(arrays):
                 # The slot a file write must spare is the committed one, which only a read can tell.
@@ -1034,4 +1045,6 @@ def _row_values(meta: SessionMeta) -> dict[str, Any]:
         "tenant": meta.tenant,
         "stored_bytes": meta.stored_bytes,
         "aggregation": meta.aggregation,
+        "clip_grad_norm": meta.clip_grad_norm,
+        "nonfinite": meta.nonfinite,
     }

@@ -25,6 +25,8 @@ sessions = sa.Table(
     sa.Column("tenant", sa.String(64), nullable=False, server_default=DEFAULT_TENANT),
     sa.Column("stored_bytes", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("aggregation", sa.JSON, nullable=True),
+    sa.Column("clip_grad_norm", sa.JSON, nullable=True),
+    sa.Column("nonfinite", sa.String(16), nullable=False, server_default="reject"),
     sa.Index("sessions_by_creation", "created_at", "id"),
     sa.Index("sessions_by_tenant", "tenant", "created_at", "id"),
 )

@@ -29,16 +29,22 @@ def parse_json_object(body: bytes | memoryview) -> dict[str, Any]:
     return value
 
 
+SIGNS = np.dtype(np.int8)
+
+
 def array_from_json(
     value: object, *, loc: Loc, dtype: np.dtype[Any] | None = None, check_finite: bool = True
 ) -> np.ndarray:
-    """A number or nested lists of numbers (or a float array) as a finite float array.
+    """A number or nested lists of numbers (or a float array) as a finite float array; an int8 array (signs,
+    from a safetensors body) as it is.
 
     The result has ``dtype``, else the array's own float dtype, else float64. Without
     ``check_finite`` it may hold NaN or infinities: for arrays the core checks anyway.
     """
     if isinstance(value, bool):
         raise InvalidValue(loc, NOT_NUMBERS)
+    if dtype is None and isinstance(value, np.ndarray) and value.dtype == SIGNS:
+        return value  # a safetensors gradient of signs, which only an Rprop session takes (sessions/sign_grads.py)
     if isinstance(value, list):
         check_nested_numbers(value, loc)
     try:

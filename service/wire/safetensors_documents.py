@@ -20,6 +20,8 @@ from service.wire.nesting import AT_MOST_DIMENSIONS, MAX_ARRAY_DIMENSIONS
 from service.wire.safetensors_file import MalformedFile, Unsupported, dump_buffers, read
 
 FLOAT_DTYPES = (np.dtype("<f4"), np.dtype("<f8"))
+SIGN_DTYPE = np.dtype("i1")
+"""A step's gradients may also be signs (Rprop: ``sessions/sign_grads.py``)."""
 NAME_MAPS = ("params", "grads")
 IGNORED_METADATA = ("format",)
 """Written by some safetensors writers (torch's adds ``format: pt``); it carries nothing for us."""
@@ -40,8 +42,10 @@ def read_safetensors(
         dtype = tensor.dtype
         if isinstance(tensor, Unsupported) and len(tensor.shape) > MAX_ARRAY_DIMENSIONS:
             raise InvalidValue(loc, f"tensor {name!r} has {len(tensor.shape)} dimensions; {AT_MOST_DIMENSIONS}")
-        if isinstance(tensor, Unsupported) or dtype not in FLOAT_DTYPES:
-            raise InvalidValue(loc, f"tensor {name!r} has dtype {dtype}; send float32 or float64")
+        signs = root == "grads" and dtype == SIGN_DTYPE
+        if isinstance(tensor, Unsupported) or (dtype not in FLOAT_DTYPES and not signs):
+            also = " (or int8 signs, for Rprop)" if root == "grads" else ""
+            raise InvalidValue(loc, f"tensor {name!r} has dtype {dtype}; send float32 or float64{also}")
         arrays[name] = tensor
     return arrays, metadata
 

@@ -38,6 +38,8 @@ SUMMARY_KEYS = {
     "updated_at",
     "tenant",
     "aggregation",
+    "clip_grad_norm",
+    "nonfinite",
 }
 RPROP_KEYS = ["lr", "etas", "step_sizes", "foreach", "maximize", "differentiable", "capturable"]
 RMSPROP_KEYS = [

@@ -33,7 +33,17 @@ pytestmark = pytest.mark.usefixtures("transport")
 
 SHAPES: dict[str, tuple[int, ...]] = {"w": (2, 3), "b": (3,), "s": ()}
 DTYPES = ["float32", "float64"]
-CHECKPOINT_KEYS = {"optimizer", "dtype", "params", "param_groups", "state_dict", "step", "aggregation"}
+CHECKPOINT_KEYS = {
+    "optimizer",
+    "dtype",
+    "params",
+    "param_groups",
+    "state_dict",
+    "step",
+    "aggregation",
+    "clip_grad_norm",
+    "nonfinite",
+}
 
 # (optimizer, extra create fields) — per-group hyperparameters, and RMSprop with momentum + centered.
 CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -38,6 +38,20 @@ def test_linear_regression_shows_the_services_rprop_loss_curve_is_torchs(server:
     assert "identical: 30 losses and the final weights, bit for bit" in result.stdout
 
 
+def test_data_parallel_trains_with_worker_processes_and_ends_where_the_single_process_replay_does(
+    server: Server,
+) -> None:
+    pytest.importorskip("torch", reason="the data-parallel example trains a torch model")
+    result = run_example("data_parallel.py", "--url", server.base_url, "--workers", "3", "--steps", "12")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if re.match(r"\s*\d+\s", line)]
+    assert [int(row[0]) for row in rows] == list(range(1, 13))
+    assert float(rows[-1][1]) < float(rows[0][1])
+    assert "identical: the service's params after 12 rounds of 3 workers, every worker's, and the single-process" in (
+        result.stdout
+    )
+
+
 def test_anisotropic_prints_each_epoch_and_descends_without_torch(server: Server) -> None:
     result = run_example("anisotropic.py", "--url", server.base_url, "--epochs", "40")
     assert result.returncode == 0, result.stdout + result.stderr
