@@ -28,21 +28,33 @@ from tests.e2e.data_parallel.runs import (
 from tests.e2e.server_process import ServerFactory
 
 ROUNDS = 30
-DTYPE = "float32"
 
 
-@pytest.mark.parametrize("optimizer", ["rprop", "rmsprop"])
+@pytest.mark.parametrize(
+    ("optimizer", "dtype"),
+    [("rprop", "float32"), ("rmsprop", "float32"), ("rmsprop", "float64")],
+    ids=["rprop", "rmsprop", "rmsprop-float64"],
+)
 def test_four_workers_train_as_one_process_stepping_with_the_weighted_mean_of_each_round(
-    server_factory: ServerFactory, tmp_path: Path, optimizer: str
+    server_factory: ServerFactory, tmp_path: Path, optimizer: str, dtype: str
 ) -> None:
+    """In float64 the order of the reduction's additions shows in the bits (in float32 the cast hides it)."""
     server = server_factory(workers=2)
-    initial = initial_params(DTYPE)
+    initial = initial_params(dtype)
     session = create_session(
-        server.base_url, optimizer=optimizer, params=initial, aggregation={"mode": "sync", "workers": 4}
+        server.base_url, optimizer=optimizer, params=initial, aggregation={"mode": "sync", "workers": 4}, dtype=dtype
     )
 
-    urls = [server.base_url]
-    with Team(tmp_path / "run", base_urls=urls, session=session, specs=FOUR_WORKERS, mode="sync", steps=ROUNDS) as team:
+    team = Team(
+        tmp_path / "run",
+        base_urls=[server.base_url],
+        session=session,
+        specs=FOUR_WORKERS,
+        mode="sync",
+        dtype=dtype,
+        steps=ROUNDS,
+    )
+    with team:
         team.start()
         team.wait()
         journals = team.journals()
@@ -53,10 +65,10 @@ def test_four_workers_train_as_one_process_stepping_with_the_weighted_mean_of_ea
     for round_number, entries in rounds.items():
         assert sorted(entry.sent.worker for entry in entries) == sorted(spec.name for spec in FOUR_WORKERS)
         assert_round_answered_alike(round_number, entries)
-    replay = Replay(optimizer, HYPERPARAMETERS[optimizer], initial, DTYPE)
+    replay = Replay(optimizer, HYPERPARAMETERS[optimizer], initial, dtype)
     replay_rounds(replay, rounds, initial)
 
     assert session_document(server.base_url, session)["step"] == ROUNDS
     final = session_document(server.base_url, session, "/params")
     assert final["step"] == ROUNDS
-    replay.assert_holds(params_of(final, DTYPE), "GET params")
+    replay.assert_holds(params_of(final, dtype), "GET params")
