@@ -4,6 +4,7 @@ refusals of stale contributions, and aggregation in the summary and the checkpoi
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,10 @@ def _contribution(grads: dict[str, np.ndarray], worker: str, based_on_step: int,
         "based_on_step": based_on_step,
         "weight": weight,
     }
+
+
+def _round_not_found(response: Any) -> None:
+    assert assert_problem(response, 404)["type"].endswith("round-not-found"), response.text
 
 
 def _problem_moved_on(response: Any, current_step: int) -> None:
@@ -166,8 +171,8 @@ def test_a_retry_by_the_same_worker_with_another_body_is_422_and_changes_nothing
         client, session_id, {"worker": "rank3", "based_on_step": "0", "weight": "2"}
     )
 
-    assert_problem(other_weight, 422)
-    assert_problem(other_transport, 422)
+    for response in (other_weight, other_transport):
+        assert assert_problem(response, 422)["type"].endswith("contribution-changed"), response.text
     assert params(client, session_id) == before
     if not closed:
         assert open_round(client, session_id, 0)["contributions"] == 1
@@ -178,7 +183,7 @@ def test_rounds_answer_202_while_open_200_once_closed_and_404_ahead_of_the_sessi
 
     empty = open_round(client, session_id, 0)
     assert empty == {"round": 0, "contributions": 0, "workers": 2, "closed": False}
-    assert round_state(client, session_id, 1).status_code == 404
+    _round_not_found(round_state(client, session_id, 1))
     contribute_json(client, session_id, {"worker": "a", "based_on_step": 0})
     assert open_round(client, session_id, 0) == {"round": 0, "contributions": 1, "workers": 2, "closed": False}
     closing = contribute_json(client, session_id, {"worker": "b", "based_on_step": 0})
@@ -188,7 +193,7 @@ def test_rounds_answer_202_while_open_200_once_closed_and_404_ahead_of_the_sessi
     assert closed.status_code == 200
     assert strict_json(closed.content) == strict_json(closing.content)
     assert open_round(client, session_id, 1)["contributions"] == 0
-    assert_problem(round_state(client, session_id, 2), 404)
+    _round_not_found(round_state(client, session_id, 2))
 
 
 @pytest.mark.parametrize("based_on_step", [0, 2], ids=["behind", "ahead"])
@@ -289,3 +294,69 @@ def test_a_retry_whose_rounds_answer_is_gone_is_409_round_answer_expired_and_app
     assert params(client, session_id) == before
     polled = assert_problem(round_state(client, session_id, 0), 409)
     assert polled["type"].endswith("round-answer-expired"), polled
+
+
+@pytest.mark.parametrize("aggregation", [None, ASYNC], ids=["ordinary", "async"])
+def test_a_session_without_rounds_has_no_round_to_get(client: TestClient, aggregation: dict[str, Any] | None) -> None:
+    session_id = create(client, aggregation)
+
+    _round_not_found(round_state(client, session_id, 0))
+
+
+def test_a_round_short_of_min_workers_stays_open_past_its_timeout_and_closes_with_the_next_contribution(
+    client: TestClient,
+) -> None:
+    timeout_s = 0.5
+    session_id = create(client, {"mode": "sync", "workers": 3, "min_workers": 2, "timeout_s": timeout_s})
+    assert contribute_json(client, session_id, {"worker": "a", "based_on_step": 0}).status_code == 202
+    time.sleep(timeout_s)  # the round's timeout passes with one contribution in, fewer than min_workers
+
+    assert open_round(client, session_id, 0)["contributions"] == 1
+    closing = contribute_json(client, session_id, {"worker": "b", "based_on_step": 0})
+
+    assert closing.status_code == 200, closing.text
+    telemetry = strict_json(closing.content)["metrics"]["round"]
+    assert telemetry["contributors"] == 2
+    assert telemetry["wait_s"] >= timeout_s
+    assert summary(client, session_id)["step"] == 1
+
+
+def test_a_sync_contribution_ignores_if_match_and_an_async_one_honours_it(client: TestClient) -> None:
+    sync_id = create(client, {"mode": "sync", "workers": 1})
+    async_id = create(client, ASYNC)
+    stale = {"If-Match": '"999"'}
+
+    sync_answer = contribute_json(client, sync_id, {"worker": "a", "based_on_step": 0}, **stale)
+    async_answer = contribute_json(client, async_id, {"worker": "a", "based_on_step": 0}, **stale)
+
+    assert sync_answer.status_code == 200, sync_answer.text
+    assert_problem(async_answer, 412)
+    assert summary(client, async_id)["step"] == 0
+
+
+def test_an_async_contribution_retried_with_its_idempotency_key_gets_the_first_answer_and_applies_nothing(
+    client: TestClient,
+) -> None:
+    session_id = create(client, ASYNC)
+    key = {"Idempotency-Key": "async-1"}
+
+    first = contribute_json(client, session_id, {"worker": "a", "based_on_step": 0}, **key)
+    again = contribute_json(client, session_id, {"worker": "a", "based_on_step": 0}, **key)
+
+    assert first.status_code == again.status_code == 200
+    assert strict_json(again.content) == strict_json(first.content)
+    assert summary(client, session_id)["step"] == 1
+
+
+def test_a_non_finite_contribution_to_a_round_is_422_even_where_steps_skip_them_and_is_not_stored(
+    client: TestClient,
+) -> None:
+    session_id = create(client, {"mode": "sync", "workers": 1}, nonfinite="skip")
+    before = params(client, session_id)
+    overflowing = {"grads": {"w": [[1e39, 0.0, 0.0], [0.0, 0.0, 0.0]]}, "worker": "a", "based_on_step": 0}
+
+    response = send(client, "POST", f"/v1/sessions/{session_id}/step", overflowing)
+
+    assert_problem(response, 422)
+    assert params(client, session_id) == before
+    assert contribute_json(client, session_id, {"worker": "a", "based_on_step": 0}).status_code == 200
