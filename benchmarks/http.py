@@ -104,12 +104,15 @@ class BareHttp:
     """One keep-alive HTTP/1.1 connection that sends prebuilt requests and reads whole responses:
     a client that costs next to nothing beside the server it measures."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, timeout: float | None = None) -> None:
+        """``timeout``: the longest any one send or receive may block (None: forever), so that a server
+        that never answers fails the benchmark rather than hanging it."""
         host, port = base.removeprefix("http://").split(":")
-        self._socket = socket.create_connection((host, int(port)))
+        self._socket = socket.create_connection((host, int(port)), timeout=timeout)
         self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def round_trip(self, request: bytes) -> bytearray:
+    def round_trip(self, request: bytes, status: int = 200) -> bytearray:
+        """Send ``request`` and read the whole response, which must have ``status``; its body."""
         self._socket.sendall(request)
         received = b""
         while b"\r\n\r\n" not in received:
@@ -119,8 +122,6 @@ class BareHttp:
             received += chunk
         head, _, rest = received.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
-        if not lines[0].startswith(b"HTTP/1.1 200"):
-            raise RuntimeError(f"answered {lines[0]!r}")
         length = next(int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:"))
         body = bytearray(length)
         body[: len(rest)] = rest
@@ -130,6 +131,8 @@ class BareHttp:
             if not count:
                 raise ConnectionError("the server closed the connection")
             filled += count
+        if not lines[0].startswith(f"HTTP/1.1 {status}".encode()):
+            raise RuntimeError(f"answered {lines[0]!r}: {bytes(body[:2000])!r}")
         return body
 
     def close(self) -> None:

@@ -63,7 +63,8 @@ class RemoteRMSprop(RemoteOptimizer):
     """torch.optim.RMSprop (torch 2.13's numbers, to the rounding of its fused multiply-adds), kept on the service.
 
     Same signature and defaults as torch, plus the ``client`` (and ``aggregation``, for a session many workers
-    train together; they join it with ``RemoteRMSprop.attach``)::
+    train together; they join it with ``RemoteRMSprop.attach``), and ``eps_in_sqrt`` (not torch's: eps inside
+    the square root, ``g / sqrt(v + eps)``, as Keras, TF1 and older Lucid define it)::
 
         optimizer = RemoteRMSprop(model.named_parameters(), lr=0.01, momentum=0.9, client=client)
     """
@@ -86,8 +87,9 @@ class RemoteRMSprop(RemoteOptimizer):
         *,
         client: Client,
         aggregation: Mapping[str, Any] | None = None,
+        eps_in_sqrt: bool = False,
     ) -> None:
-        defaults = {
+        defaults: dict[str, Any] = {
             "lr": lr,
             "momentum": momentum,
             "alpha": alpha,
@@ -99,4 +101,7 @@ class RemoteRMSprop(RemoteOptimizer):
             "maximize": maximize,
             "differentiable": differentiable,
         }
+        if eps_in_sqrt:
+            # Not torch's: eps inside the square root (Keras, TF1, older Lucid); in the groups only when on.
+            defaults["eps_in_sqrt"] = True
         super().__init__(params, defaults, client=client, aggregation=aggregation)

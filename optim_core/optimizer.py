@@ -104,9 +104,9 @@ class Optimizer(Generic[H, S]):
         hyperparameters: Mapping[str, object] | None = None,
     ) -> None:
         self.spec = spec
-        hyperparameters = {**spec.defaults, **(hyperparameters or {})}
+        hyperparameters = {**spec.all_defaults, **(hyperparameters or {})}
         for key in hyperparameters:
-            if key not in spec.defaults:
+            if key not in spec.all_defaults:
                 raise InvalidHyperparameterError(f"unknown hyperparameter {key!r}", loc=(key,))
         with _located():
             self._parse_hyperparams(hyperparameters)
@@ -118,7 +118,7 @@ class Optimizer(Generic[H, S]):
         for index, group_spec in enumerate(group_specs):
             overrides = {key: value for key, value in group_spec.items() if key != "params"}
             for key in overrides:
-                if key not in self.defaults:
+                if key not in self.spec.all_defaults:
                     raise InvalidHyperparameterError(
                         f"unknown hyperparameter {key!r} in param_groups[{index}]",
                         loc=("param_groups", index, key),
@@ -294,7 +294,7 @@ class Optimizer(Generic[H, S]):
             _require_keys(
                 group,
                 required={*self.defaults, "params"},
-                allowed={*self.defaults, "params"},
+                allowed={*self.spec.all_defaults, "params"},
                 loc=("param_groups", index),
             )
             if list(group["params"]) != names:
@@ -338,7 +338,10 @@ class Optimizer(Generic[H, S]):
         for index, (saved, names) in enumerate(zip(saved_groups, self._group_names, strict=True)):
             loc: Loc = ("param_groups", index)
             _require_keys(
-                saved, required={*self.defaults, "params"}, allowed={*self.defaults, "params", "param_names"}, loc=loc
+                saved,
+                required={*self.defaults, "params"},
+                allowed={*self.spec.all_defaults, "params", "param_names"},
+                loc=loc,
             )
             ids = saved["params"]
             if not _is_list(ids) or not all(_is_whole_number(i) for i in ids):
@@ -355,7 +358,7 @@ class Optimizer(Generic[H, S]):
                 if param_id in names_by_id:
                     raise InvalidStateDictError(f"param index {param_id} is listed twice", loc=(*loc, "params"))
                 names_by_id[param_id] = name
-            filled = {**self.defaults, **{key: value for key, value in saved.items() if key != "param_names"}}
+            filled = {**self.spec.all_defaults, **{key: value for key, value in saved.items() if key != "param_names"}}
             with _located(*loc):
                 hyperparams = self._parse_hyperparams(filled)
             groups.append({**hyperparams.to_group(), "params": list(names)})

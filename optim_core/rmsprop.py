@@ -59,6 +59,9 @@ DEFAULTS: Mapping[str, object] = {
     "differentiable": False,
 }
 """torch's group keys for RMSprop, in torch's order, with its defaults."""
+EXTENSIONS: Mapping[str, object] = {"eps_in_sqrt": False}
+"""Ours: ``eps_in_sqrt`` puts eps inside the square root, ``g / sqrt(v + eps)``, as Keras, TF1 and older
+Lucid define RMSprop (torch, the default, puts it outside). In a group only when true."""
 
 HYPERPARAMETER_SCHEMAS: Mapping[str, Mapping[str, object]] = {
     "lr": number_at_least_zero_schema("the learning rate"),
@@ -71,6 +74,9 @@ HYPERPARAMETER_SCHEMAS: Mapping[str, Mapping[str, object]] = {
     "foreach": optional_flag_schema(IMPLEMENTATION_FLAG),
     "maximize": flag_schema("maximize the objective rather than minimize it"),
     "differentiable": flag_schema(IMPLEMENTATION_FLAG),
+    "eps_in_sqrt": flag_schema(
+        "not torch's: put eps inside the square root, g / sqrt(v + eps) (Keras, TF1, older Lucid); false by default"
+    ),
 }
 """What ``RMSpropHyperparams.from_group`` accepts for each key, as JSON Schema."""
 
@@ -87,10 +93,12 @@ class RMSpropHyperparams:
     foreach: bool | None
     maximize: bool
     differentiable: bool
+    eps_in_sqrt: bool = False
 
     @classmethod
     def from_group(cls, group: Mapping[str, object]) -> "RMSpropHyperparams":
-        """Validate a torch-style group (all of ``DEFAULTS``' keys) as torch does, and more."""
+        """Validate a torch-style group (all of ``DEFAULTS``' keys, and ``EXTENSIONS``' if it has them) as torch
+        does, and more."""
         return cls(
             lr=number_at_least_zero(group, "lr", "Invalid learning rate"),
             eps=number_at_least_zero(group, "eps", "Invalid epsilon value"),
@@ -102,6 +110,7 @@ class RMSpropHyperparams:
             foreach=optional_flag(group, "foreach"),
             maximize=flag(group, "maximize"),
             differentiable=flag(group, "differentiable"),
+            eps_in_sqrt=flag({**EXTENSIONS, **group}, "eps_in_sqrt"),
         )
 
     def to_group(self) -> dict[str, object]:
@@ -117,6 +126,7 @@ class RMSpropHyperparams:
             "foreach": self.foreach,
             "maximize": self.maximize,
             "differentiable": self.differentiable,
+            **({"eps_in_sqrt": True} if self.eps_in_sqrt else {}),
         }
 
 
@@ -171,6 +181,7 @@ def rmsprop_update_in_place(
     centered: bool,
     maximize: bool,
     measure: StepMeasure | None = None,
+    eps_in_sqrt: bool = False,
 ) -> RMSpropState:
     """One RMSprop step, in place: writes ``param`` and the state's buffers.
 
@@ -222,11 +233,15 @@ def rmsprop_update_in_place(
                 np.multiply(avg, lerp_back_weight, out=avg)
                 np.subtract(g, avg, out=grad_avg)
             np.multiply(grad_avg, grad_avg, out=avg)
-            np.subtract(square_avg, avg, out=avg)
+            variance = np.subtract(square_avg, avg, out=avg)
+        else:
+            variance = square_avg
+        if eps_in_sqrt:
+            np.add(variance, eps_, out=avg)
             np.sqrt(avg, out=avg)
         else:
-            np.sqrt(square_avg, out=avg)
-        np.add(avg, eps_, out=avg)
+            np.sqrt(variance, out=avg)
+            np.add(avg, eps_, out=avg)
         if measure is not None:
             measure.spread(avg, numerator=lr)
         if flat_buffer is not None:
@@ -265,6 +280,7 @@ SPEC: AlgorithmSpec[RMSpropHyperparams, RMSpropState] = AlgorithmSpec(
     name="rmsprop",
     torch_name="RMSprop",
     defaults=DEFAULTS,
+    extensions=EXTENSIONS,
     hyperparameter_schemas=HYPERPARAMETER_SCHEMAS,
     parse=RMSpropHyperparams.from_group,
     state_type=RMSpropState,
@@ -282,6 +298,7 @@ SPEC: AlgorithmSpec[RMSpropHyperparams, RMSpropState] = AlgorithmSpec(
         centered=hyperparams.centered,
         maximize=hyperparams.maximize,
         measure=measure,
+        eps_in_sqrt=hyperparams.eps_in_sqrt,
     ),
     measures=_measures,
     required_state_arrays=_required_state_arrays,
@@ -315,8 +332,10 @@ class RMSprop(Optimizer[RMSpropHyperparams, RMSpropState]):
         foreach: bool | None = None,
         differentiable: bool = False,
         capturable: bool = False,
+        eps_in_sqrt: bool = False,
     ) -> None:
         hyperparameters = {
+            "eps_in_sqrt": eps_in_sqrt,
             "lr": lr,
             "momentum": momentum,
             "alpha": alpha,

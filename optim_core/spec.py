@@ -67,6 +67,10 @@ class AlgorithmSpec(Generic[H, S]):
     """The state arrays a param of a group with these hyperparameters must have (default: all)."""
     complete_state: Callable[[np.ndarray, S, H], S] = _unchanged
     """The state with whatever the current hyperparameters need and it lacks."""
+    extensions: Mapping[str, object] = field(default_factory=dict)
+    """Hyperparameters of ours beyond torch's, with their defaults: optional in any group (the default when
+    absent), and in the groups this package writes only when not at their default, so that a state_dict
+    without them is torch's own and loads into torch."""
     hyperparameter_schemas: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     """Each key of ``defaults`` as a JSON Schema of the values ``parse`` accepts for it (``checks.py``
     has one beside each validator); what a schema cannot say, its description does."""
@@ -74,6 +78,11 @@ class AlgorithmSpec(Generic[H, S]):
     def __post_init__(self) -> None:
         if self.required_state_arrays is None:
             object.__setattr__(self, "required_state_arrays", _all_arrays(self.state_arrays))
+
+    @property
+    def all_defaults(self) -> Mapping[str, object]:
+        """torch's group keys and ours (``extensions``), with their defaults: every hyperparameter a group may hold."""
+        return {**self.defaults, **self.extensions}
 
     def make_state(self, step: int, arrays: Mapping[str, np.ndarray]) -> S:
         """A state from a loaded state_dict's entry: its step, and its arrays (the missing ones None)."""

@@ -8,6 +8,8 @@ A round is the session's current step ``s``. It closes when ``workers`` contribu
 Idempotency-Key (``idempotency.py``).
 """
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -25,7 +27,7 @@ from service.sessions.gradient_settings import prepared_grads
 from service.sessions.idempotency import Retention
 from service.sessions.optimizers import core_error
 from service.sessions.step_metrics import kept_metrics, step_metrics
-from service.store import Contribution, LockedSession, MetricsKept, Quotas, RoundRecord, RoundsKept
+from service.store import Contribution, LockedSession, MetricsKept, Quotas, RoundRecord, RoundsKept, SessionMeta
 
 ROUNDS_KEPT = 1000
 """The closed rounds a session remembers, to answer their contributors' retries and polls."""
@@ -40,6 +42,8 @@ class Closed:
     params: dict[str, np.ndarray]
     metrics: dict[str, Any]
     optimizer: Optimizer[Any, Any]
+    meta: SessionMeta
+    contributors: list[dict[str, Any]]
 
 
 def casted_grads(
@@ -177,7 +181,15 @@ class RoundCloser:
             metrics_kept=self._metrics_kept,
         )
         locked.close_round(record, RoundsKept(rounds=ROUNDS_KEPT, responses=min(responses, ROUNDS_KEPT)))
-        return Closed(step=new_meta.step, version=new_meta.version, params=params, metrics=metrics, optimizer=optimizer)
+        return Closed(
+            step=new_meta.step,
+            version=new_meta.version,
+            params=params,
+            metrics=metrics,
+            optimizer=optimizer,
+            meta=new_meta,
+            contributors=record.contributors,
+        )
 
 
 def joined(contributions: list[Contribution], fields: ContributionFields, request_hash: str) -> Contribution | None:
@@ -201,3 +213,75 @@ def moved_on(fields: ContributionFields, current_step: int, *, reason: str) -> R
         f"round {current_step}",
         current_step=current_step,
     )
+
+
+ROUND_ANSWERS_REMEMBERED = 64
+"""Sessions whose newest closed round's answer a process keeps in memory, the most recent first: its waiting
+contributors read it there rather than from storage (a session's params and state, or the round's copy). Only
+the newest round of each: it answers what the session's own params would, and no longer."""
+ROUND_ANSWER_MAX_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class RememberedRound:
+    """A round this process closed: the session as the round left it, who contributed, and the answer's
+    params (a copy) and metrics."""
+
+    meta: SessionMeta
+    contributors: list[dict[str, Any]]
+    params: dict[str, np.ndarray]
+    metrics: dict[str, Any] | None
+
+
+class RecentRounds:
+    """The answers of the rounds this process closed most recently (thread-safe)."""
+
+    def __init__(self, *, kept: int = ROUND_ANSWERS_REMEMBERED, max_bytes: int = ROUND_ANSWER_MAX_BYTES) -> None:
+        self._kept = kept
+        self._max_bytes = max_bytes
+        self._rounds: OrderedDict[str, RememberedRound] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(
+        self,
+        meta: SessionMeta,
+        contributors: list[dict[str, Any]],
+        params: Mapping[str, np.ndarray],
+        metrics: dict[str, Any] | None,
+    ) -> None:
+        """Round ``meta.step - 1`` closed, answering ``params`` (copied now: they may view an optimizer)."""
+        if sum(array.nbytes for array in params.values()) > self._max_bytes:
+            return
+        remembered = RememberedRound(
+            meta, contributors, {name: array.copy() for name, array in params.items()}, metrics
+        )
+        with self._lock:
+            self._rounds[meta.id] = remembered
+            self._rounds.move_to_end(meta.id)
+            while len(self._rounds) > self._kept:
+                self._rounds.popitem(last=False)
+
+    def get(self, session_id: str, step: int) -> RememberedRound | None:
+        with self._lock:
+            remembered = self._rounds.get(session_id)
+        return remembered if remembered is not None and remembered.meta.step == step + 1 else None
+
+    def forget(self, session_id: str) -> None:
+        with self._lock:
+            self._rounds.pop(session_id, None)
+
+
+def check_contributor(
+    contributors: list[dict[str, Any]], *, worker: str, request_hash: str, step: int, current_step: int
+) -> None:
+    """That ``worker`` contributed to the closed round ``step`` with this request: ``RoundMovedOn`` if it did
+    not contribute, ``ContributionChanged`` if it did with another."""
+    entry = next((entry for entry in contributors if entry["worker"] == worker), None)
+    if entry is None:
+        raise moved_on(
+            ContributionFields(worker=worker, based_on_step=step), current_step, reason="that round closed without it"
+        )
+    if entry["request_hash"] != request_hash:
+        raise ContributionChanged(
+            f"worker {worker!r} contributed to round {step} with a different request; a retry must send the same body"
+        )

@@ -30,7 +30,6 @@ from service.sessions.aggregation import checked_aggregation, checked_contributi
 from service.sessions.arrays_blob import pack, pack_buffers, unpack
 from service.sessions.cache import OptimizerCache
 from service.sessions.errors import (
-    ContributionChanged,
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     IdempotentResponseExpired,
@@ -46,7 +45,17 @@ from service.sessions.gradient_settings import checked_clip_grad_norm, checked_n
 from service.sessions.idempotency import Retention
 from service.sessions.observer import Observer, Unobserved
 from service.sessions.optimizers import build_optimizer, core_error, summary_groups
-from service.sessions.rounds import RoundCloser, casted_grads, due, joined, moved_on, seconds_until_due
+from service.sessions.rounds import (
+    Closed,
+    RecentRounds,
+    RoundCloser,
+    casted_grads,
+    check_contributor,
+    due,
+    joined,
+    moved_on,
+    seconds_until_due,
+)
 from service.sessions.sign_grads import sign_grads_cast
 from service.sessions.step_metrics import (
     MAX_METRICS_PAGE,
@@ -102,6 +111,8 @@ class StepOutcome:
     """The answer is not in this outcome: it is round ``round``'s (``Sessions.round``), still open or closed before."""
     staleness: int | None = None
     """Of an asynchronous session's step: the staleness it was applied with."""
+    closed: Closed | None = None
+    """Of a contribution that closed its round: the round's close."""
     skipped: bool = False
     """A step of non-finite gradients on a session whose ``nonfinite`` is "skip": answered, not applied."""
 
@@ -204,7 +215,7 @@ def _merged_groups(
         for key in change:
             if key == "params" and change[key] == group["params"]:
                 continue
-            if key not in spec.defaults:
+            if key not in spec.all_defaults:
                 reason = "param groups cannot change" if key == "params" else "unknown hyperparameter"
                 raise InvalidRequest((*loc, key), f"{reason}: {key!r}")
         candidate = {**group, **{key: value for key, value in change.items() if key != "params"}}
@@ -269,6 +280,7 @@ class Sessions:
         self._retention = retention or Retention()
         self._observer = observer or Unobserved()
         self._closer = RoundCloser(retention=self._retention, metrics_kept=self._metrics_kept)
+        self._recent_rounds = RecentRounds()
         self.on_round_closed = on_round_closed or (lambda session_id, step: None)
         """Told, after the commit, of each round this process closed (the waiters of this process)."""
 
@@ -314,7 +326,7 @@ class Sessions:
                     f"param names are 1 to {MAX_NAME_LENGTH} characters, none of them a control character",
                 )
         for key in hyperparameters:
-            if key not in spec.defaults:
+            if key not in spec.all_defaults:
                 raise InvalidRequest(("body", "hyperparameters", key), f"unknown hyperparameter {key!r}")
         groups = _checked_groups(param_groups, params)
         aggregating = checked_aggregation(aggregation)
@@ -463,6 +475,7 @@ class Sessions:
             expected = meta.version
             _require_match(expected_versions, expected)
         self._cache.discard(session_id)
+        self._recent_rounds.forget(session_id)
         try:
             self._store.delete(session_id, expected_version=expected)
         except SessionMissing:
@@ -502,7 +515,8 @@ class Sessions:
         may change, once the block ends: render them inside it.
         """
         _require_well_formed(session_id)
-        trust_cache, reconnected = True, False
+        # A contribution to a synchronous round is never trusted to the cache (``_step_once``): do not try.
+        trust_cache, reconnected = contribution is None, False
         while True:
             try:
                 outcome, optimizer, version = self._step_once(
@@ -535,7 +549,10 @@ class Sessions:
                 raise IdempotencyKeyInFlight(
                     f"a step with Idempotency-Key {idempotency_key!r} is still being processed; retry later"
                 ) from None
-        if outcome.round is not None and not outcome.pending:
+        closed = outcome.closed
+        if closed is not None:
+            self._recent_rounds.remember(closed.meta, closed.contributors, closed.params, closed.metrics)
+            assert outcome.round is not None
             self.on_round_closed(session_id, outcome.round)
         try:
             if outcome.replayed:
@@ -736,7 +753,12 @@ class Sessions:
             array_bytes=_array_bytes,
         )
         outcome = StepOutcome(
-            step=closed.step, version=closed.version, params=closed.params, metrics=closed.metrics, round=current
+            step=closed.step,
+            version=closed.version,
+            params=closed.params,
+            metrics=closed.metrics,
+            round=current,
+            closed=closed,
         )
         return outcome, closed.optimizer
 
@@ -762,6 +784,7 @@ class Sessions:
                 array_bytes=_array_bytes,
             )
             version = locked.meta.version
+        self._recent_rounds.remember(closed.meta, closed.contributors, closed.params, closed.metrics)
         self._cache.put(session_id, version, closed.optimizer)
         self.on_round_closed(session_id, step)
         return True
@@ -772,6 +795,25 @@ class Sessions:
         """The synchronous session's round ``step`` as it is now (closing it first when it is due). With
         ``worker``, as that worker's contribution finds it: ``RoundMovedOn`` if the round closed without it."""
         _require_well_formed(session_id)
+        remembered = self._recent_rounds.get(session_id, step)
+        if remembered is not None:
+            _check_access(remembered.meta, caller)
+            if worker is not None:
+                check_contributor(
+                    remembered.contributors,
+                    worker=worker,
+                    request_hash=request_hash,
+                    step=step,
+                    current_step=remembered.meta.step,
+                )
+            return RoundView(
+                round=step,
+                closed=True,
+                step=remembered.meta.step,
+                version=remembered.meta.version,
+                params=remembered.params,
+                metrics=remembered.metrics,
+            )
         for _ in range(2):
             record = self._store.round(session_id, step)
             meta, _ = self._stored_meta(session_id, caller)
@@ -822,15 +864,9 @@ class Sessions:
         request_hash: str,
     ) -> RoundView:
         if worker is not None:
-            entry = next((entry for entry in record.contributors if entry["worker"] == worker), None)
-            fields = ContributionFields(worker=worker, based_on_step=record.step)
-            if entry is None:
-                raise moved_on(fields, meta.step, reason="that round closed without it")
-            if entry["request_hash"] != request_hash:
-                raise ContributionChanged(
-                    f"worker {worker!r} contributed to round {record.step} with a different request; a retry must "
-                    "send the same body"
-                )
+            check_contributor(
+                record.contributors, worker=worker, request_hash=request_hash, step=record.step, current_step=meta.step
+            )
         answer_step = record.step + 1
         if record.params:
             params = unpack(record.params)[0]
