@@ -326,11 +326,16 @@ class ServerFactory:
         self.servers: list[ServerProcess] = []
 
     def __call__(
-        self, database_url: str | None = None, *, env: Mapping[str, str] | None = None, start: bool = True
+        self,
+        database_url: str | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        start: bool = True,
+        workers: int = 1,
     ) -> ServerProcess:
         name = f"server-{len(self.servers) + 1}"
         url = database_url if database_url is not None else self.new_database()
-        server = ServerProcess(url, log_dir=self.directory, env=env, name=name)
+        server = ServerProcess(url, log_dir=self.directory, env=env, name=name, workers=workers)
         self.servers.append(server)
         if start:
             server.start()
