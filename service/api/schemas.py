@@ -42,11 +42,6 @@ def _whole_float_as_int(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def _integer_as_text(value: object) -> object:
-    """A worker id of digits, which safetensors metadata (JSON text) reads back as a number."""
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
 WholeNumber = Annotated[int, BeforeValidator(_whole_float_as_int)]
 """An integer as JSON Schema has it: a number with no fractional part, 3.0 too (strict pydantic takes 3 only)."""
 
@@ -96,7 +91,7 @@ class StepRequest(Strict):
     loss: float | None = Field(
         default=None, allow_inf_nan=False, description="The client's loss for these gradients (finite)."
     )
-    worker: Annotated[str | None, BeforeValidator(_integer_as_text)] = Field(
+    worker: str | None = Field(
         default=None, pattern=f"^{WORKER_ID.pattern}$", description="An aggregating session's contributor."
     )
     based_on_step: WholeNumber | None = Field(

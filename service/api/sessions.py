@@ -352,6 +352,9 @@ async def step_session(session_id: str, request: Request) -> Response:
     def run() -> Response | Joined:
         content = body.content()
         document = service.documents.decode(body.media_type, content, root="grads", array_paths=STEP_ARRAYS)
+        worker = document.get("worker")
+        if body.media_type == SAFETENSORS and isinstance(worker, int) and not isinstance(worker, bool):
+            document["worker"] = str(worker)  # metadata is JSON text, where an id of digits reads as a number
         step = parse(StepRequest, document)
         contribution = None
         if step.worker is not None:

@@ -21,11 +21,6 @@ from tests.api.aggregation import (
 from tests.api.conftest import send, session_count
 
 MAX_STEP = 2**53 - 1
-UNANCHORED_WORKER_PATTERN = pytest.mark.xfail(
-    strict=True,
-    reason="the server takes a worker id with only a part of it matching [A-Za-z0-9._:-]{1,64}: "
-    "service/api/schemas.py gives pydantic the pattern unanchored, and pydantic searches",
-)
 
 
 @pytest.fixture
@@ -103,30 +98,21 @@ def _unchanged(client: TestClient, session_id: str, before: dict[str, Any]) -> N
     [
         pytest.param({"based_on_step": 0, "weight": 1}, "worker", id="worker-missing"),
         pytest.param({"worker": "", "based_on_step": 0}, "worker", id="worker-empty"),
-        pytest.param(
-            {"worker": "r" * 65, "based_on_step": 0}, "worker", id="worker-too-long", marks=UNANCHORED_WORKER_PATTERN
-        ),
+        pytest.param({"worker": "r" * 65, "based_on_step": 0}, "worker", id="worker-too-long"),
         pytest.param(
             {"worker": "rank 3", "based_on_step": 0},
             "worker",
             id="worker-with-a-space",
-            marks=UNANCHORED_WORKER_PATTERN,
         ),
         pytest.param(
             {"worker": "rank/3", "based_on_step": 0},
             "worker",
             id="worker-with-a-slash",
-            marks=UNANCHORED_WORKER_PATTERN,
         ),
         pytest.param(
             {"worker": 3, "based_on_step": 0},
             "worker",
             id="worker-a-number",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the server reads a JSON number as a worker id (service/api/schemas.py, _integer_as_text, "
-                "meant for safetensors metadata, where digits parse as a number)",
-            ),
         ),
         pytest.param({"worker": "rank3"}, "based_on_step", id="based-on-step-missing"),
         pytest.param({"worker": "rank3", "based_on_step": -1}, "based_on_step", id="based-on-step-negative"),
@@ -172,7 +158,6 @@ def test_a_non_finite_weight_in_json_is_refused_and_changes_nothing(client: Test
             {"worker": "rank 3", "based_on_step": "0"},
             "worker",
             id="worker-with-a-space",
-            marks=UNANCHORED_WORKER_PATTERN,
         ),
         pytest.param({"worker": "rank3"}, "based_on_step", id="based-on-step-missing"),
         pytest.param({"worker": "rank3", "based_on_step": "-1"}, "based_on_step", id="based-on-step-negative"),

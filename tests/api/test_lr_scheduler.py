@@ -46,7 +46,8 @@ SCHEDULES: list[tuple[dict[str, Any], Any]] = [
 def _torch_lrs(make: Any, steps: int) -> list[list[float]]:
     """The lr each group stepped with, step by step, in a torch loop: optimizer.step(), then scheduler.step()."""
     w, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.RMSprop([{"params": [w]}, {"params": [b], "lr": 0.05}], lr=0.1, momentum=0.5)
+    groups: list[dict[str, Any]] = [{"params": [w]}, {"params": [b], "lr": 0.05}]
+    optimizer = torch.optim.RMSprop(groups, lr=0.1, momentum=0.5)
     scheduler = make(optimizer)
     used = []
     for _ in range(steps):
@@ -97,7 +98,7 @@ def test_the_state_dict_is_torchs_and_loads_both_ways(client: TestClient) -> Non
     view = ok(client.get(f"/v1/sessions/{created.id}/lr_scheduler"))
     assert view["config"]["name"] == "StepLR"
     w = torch.nn.Parameter(torch.zeros(2))
-    groups = [{"params": [w]}, {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.05}]
+    groups: list[dict[str, Any]] = [{"params": [w]}, {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.05}]
     optimizer = torch.optim.RMSprop(groups, lr=0.1, momentum=0.5)
     scheduler = make(optimizer)
     for _ in range(4):
