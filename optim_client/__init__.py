@@ -12,8 +12,9 @@ Data-parallel training: each worker attaches to one session created with ``aggre
 
     optimizer = RemoteRprop.attach(client, session_id, model.named_parameters(), worker="rank3")
 
-``Session`` is the lower level, with numpy arrays. torch is optional: it is used only when the
-params are tensors, and never imported otherwise.
+``Session`` is the lower level, with numpy arrays. torch is optional: when it is installed the
+optimizers are ``torch.optim.Optimizer``s, which torch's LR schedulers drive; without it, numpy
+arrays work the same.
 """
 
 from optim_client.checkpoint import Checkpoint

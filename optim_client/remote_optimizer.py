@@ -15,6 +15,7 @@ from optim_client.contributions import Contribution, check_weight, check_worker
 from optim_client.errors import ResponseExpiredError, RoundMovedOnError, StepConflictError
 from optim_client.history import PAGE_SIZE
 from optim_client.losses import loss_value
+from optim_client.optimizer_base import OptimizerBase, registered_hooks
 from optim_client.params import BoundParams, Param, ParamGroup, bind_params
 from optim_client.session import ArrayLike, Session
 from optim_client.values import dtype_name, plain, torch_style
@@ -23,8 +24,11 @@ from optim_core import NAMES
 NOT_HYPERPARAMETERS = ("params", "param_names")
 
 
-class RemoteOptimizer:
+class RemoteOptimizer(OptimizerBase):
     """An optimizer whose state lives in a session on the service; used like a torch.optim optimizer.
+
+    When torch is installed it is a ``torch.optim.Optimizer`` (optimizer_base.py), whose ``step`` goes to the
+    service: torch's LR schedulers drive it as they drive torch's own, and step hooks run around each step.
 
     ``step()`` sends every param's ``.grad`` (params whose grad is None are skipped, as in torch) and
     writes the new values into the tensors in place. ``param_groups`` is a list of dicts as in torch:
@@ -57,6 +61,8 @@ class RemoteOptimizer:
     """How much each contribution counts unless ``step(weight=...)`` says otherwise (None: the service's 1)."""
     based_on_step: int
     """The step of the params the tensors hold: what the next contribution's gradient is computed on."""
+    _synced: list[dict[str, Any]]
+    """Each group's hyperparameters as the service holds them."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -266,6 +272,15 @@ class RemoteOptimizer:
         self._assign(params)
         return True
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Refused: a session's param groups are fixed at creation (the constructor's own groups come through
+        here, as torch.optim.Optimizer's constructor adds them)."""
+        index = len(self.param_groups)
+        if index < len(self._bound.groups) and _same_params(param_group["params"], self._bound.groups[index]):
+            self.param_groups.append(param_group)
+            return
+        raise ValueError("param groups cannot be added: a session's groups are fixed at creation")
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the tensors' gradients to None (or to zeros), as torch.optim does."""
         for param in self._bound.all:
@@ -273,7 +288,10 @@ class RemoteOptimizer:
 
     def state_dict(self) -> dict[str, Any]:
         """The state in torch's layout: tensors when the params are tensors (``torch.optim``'s
-        ``load_state_dict`` takes it), numpy arrays otherwise."""
+        ``load_state_dict`` takes it), numpy arrays otherwise. Hooks registered with torch's
+        ``register_state_dict_pre_hook`` and ``register_state_dict_post_hook`` run as in torch."""
+        for pre_hook in registered_hooks(self, "_optimizer_state_dict_pre_hooks"):
+            pre_hook(self)
         self.resolve_pending()
         self._push_hyperparameters()
         state_dict = self.session.state_dict()
@@ -282,15 +300,23 @@ class RemoteOptimizer:
             if not self._bound.named:
                 group.pop("param_names", None)
         if self._bound.are_tensors:
-            return torch_support.state_dict_to_torch(state_dict, [param.target for param in self._bound.all])
+            state_dict = torch_support.state_dict_to_torch(state_dict, [param.target for param in self._bound.all])
+        for post_hook in registered_hooks(self, "_optimizer_state_dict_post_hooks"):
+            if (hooked := post_hook(self, state_dict)) is not None:
+                state_dict = hooked
         return state_dict
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a state_dict in torch's layout (``torch.optim``'s own, or ours); params are unchanged.
 
         As in torch, the loaded groups' hyperparameters replace the current ones. Group keys the service
-        does not know (an LR scheduler's ``initial_lr``) stay here, in ``param_groups``.
+        does not know (an LR scheduler's ``initial_lr``) stay here, in ``param_groups``. Hooks registered with
+        torch's ``register_load_state_dict_pre_hook`` and ``register_load_state_dict_post_hook`` run as in torch.
         """
+        state_dict = dict(state_dict)
+        for pre_hook in registered_hooks(self, "_optimizer_load_state_dict_pre_hooks"):
+            if (hooked := pre_hook(self, state_dict)) is not None:
+                state_dict = hooked
         self.resolve_pending()
         known = {*self._synced[0], *NOT_HYPERPARAMETERS}
         groups = [dict(group) for group in state_dict["param_groups"]]
@@ -300,13 +326,20 @@ class RemoteOptimizer:
                 if key not in known or (key == "param_names" and not self._bound.named):
                     del group[key]
         self.session.load_state_dict({**state_dict, "param_groups": groups})
-        self._reset_groups(extras)
+        self.param_groups, self._synced = self._groups_from_session(extras)
+        for post_hook in registered_hooks(self, "_optimizer_load_state_dict_post_hooks"):
+            post_hook(self)
 
     def checkpoint(self) -> Checkpoint:
         """Everything the session holds; ``restore`` continues from it bit for bit."""
         self.resolve_pending()
         self._push_hyperparameters()
         return self.session.checkpoint()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything, as for any object (torch.optim.Optimizer's keeps only the groups and the state, which would
+        lose the session)."""
+        return dict(self.__dict__)
 
     def __repr__(self) -> str:
         worker = f", worker={self.worker!r}" if self.worker is not None else ""
@@ -338,19 +371,21 @@ class RemoteOptimizer:
         self.worker = worker
         self.weight = weight
         self.based_on_step = session.step_count
-        self._reset_groups([{} for _ in bound.groups])
+        groups, self._synced = self._groups_from_session([{} for _ in bound.groups])
+        super().__init__(groups, self.defaults)
 
-    def _reset_groups(self, extras: list[dict[str, Any]]) -> None:
-        """Local param groups from the session's, as torch holds them (tensors in ``params``)."""
-        self.param_groups = []
-        self._synced = []
+    def _groups_from_session(self, extras: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Local param groups from the session's, as torch holds them (tensors in ``params``), each with its
+        ``extras``; and the hyperparameters they hold as the service has them."""
+        groups, synced = [], []
         for group, remote, extra in zip(self._bound.groups, self.session.param_groups, extras, strict=True):
             hyperparameters = _hyperparameters(remote)
             local: dict[str, Any] = {"params": [param.target for param in group.params]}
             if self._bound.named:
                 local["param_names"] = [param.name for param in group.params]
-            self.param_groups.append({**local, **torch_style(hyperparameters), **extra})
-            self._synced.append(hyperparameters)
+            groups.append({**local, **torch_style(hyperparameters), **extra})
+            synced.append(hyperparameters)
+        return groups, synced
 
     def _push_hyperparameters(self) -> None:
         """Send the hyperparameters changed in ``param_groups`` since the last call, if any."""
@@ -360,7 +395,7 @@ class RemoteOptimizer:
         for index, (group, synced, bound) in enumerate(
             zip(self.param_groups, self._synced, self._bound.groups, strict=True)
         ):
-            if [id(value) for value in group["params"]] != [id(param.target) for param in bound.params]:
+            if not _same_params(group["params"], bound):
                 raise ValueError(f"param_groups[{index}]['params'] changed; a session's params are fixed at creation")
             changes.append(
                 {key: plain(group[key]) for key in synced if key in group and plain(group[key]) != synced[key]}
@@ -368,6 +403,13 @@ class RemoteOptimizer:
         if any(changes):
             self.session.update(param_groups=changes)
             self._synced = [_hyperparameters(remote) for remote in self.session.param_groups]
+
+
+def _same_params(params: object, group: ParamGroup) -> bool:
+    """Whether ``params`` (a param group's) are exactly the tensors or arrays of ``group``, in its order."""
+    if not isinstance(params, list | tuple):
+        return False
+    return [id(value) for value in params] == [id(param.target) for param in group.params]
 
 
 def _hyperparameters(group: Mapping[str, Any]) -> dict[str, Any]:

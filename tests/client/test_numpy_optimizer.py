@@ -64,7 +64,7 @@ def test_params_are_checked_before_anything_is_sent(client: Client) -> None:
         RemoteRprop({"a": [1.0, 2.0]}, client=client)
 
 
-def test_the_sdk_never_imports_torch_for_numpy_work_and_runs_without_it(server: Server) -> None:
+def test_the_sdk_runs_without_torch(server: Server) -> None:
     script = textwrap.dedent(
         f"""
         import sys
@@ -79,12 +79,23 @@ def test_the_sdk_never_imports_torch_for_numpy_work_and_runs_without_it(server: 
         import numpy as np
         from optim_client import Client, RemoteRMSprop, Session
 
+        assert RemoteRMSprop.__mro__[-2].__name__ == "StandInOptimizer", RemoteRMSprop.__mro__
         for transport in ("binary", "json"):
             with Client({server.base_url!r}, transport=transport) as client:
                 params = {{"x": np.array(5.0)}}
                 optimizer = RemoteRMSprop(params, client=client, lr=0.1)
                 optimizer.step(grads={{"x": 2 * params["x"]}})
-                optimizer.state_dict()
+                optimizer.param_groups[0]["initial_lr"] = 0.1  # what a scheduler adds, which stays here
+                optimizer.param_groups[0]["lr"] = 0.05
+                optimizer.step(grads={{"x": 2 * params["x"]}})
+                assert optimizer.last_metrics["lr"] == [0.05], optimizer.last_metrics
+                try:
+                    optimizer.add_param_group({{"params": [np.zeros(1)]}})
+                except ValueError:
+                    pass
+                else:
+                    raise AssertionError("a param group was added")
+                assert optimizer.state_dict()["param_groups"][0]["initial_lr"] == 0.1
                 optimizer.load_state_dict(optimizer.state_dict())
                 RemoteRMSprop.restore(client, optimizer.checkpoint())
                 Session.create(client, optimizer="rprop", params={{"w": [1.0, 2.0]}}).step({{"w": [1.0, 1.0]}})
