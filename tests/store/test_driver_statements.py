@@ -95,6 +95,9 @@ def test_a_save_writes_what_sqlalchemy_writes(store: SqlSessionStore, groups_cha
     }
     if groups_changed:
         values["new_param_groups"] = [{**GROUPS[0], "lr": 0.5}, GROUPS[1]]
+        values["new_clip_grad_norm"] = {"max_norm": 1.5, "norm_type": "inf"}
+        values["new_nonfinite"] = "skip"
+        values["new_lr_scheduler"] = {"config": {"name": "StepLR", "step_size": 3}, "state_dict": {"last_epoch": 2}}
     if with_arrays:
         values["new_arrays"], values["new_arrays_slot"] = b"\xff new \x00 arrays", None
         values["new_stored_bytes"] = 17
