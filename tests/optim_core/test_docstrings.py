@@ -5,10 +5,12 @@ from types import ModuleType
 
 import pytest
 
-from optim_core import optimizer, rmsprop, rprop
+from optim_core import adagrad, adam, adamw, optimizer, rmsprop, rprop, sgd
 
 
-@pytest.mark.parametrize("module", [rprop, rmsprop, optimizer], ids=lambda module: module.__name__)
+@pytest.mark.parametrize(
+    "module", [rprop, rmsprop, sgd, adam, adamw, adagrad, optimizer], ids=lambda module: module.__name__
+)
 def test_docstring_examples_hold(module: ModuleType) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0
