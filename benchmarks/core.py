@@ -16,11 +16,12 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from optim_core import RMSprop, Rprop
+from optim_core import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop, Rprop
 
 OUR_THREADS = 1
 
@@ -28,7 +29,7 @@ OUR_THREADS = 1
 @dataclass(frozen=True)
 class Case:
     label: str
-    ours: type[Rprop] | type[RMSprop]
+    ours: Callable[..., Optimizer[Any, Any]]
     theirs: Callable[..., torch.optim.Optimizer]
     hyperparameters: dict[str, float | bool]
     arrays_read: int
@@ -48,6 +49,19 @@ CASES = (
         arrays_read=5,
         arrays_written=4,
     ),
+    Case("SGD", SGD, torch.optim.SGD, {"lr": 0.01}, arrays_read=2, arrays_written=1),
+    Case(
+        "SGD momentum+nesterov",
+        SGD,
+        torch.optim.SGD,
+        {"lr": 0.01, "momentum": 0.9, "nesterov": True},
+        arrays_read=3,
+        arrays_written=2,
+    ),
+    Case("Adam", Adam, torch.optim.Adam, {}, arrays_read=4, arrays_written=3),
+    Case("Adam amsgrad", Adam, torch.optim.Adam, {"amsgrad": True}, arrays_read=5, arrays_written=4),
+    Case("AdamW", AdamW, torch.optim.AdamW, {}, arrays_read=4, arrays_written=3),
+    Case("Adagrad", Adagrad, torch.optim.Adagrad, {}, arrays_read=3, arrays_written=2),
 )
 
 
@@ -62,7 +76,7 @@ def median_seconds(run: Callable[[], object], repeats: int) -> float:
 
 
 def time_ours(case: Case, size: int, repeats: int, rng: np.random.Generator) -> float:
-    optimizer = case.ours({"w": rng.standard_normal(size, dtype=np.float32)}, **case.hyperparameters)  # type: ignore[arg-type]
+    optimizer = case.ours({"w": rng.standard_normal(size, dtype=np.float32)}, **case.hyperparameters)
     grads = [{"w": rng.standard_normal(size, dtype=np.float32)} for _ in range(2)]
     turn = iter(range(1 << 30))
     return median_seconds(lambda: optimizer.step(grads[next(turn) % 2]), repeats)

@@ -1,4 +1,5 @@
-"""The Python SDK of optim-service: torch.optim's Rprop and RMSprop, with the optimizer on the service.
+"""The Python SDK of optim-service: torch.optim's Rprop, RMSprop, SGD, Adam, AdamW and Adagrad, with the optimizer
+on the service.
 
     from optim_client import Client, RemoteRMSprop
 
@@ -38,7 +39,14 @@ from optim_client.errors import (
     StepConflictError,
     ValidationError,
 )
-from optim_client.optimizers import RemoteRMSprop, RemoteRprop
+from optim_client.optimizers import (
+    RemoteAdagrad,
+    RemoteAdam,
+    RemoteAdamW,
+    RemoteRMSprop,
+    RemoteRprop,
+    RemoteSGD,
+)
 from optim_client.remote_optimizer import RemoteOptimizer
 from optim_client.retry import RetryPolicy
 from optim_client.session import Session
@@ -56,9 +64,13 @@ __all__ = [
     "OptimServiceError",
     "PreconditionFailedError",
     "RateLimitedError",
+    "RemoteAdagrad",
+    "RemoteAdam",
+    "RemoteAdamW",
     "RemoteOptimizer",
     "RemoteRMSprop",
     "RemoteRprop",
+    "RemoteSGD",
     "ResponseExpiredError",
     "RetryPolicy",
     "RoundAnswerExpiredError",

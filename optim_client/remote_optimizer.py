@@ -1,4 +1,4 @@
-"""torch.optim's interface with the optimizer on the service: the base of RemoteRprop and RemoteRMSprop."""
+"""torch.optim's interface with the optimizer on the service: the base of the SDK's optimizers (optimizers.py)."""
 
 from __future__ import annotations
 

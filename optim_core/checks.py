@@ -46,6 +46,20 @@ def number_at_least_zero_schema(description: str) -> dict[str, Any]:
     return {"type": "number", "minimum": 0, "maximum": LARGEST_FLOAT, "description": description}
 
 
+def finite_number(group: Mapping[str, object], key: str, message: str) -> float:
+    """``group[key]`` as a finite float; otherwise ``message: value``."""
+    value = group[key]
+    number = finite_float(value)
+    if number is None:
+        raise InvalidHyperparameterError(f"{message}: {value}", loc=(key,))
+    return number
+
+
+def finite_number_schema(description: str) -> dict[str, Any]:
+    """What ``finite_number`` accepts."""
+    return {"type": "number", "minimum": -LARGEST_FLOAT, "maximum": LARGEST_FLOAT, "description": description}
+
+
 def number_pair(group: Mapping[str, object], key: str, message: str) -> tuple[float, float]:
     """``group[key]`` as a pair of finite floats; otherwise ``message: a, b``."""
     value = group[key]
@@ -93,6 +107,31 @@ def optional_flag(group: Mapping[str, object], key: str) -> bool | None:
 def optional_flag_schema(description: str) -> dict[str, Any]:
     """What ``optional_flag`` accepts."""
     return {"type": ["boolean", "null"], "description": description}
+
+
+def true_flag(group: Mapping[str, object], key: str, why: str) -> bool:
+    """``group[key]`` when it is ``True``: a key whose one value is the algorithm's (AdamW's decoupled weight decay)."""
+    value = group[key]
+    if value is not True:
+        raise InvalidHyperparameterError(f"{key} must be true ({why}), got {value!r}", loc=(key,))
+    return True
+
+
+def true_flag_schema(description: str) -> dict[str, Any]:
+    """What ``true_flag`` accepts."""
+    return {"const": True, "description": description}
+
+
+def fused_compatible(*, fused: bool | None, foreach: bool | None, differentiable: bool) -> None:
+    """torch's refusals of ``fused`` together with ``differentiable`` or ``foreach`` (it raises them as it builds
+    the optimizer; here they hold for every group)."""
+    if fused and differentiable:
+        raise InvalidHyperparameterError("`fused` does not support `differentiable`", loc=("fused",))
+    if fused and foreach:
+        raise InvalidHyperparameterError("`fused` and `foreach` cannot be `True` together.", loc=("fused",))
+
+
+FUSED_DESCRIPTION = f"{IMPLEMENTATION_FLAG}; true refuses differentiable or foreach true, as torch does"
 
 
 def all_finite(array: np.ndarray) -> bool:

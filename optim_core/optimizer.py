@@ -109,7 +109,7 @@ class Optimizer(Generic[H, S]):
             if key not in spec.all_defaults:
                 raise InvalidHyperparameterError(f"unknown hyperparameter {key!r}", loc=(key,))
         with _located():
-            self._parse_hyperparams(hyperparameters)
+            construction_hyperparams = self._parse_hyperparams(hyperparameters)
         group_specs = _group_specs(params)
         self._params: dict[str, np.ndarray] = {}
         self._group_names: list[list[str]] = []
@@ -129,6 +129,10 @@ class Optimizer(Generic[H, S]):
             self._group_names.append(names)
             self.param_groups.append({**hyperparams.to_group(), "params": list(names)})
         self._state: dict[str, S] = {}
+        if spec.state_at_construction:
+            # From the constructor's hyperparameters, not the groups' own, as torch makes it.
+            for name, param in self._params.items():
+                self._state[name] = self._init_state(param, construction_hyperparams)
         self._last_parsed: tuple[list[dict[str, Any]], list[H]] | None = None
         """The groups as last parsed (a copy), and what they parsed to."""
 
@@ -228,12 +232,13 @@ class Optimizer(Generic[H, S]):
             if param_state is None:
                 continue
             param_state = self._completed_state(self._params[name], param_state, hyperparams_by_name[name])
-            entry: dict[str, Any] = {"step": float(param_state.step)}
+            entry: dict[str, Any] = {"step": float(param_state.step)} if self.spec.step_in_state else {}
             for key in self.state_arrays:
                 array = getattr(param_state, key)
                 if array is not None:
                     entry[key] = array.copy() if copy else _read_only(array)
-            state[str(indices[name])] = entry
+            if entry:
+                state[str(indices[name])] = entry
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -379,13 +384,14 @@ class Optimizer(Generic[H, S]):
                 raise InvalidStateDictError(
                     f"state has key {loc[1]!r}, which names no param of the param_groups", loc=loc
                 )
+            counter = {"step"} if self.spec.step_in_state else set()
             _require_keys(
                 entry,
-                required={"step", *self._required_state_arrays(hyperparams_by_name[name])},
-                allowed={"step", *self.state_arrays},
+                required={*counter, *self._required_state_arrays(hyperparams_by_name[name])},
+                allowed={*counter, *self.state_arrays},
                 loc=loc,
             )
-            step = entry["step"]
+            step = entry.get("step", 0)
             if not is_number(step) or not math.isfinite(step) or step < 0 or step != int(step):
                 raise InvalidStateDictError(f"step must be a whole number >= 0, got {step!r}", loc=(*loc, "step"))
             arrays = {

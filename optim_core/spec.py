@@ -1,6 +1,6 @@
 """What the optimizer facade needs to know of an algorithm: one ``AlgorithmSpec`` per algorithm module.
 
-Each algorithm module (``rprop.py``, ``rmsprop.py``) defines its math and exports a
+Each algorithm module (``rprop.py``, ``rmsprop.py``, ``sgd.py``, ...) defines its math and exports a
 ``SPEC``; ``registry.py`` lists them; ``optimizer.Optimizer`` is built from one. Nothing
 else in the package, the service or the SDK names an algorithm.
 """
@@ -74,6 +74,12 @@ class AlgorithmSpec(Generic[H, S]):
     hyperparameter_schemas: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     """Each key of ``defaults`` as a JSON Schema of the values ``parse`` accepts for it (``checks.py``
     has one beside each validator); what a schema cannot say, its description does."""
+    step_in_state: bool = True
+    """Whether torch keeps a ``step`` in each param's state (SGD does not: its state is the momentum
+    buffer alone, and a param whose state holds no array has no entry)."""
+    state_at_construction: bool = False
+    """Whether torch makes every param's state when the optimizer is built, before any step (Adagrad:
+    ``step`` 0 and ``sum`` filled with ``initial_accumulator_value``), rather than at its first gradient."""
 
     def __post_init__(self) -> None:
         if self.required_state_arrays is None:

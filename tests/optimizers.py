@@ -57,7 +57,7 @@ def torch_name(name: str) -> str:
 
 BIT_FOR_BIT = frozenset({"rprop"})
 """The optimizers whose numbers equal torch's bit for bit; the others differ by the rounding of torch's fused
-multiply-adds (README's conventions), which float32 magnifies to ~1e-5 relative over a few steps."""
+multiply-adds and square roots (README's conventions), which float32 magnifies to ~1e-5 relative over a few steps."""
 ROUNDING: dict[str, tuple[float, float]] = {"float32": (1e-5, 1e-6), "float64": (1e-12, 1e-14)}
 
 

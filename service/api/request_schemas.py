@@ -92,7 +92,7 @@ def _state_dict(spec: AlgorithmSpec[Any, Any], dtype: str) -> Schema:
     entry = {
         "type": "object",
         "properties": {
-            "step": {"type": "integer", "minimum": 0, "maximum": MAX_STEP},
+            **({"step": {"type": "integer", "minimum": 0, "maximum": MAX_STEP}} if spec.step_in_state else {}),
             **{name: ref(f"NumericArray_{dtype}") for name in spec.state_arrays},
         },
         "additionalProperties": False,

@@ -1,8 +1,9 @@
 """A session's arrays as one binary blob: a safetensors file.
 
 Tensors are named ``params/<name>`` and ``state/<index>/<key>``, where ``<index>``
-is the param's index in torch's state_dict; each state entry's ``step`` travels
-in the metadata. Params and state together restore the optimizer exactly.
+is the param's index in torch's state_dict; each state entry's ``step`` (where the
+algorithm keeps one: SGD does not) travels in the metadata. Params and state
+together restore the optimizer exactly.
 """
 
 from typing import Any
@@ -27,7 +28,8 @@ def pack_buffers(params: dict[str, np.ndarray], state: dict[str, dict[str, Any]]
     tensors = {f"{PARAMS}{name}": np.asarray(value, order="C") for name, value in params.items()}
     steps = {}
     for index, entry in (state or {}).items():
-        steps[index] = entry["step"]
+        if "step" in entry:
+            steps[index] = entry["step"]
         for key, value in entry.items():
             if key != "step":
                 tensors[f"{STATE}{index}/{key}"] = np.asarray(value, order="C")
@@ -44,5 +46,5 @@ def unpack(blob: bytes) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]
     for name, value in tensors.items():
         if name.startswith(STATE):
             index, key = name.removeprefix(STATE).split("/", 1)
-            state[index][key] = value
+            state.setdefault(index, {})[key] = value
     return params, state

@@ -309,7 +309,7 @@ CREATE_CASES = [
     ),
     _bad("missing_optimizer", _without("optimizer"), loc=("body", "optimizer")),
     _bad("missing_params", _without("params"), loc=("body", "params")),
-    _bad("unknown_optimizer", _create(optimizer="adam"), loc=("body", "optimizer")),
+    _bad("unknown_optimizer", _create(optimizer="adadelta"), loc=("body", "optimizer")),
     _bad("optimizer_not_a_string", _create(optimizer=3), loc=("body", "optimizer")),
     _bad("optimizer_null", _create(optimizer=None), loc=("body", "optimizer")),
     _bad("unknown_top_level_field", _create(bogus=1), loc=("body", "bogus")),

@@ -1,7 +1,8 @@
 """Each algorithm as torch's single-tensor loop computes it, transliterated line by line into plain numpy.
 
 No blocks, no buffers reused, no bit tricks: what these compute is easy to check against
-torch's ``_single_tensor_rprop`` and ``_single_tensor_rmsprop`` by reading. The in-place
+torch's ``_single_tensor_rprop``, ``_single_tensor_rmsprop``, ``_single_tensor_sgd``,
+``_single_tensor_adam`` (Adam and AdamW) and ``_single_tensor_adagrad`` by reading. The in-place
 kernels of optim_core must agree with them bit for bit (``test_reference.py``). Every
 scalar is cast to the tensor's dtype, as torch casts it.
 """
@@ -69,6 +70,104 @@ def rmsprop_reference(
     else:
         _assign(param, param + (grad * typed(-lr)) / avg)
     for key in ("square_avg", "momentum_buffer", "grad_avg"):
+        if key in state:
+            state[key] = np.asarray(state[key])  # arrays, also for 0-d params
+            assert state[key].dtype == param.dtype, f"{key} was computed in {state[key].dtype}"
+
+
+def sgd_reference(
+    param: np.ndarray, grad: np.ndarray, state: dict[str, Any], *, lr: float, momentum: float, dampening: float,
+    weight_decay: float, nesterov: bool, maximize: bool,
+) -> None:  # fmt: skip
+    """One step; ``param`` and ``state`` (``step``, and ``momentum_buffer`` once momentum made one) change.
+    ``step`` is the test's count: torch keeps none for SGD."""
+    typed = param.dtype.type
+    state.setdefault("step", 0)
+    state["step"] += 1
+    grad = grad if not maximize else -grad
+    if weight_decay != 0:
+        grad = grad + param * typed(weight_decay)
+    if momentum != 0:
+        old = state.get("momentum_buffer")
+        # The first buffer is a copy of the gradient; later ones: buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+        buf = np.array(grad, copy=True) if old is None else old * typed(momentum) + grad * typed(1 - dampening)
+        state["momentum_buffer"] = np.asarray(buf)
+        grad = grad + buf * typed(momentum) if nesterov else buf
+    _assign(param, param + grad * typed(-lr))
+
+
+def adam_reference(
+    param: np.ndarray, grad: np.ndarray, state: dict[str, Any], *, lr: float, betas: tuple[float, float],
+    eps: float, weight_decay: float, amsgrad: bool, maximize: bool, decoupled_weight_decay: bool = False,
+) -> None:  # fmt: skip
+    """One step; ``param`` and ``state`` (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) change."""
+    typed = param.dtype.type
+    beta1, beta2 = betas
+    if not state:
+        state.update(step=0, exp_avg=np.zeros_like(param), exp_avg_sq=np.zeros_like(param))
+        if amsgrad:
+            state["max_exp_avg_sq"] = np.zeros_like(param)
+    grad = grad if not maximize else -grad
+    state["step"] = int(np.float32(state["step"]) + np.float32(1))  # step_t += 1 on a float32 tensor
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            _assign(param, param * typed(1 - lr * weight_decay))
+        else:
+            grad = grad + param * typed(weight_decay)
+    # exp_avg.lerp_(grad, 1 - beta1), by torch's formula for the weight's size
+    weight, exp_avg = typed(1 - beta1), state["exp_avg"]
+    if abs(weight) < 0.5:
+        state["exp_avg"] = exp_avg + weight * (grad - exp_avg)
+    else:
+        state["exp_avg"] = grad - (grad - exp_avg) * (typed(1) - weight)
+    state["exp_avg_sq"] = state["exp_avg_sq"] * typed(beta2) + grad * typed(1 - beta2) * grad
+    step = float(state["step"])
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = bias_correction2**0.5
+    if amsgrad:
+        state["max_exp_avg_sq"] = np.maximum(state["max_exp_avg_sq"], state["exp_avg_sq"])
+        denom = np.sqrt(state["max_exp_avg_sq"]) / typed(bias_correction2_sqrt) + typed(eps)
+    else:
+        denom = np.sqrt(state["exp_avg_sq"]) / typed(bias_correction2_sqrt) + typed(eps)
+    _assign(param, param + (typed(-step_size) * state["exp_avg"]) / denom)
+    _as_arrays(state, param, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+
+
+def adamw_reference(
+    param: np.ndarray, grad: np.ndarray, state: dict[str, Any], *, lr: float, betas: tuple[float, float],
+    eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
+) -> None:  # fmt: skip
+    """Adam's step with the weight decay decoupled, as torch's AdamW takes it."""
+    adam_reference(
+        param, grad, state, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+        maximize=maximize, decoupled_weight_decay=True,
+    )  # fmt: skip
+
+
+def adagrad_reference(
+    param: np.ndarray, grad: np.ndarray, state: dict[str, Any], *, lr: float, lr_decay: float,
+    weight_decay: float, initial_accumulator_value: float, eps: float, maximize: bool,
+) -> None:  # fmt: skip
+    """One step; ``param`` and ``state`` (``step``, ``sum``) change."""
+    typed = param.dtype.type
+    if not state:
+        state.update(step=0, sum=np.full_like(param, initial_accumulator_value))
+    state["step"] = int(np.float32(state["step"]) + np.float32(1))
+    step = float(state["step"])
+    grad = grad if not maximize else -grad
+    if weight_decay != 0:
+        grad = grad + param * typed(weight_decay)
+    clr = lr / (1 + (step - 1) * lr_decay)
+    state["sum"] = state["sum"] + grad * grad
+    std = np.sqrt(state["sum"]) + typed(eps)
+    _assign(param, param + (typed(-clr) * grad) / std)
+    _as_arrays(state, param, ("sum",))
+
+
+def _as_arrays(state: dict[str, Any], param: np.ndarray, keys: tuple[str, ...]) -> None:
+    for key in keys:
         if key in state:
             state[key] = np.asarray(state[key])  # arrays, also for 0-d params
             assert state[key].dtype == param.dtype, f"{key} was computed in {state[key].dtype}"

@@ -5,10 +5,24 @@ from types import ModuleType
 
 import pytest
 
-from optim_core import lr_schedules, optimizer, rmsprop, rprop
+from optim_core import adagrad, adam, adamw, lr_schedules, optimizer, rmsprop, rprop, sgd
 from optim_core.lr_schedules import cosine, decays, one_cycle, sequential, warmups
 
-MODULES = [rprop, rmsprop, optimizer, lr_schedules, decays, warmups, cosine, one_cycle, sequential]
+MODULES = [
+    rprop,
+    rmsprop,
+    sgd,
+    adam,
+    adamw,
+    adagrad,
+    optimizer,
+    lr_schedules,
+    decays,
+    warmups,
+    cosine,
+    one_cycle,
+    sequential,
+]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda module: module.__name__)

@@ -2,7 +2,8 @@
 
 The schemas describe the hyperparameters to clients (the service's OpenAPI document); a value the
 schema allows and the parser refuses is a request the documentation calls valid and the server
-refuses. The one thing JSON Schema cannot say is a pair's order, which the schema's description says.
+refuses. What JSON Schema cannot say here, a pair's order and a key that needs certain values of
+another (SGD's nesterov), the schema's description says.
 """
 
 import math
@@ -33,9 +34,14 @@ VALUES = st.one_of(
 )
 
 
+COMPANIONS: dict[tuple[str, str], dict[str, object]] = {("sgd", "nesterov"): {"momentum": 0.9}}
+"""Keys that torch accepts only beside certain values of other keys, said in the schema's description (SGD's
+nesterov needs momentum > 0 and dampening 0): each is checked beside such values."""
+
+
 def _parses(spec: AlgorithmSpec[Any, Any], key: str, value: object) -> bool:
     try:
-        spec.parse({**spec.defaults, key: value})
+        spec.parse({**spec.defaults, **COMPANIONS.get((spec.name, key), {}), key: value})
     except OptimCoreError:
         return False
     return True

@@ -14,7 +14,14 @@ import pytest
 
 from optim_core import ALGORITHMS
 from optim_core.chunks import CHUNK_ELEMENTS
-from tests.optim_core.reference import rmsprop_reference, rprop_reference
+from tests.optim_core.reference import (
+    adagrad_reference,
+    adam_reference,
+    adamw_reference,
+    rmsprop_reference,
+    rprop_reference,
+    sgd_reference,
+)
 
 SHAPES = [(), (0,), (1,), (7,), (3, 5), (CHUNK_ELEMENTS + 17,), (2, CHUNK_ELEMENTS // 3)]
 CASES = 240
@@ -47,9 +54,56 @@ def rmsprop_hyperparameters(rng: np.random.Generator) -> dict[str, Any]:
     }
 
 
+def sgd_hyperparameters(rng: np.random.Generator) -> dict[str, Any]:
+    momentum = float(rng.choice([0.0, 0.5, 0.9]))
+    nesterov = bool(momentum > 0 and rng.random() < 0.4)
+    return {
+        "lr": float(rng.choice([1e-3, 0.01, 0.3])),
+        "momentum": momentum,
+        "dampening": 0.0 if nesterov else float(rng.choice([0.0, 0.3])),
+        "weight_decay": float(rng.choice([0.0, 0.1])),
+        "nesterov": nesterov,
+        "maximize": bool(rng.random() < 0.3),
+    }
+
+
+def adam_hyperparameters(rng: np.random.Generator) -> dict[str, Any]:
+    return {
+        **adamw_hyperparameters(rng),
+        "decoupled_weight_decay": bool(rng.random() < 0.5),
+    }
+
+
+def adamw_hyperparameters(rng: np.random.Generator) -> dict[str, Any]:
+    return {
+        "lr": float(rng.choice([1e-3, 0.01, 0.3])),
+        # 1 - 0.3 >= 0.5: torch's lerp then takes its other formula.
+        "betas": (float(rng.choice([0.0, 0.3, 0.9])), float(rng.choice([0.0, 0.5, 0.999]))),
+        "eps": float(rng.choice([1e-8, 1e-3])),
+        "weight_decay": float(rng.choice([0.0, 0.1])),
+        "amsgrad": bool(rng.random() < 0.5),
+        "maximize": bool(rng.random() < 0.3),
+    }
+
+
+def adagrad_hyperparameters(rng: np.random.Generator) -> dict[str, Any]:
+    return {
+        "lr": float(rng.choice([1e-3, 0.01, 0.3])),
+        "lr_decay": float(rng.choice([0.0, 0.1])),
+        "weight_decay": float(rng.choice([0.0, 0.1])),
+        "initial_accumulator_value": float(rng.choice([0.0, 0.5])),
+        "eps": float(rng.choice([1e-10, 1e-3])),
+        "maximize": bool(rng.random() < 0.3),
+    }
+
+
 REFERENCES: dict[str, tuple[Callable[..., None], Callable[[np.random.Generator], dict[str, Any]]]] = {
     "rprop": (rprop_reference, rprop_hyperparameters),
     "rmsprop": (rmsprop_reference, rmsprop_hyperparameters),
+    "sgd": (sgd_reference, sgd_hyperparameters),
+    "adam": (adam_reference, adam_hyperparameters),
+    "adamw": (adamw_reference, adamw_hyperparameters),
+    "adagrad": (adagrad_reference, adagrad_hyperparameters),
 }
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from optim_core import RMSprop, Rprop
+from optim_core import SGD, Adagrad, Adam, AdamW, RMSprop, Rprop
 
 FloatArray = npt.NDArray[np.floating[Any]]
 Grads = dict[str, FloatArray]
@@ -40,18 +40,29 @@ requires_torch = pytest.mark.skipif(
 )
 
 
+OptimizerName = Literal["Rprop", "RMSprop", "SGD", "Adam", "AdamW", "Adagrad"]
+CoreOptimizer = Rprop | RMSprop | SGD | Adam | AdamW | Adagrad
+CLASSES: dict[OptimizerName, type[CoreOptimizer]] = {
+    "Rprop": Rprop,
+    "RMSprop": RMSprop,
+    "SGD": SGD,
+    "Adam": Adam,
+    "AdamW": AdamW,
+    "Adagrad": Adagrad,
+}
+
+
 @dataclass(frozen=True)
 class Setup:
-    optimizer: Literal["Rprop", "RMSprop"]
+    optimizer: OptimizerName
     defaults: dict[str, Any]
     # each group: its param names and its hyperparameter overrides
     groups: tuple[tuple[tuple[str, ...], dict[str, Any]], ...]
 
-    def build(self, params: Mapping[str, FloatArray], *, with_hyperparameters: bool = True) -> Rprop | RMSprop:
+    def build(self, params: Mapping[str, FloatArray], *, with_hyperparameters: bool = True) -> CoreOptimizer:
         """An optim_core optimizer over ``params``; without hyperparameters it has the groups but only defaults."""
-        optimizer = Rprop if self.optimizer == "Rprop" else RMSprop
         defaults = self.defaults if with_hyperparameters else {}
-        return optimizer(self.grouped(params, with_hyperparameters=with_hyperparameters), **defaults)
+        return CLASSES[self.optimizer](self.grouped(params, with_hyperparameters=with_hyperparameters), **defaults)
 
     def grouped(self, params: Mapping[str, FloatArray], *, with_hyperparameters: bool = True) -> list[dict[str, Any]]:
         """optim_core's group form, with copies of ``params``."""
@@ -83,9 +94,33 @@ SETUPS = {
         {"lr": 0.02, "weight_decay": 0.01},
         ((("weight", "gain"), {"momentum": 0.5, "centered": True}), (("bias", "late"), {"alpha": 0.9, "lr": 0.05})),
     ),
+    "sgd_nesterov_weight_decay": Setup(
+        "SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}, ((ALL_NAMES, {}),)
+    ),
+    # "gain" and "late" keep no momentum, hence no state.
+    "sgd_two_groups": Setup(
+        "SGD",
+        {"lr": 0.02},
+        ((("weight", "bias"), {"momentum": 0.5, "dampening": 0.2}), (("gain", "late"), {"maximize": True})),
+    ),
+    "adam_amsgrad_weight_decay": Setup(
+        "Adam", {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1, "betas": (0.8, 0.99)}, ((ALL_NAMES, {}),)
+    ),
+    "adamw_two_groups": Setup(
+        "AdamW",
+        {"lr": 0.01},
+        (
+            (("weight", "bias"), {"amsgrad": True, "maximize": True}),
+            (("gain", "late"), {"weight_decay": 0.1, "betas": (0.3, 0.5)}),
+        ),
+    ),
+    # "late" has its state (step 0, the initial sum) from the start, before its first grad.
+    "adagrad_decay": Setup(
+        "Adagrad",
+        {"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1, "weight_decay": 0.05},
+        ((ALL_NAMES, {}),),
+    ),
 }
-RPROP_SETUPS = [name for name, setup in SETUPS.items() if setup.optimizer == "Rprop"]
-RMSPROP_SETUPS = [name for name, setup in SETUPS.items() if setup.optimizer == "RMSprop"]
 
 
 def grad_schedule(seed: int) -> list[Grads]:
@@ -107,7 +142,7 @@ def grad_schedule(seed: int) -> list[Grads]:
     return schedule
 
 
-def assert_identical(actual: Rprop | RMSprop, expected: Rprop | RMSprop) -> None:
+def assert_identical(actual: CoreOptimizer, expected: CoreOptimizer) -> None:
     """Same params (dtype and bytes) and the same state_dict, to the last bit and key order (JSON text)."""
     assert set(actual.params) == set(expected.params)
     for name, value in expected.params.items():
@@ -134,14 +169,8 @@ def check_resume_matches_uninterrupted_run(setup_name: str, split: int) -> None:
 
 
 @pytest.mark.parametrize("split", SPLITS)
-@pytest.mark.parametrize("setup_name", RPROP_SETUPS)
-def test_resumed_rprop_continues_exactly_like_the_uninterrupted_run(setup_name: str, split: int) -> None:
-    check_resume_matches_uninterrupted_run(setup_name, split)
-
-
-@pytest.mark.parametrize("split", SPLITS)
-@pytest.mark.parametrize("setup_name", RMSPROP_SETUPS)
-def test_resumed_rmsprop_continues_exactly_like_the_uninterrupted_run(setup_name: str, split: int) -> None:
+@pytest.mark.parametrize("setup_name", list(SETUPS))
+def test_resumed_optimizer_continues_exactly_like_the_uninterrupted_run(setup_name: str, split: int) -> None:
     check_resume_matches_uninterrupted_run(setup_name, split)
 
 

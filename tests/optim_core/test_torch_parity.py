@@ -1,4 +1,4 @@
-"""Live differential tests: optim_core's Rprop and RMSprop against torch.optim, compared after every step.
+"""Live differential tests: optim_core's optimizers against torch.optim, compared after every step.
 
 Hypothesis draws params (0-d to a few dozen elements, float32 or float64 each), one to three params in one or two
 groups with their own hyperparameters, and 1 to 20 steps in which each param's grad is sometimes omitted and is
@@ -16,13 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from optim_core import RMSprop, Rprop
+from optim_core import SGD, Adagrad, Adam, AdamW, RMSprop, Rprop
 
 pytest.importorskip("torch", reason="torch is not installed, so there is no reference to compare optim_core with")
 
 # torch_oracle imports torch, hence only after the skip.
 from tests.optim_core import torch_oracle
-from tests.optim_core.torch_oracle import FloatArray, OptimizerName
+from tests.optim_core.torch_oracle import CoreOptimizer, FloatArray, OptimizerName
 
 # Insertion order differs from sorted order, so that an implementation indexing params by sorted name shows up.
 PARAM_NAMES = ("weight", "bias", "alpha.scale")
@@ -35,12 +35,38 @@ MAGNITUDE = 2.0
 OVERRIDABLE: dict[OptimizerName, tuple[tuple[str, ...], ...]] = {
     "Rprop": (("lr",), ("etas",), ("step_sizes",), ("maximize",)),
     "RMSprop": (("lr",), ("alpha", "centered"), ("eps",), ("weight_decay",), ("momentum",), ("maximize",)),
+    # nesterov needs momentum > 0 and dampening 0: the three are overridden together.
+    "SGD": (("lr",), ("momentum", "dampening", "nesterov"), ("weight_decay",), ("maximize",)),
+    "Adam": (
+        ("lr",),
+        ("betas",),
+        ("eps",),
+        ("weight_decay",),
+        ("amsgrad",),
+        ("maximize",),
+        ("decoupled_weight_decay",),
+    ),
+    "AdamW": (("lr",), ("betas",), ("eps",), ("weight_decay",), ("amsgrad",), ("maximize",)),
+    # A group's initial_accumulator_value is not used (torch fills every sum from the constructor's); overriding it
+    # checks that.
+    "Adagrad": (("lr",), ("lr_decay",), ("eps",), ("weight_decay",), ("initial_accumulator_value",), ("maximize",)),
 }
 LEARNING_RATES: dict[OptimizerName, st.SearchStrategy[float]] = {
     "Rprop": st.floats(0.0, 1.0),
     "RMSprop": st.floats(0.0, 0.5),
+    "SGD": st.floats(0.0, 1.0),
+    "Adam": st.floats(0.0, 0.5),
+    "AdamW": st.floats(0.0, 0.5),
+    "Adagrad": st.floats(0.0, 0.5),
 }
-OPTIMIZERS: dict[OptimizerName, type[Rprop] | type[RMSprop]] = {"Rprop": Rprop, "RMSprop": RMSprop}
+OPTIMIZERS: dict[OptimizerName, type[CoreOptimizer]] = {
+    "Rprop": Rprop,
+    "RMSprop": RMSprop,
+    "SGD": SGD,
+    "Adam": Adam,
+    "AdamW": AdamW,
+    "Adagrad": Adagrad,
+}
 MAX_STEPS = 20
 MIN_CENTERED_ALPHA_POWER = 0.1
 EXAMPLES = settings(max_examples=80, deadline=None)
@@ -122,6 +148,65 @@ def rmsprop_hyperparameters(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+WEIGHT_DECAYS = st.just(0.0) | st.floats(2.0**-10, 1.0)
+"""0, or at least 2**-10, for the reason given at rmsprop_values."""
+
+
+@st.composite
+def sgd_hyperparameters(draw: st.DrawFn) -> dict[str, Any]:
+    """Valid hyperparameters: nesterov only with momentum > 0 and dampening 0, as torch requires."""
+    nesterov = draw(st.booleans())
+    return {
+        "lr": draw(LEARNING_RATES["SGD"]),
+        "momentum": draw(st.floats(0.01, 1.0) if nesterov else st.just(0.0) | st.floats(0.0, 1.0)),
+        "dampening": 0.0 if nesterov else draw(st.just(0.0) | st.floats(-0.5, 1.0)),
+        "weight_decay": draw(WEIGHT_DECAYS),
+        "nesterov": nesterov,
+        "maximize": draw(st.booleans()),
+    }
+
+
+@st.composite
+def adamw_hyperparameters(draw: st.DrawFn) -> dict[str, Any]:
+    """Valid hyperparameters, eps > 0 as for RMSprop; betas reach 0.3 and below, where torch's lerp switches
+    formula, and near 1, where the bias corrections matter over the whole run."""
+    return {
+        "lr": draw(LEARNING_RATES["Adam"]),
+        "betas": (draw(st.floats(0.0, 0.999)), draw(st.floats(0.0, 0.9999))),
+        "eps": draw(st.floats(1e-10, 1.0)),
+        "weight_decay": draw(WEIGHT_DECAYS),
+        "amsgrad": draw(st.booleans()),
+        "maximize": draw(st.booleans()),
+    }
+
+
+@st.composite
+def adam_hyperparameters(draw: st.DrawFn) -> dict[str, Any]:
+    return {**draw(adamw_hyperparameters()), "decoupled_weight_decay": draw(st.booleans())}
+
+
+@st.composite
+def adagrad_hyperparameters(draw: st.DrawFn) -> dict[str, Any]:
+    return {
+        "lr": draw(LEARNING_RATES["Adagrad"]),
+        "lr_decay": draw(st.just(0.0) | st.floats(0.0, 1.0)),
+        "eps": draw(st.floats(1e-10, 1.0)),
+        "weight_decay": draw(WEIGHT_DECAYS),
+        "initial_accumulator_value": draw(st.just(0.0) | st.floats(0.0, 1.0)),
+        "maximize": draw(st.booleans()),
+    }
+
+
+HYPERPARAMETERS: dict[OptimizerName, Any] = {
+    "Rprop": rprop_hyperparameters,
+    "RMSprop": rmsprop_hyperparameters,
+    "SGD": sgd_hyperparameters,
+    "Adam": adam_hyperparameters,
+    "AdamW": adamw_hyperparameters,
+    "Adagrad": adagrad_hyperparameters,
+}
+
+
 def max_steps_for(groups: list[dict[str, Any]], defaults: dict[str, Any]) -> int:
     """The most steps a run may have so that every centered group keeps alpha**steps >= MIN_CENTERED_ALPHA_POWER.
 
@@ -159,12 +244,26 @@ def rmsprop_values(dtype: type[np.floating[Any]]) -> st.SearchStrategy[float]:
     return st.just(0.0) | magnitudes | magnitudes.map(lambda value: -value)
 
 
-VALUES = {"Rprop": rprop_values, "RMSprop": rmsprop_values}
+def sgd_values(dtype: type[np.floating[Any]]) -> st.SearchStrategy[float]:
+    """Param and grad elements for SGD, which squares nothing: any of order one, subnormals included."""
+    width: Literal[32, 64] = 32 if dtype == np.float32 else 64
+    return st.just(0.0) | st.floats(-MAGNITUDE, MAGNITUDE, width=width)
+
+
+# Adam and Adagrad square the gradient as RMSprop does.
+VALUES = {
+    "Rprop": rprop_values,
+    "RMSprop": rmsprop_values,
+    "SGD": sgd_values,
+    "Adam": rmsprop_values,
+    "AdamW": rmsprop_values,
+    "Adagrad": rmsprop_values,
+}
 
 
 @st.composite
 def scenarios(draw: st.DrawFn, optimizer: OptimizerName) -> Scenario:
-    hyperparameters = rprop_hyperparameters() if optimizer == "Rprop" else rmsprop_hyperparameters()
+    hyperparameters = HYPERPARAMETERS[optimizer]()
     defaults = draw(hyperparameters)
     names = PARAM_NAMES[: draw(st.integers(1, len(PARAM_NAMES)))]
     dtypes = {name: draw(st.sampled_from(DTYPES)) for name in names}
@@ -236,4 +335,32 @@ def test_rprop_matches_torch_bit_for_bit_after_every_step(scenario: Scenario) ->
 @EXAMPLES
 @given(scenario=scenarios("RMSprop"))
 def test_rmsprop_matches_torch_to_rounding_after_every_step(scenario: Scenario) -> None:
+    run_against_torch(scenario)
+
+
+@SHRINKING_TIME
+@EXAMPLES
+@given(scenario=scenarios("SGD"))
+def test_sgd_matches_torch_to_rounding_after_every_step(scenario: Scenario) -> None:
+    run_against_torch(scenario)
+
+
+@SHRINKING_TIME
+@EXAMPLES
+@given(scenario=scenarios("Adam"))
+def test_adam_matches_torch_to_rounding_after_every_step(scenario: Scenario) -> None:
+    run_against_torch(scenario)
+
+
+@SHRINKING_TIME
+@EXAMPLES
+@given(scenario=scenarios("AdamW"))
+def test_adamw_matches_torch_to_rounding_after_every_step(scenario: Scenario) -> None:
+    run_against_torch(scenario)
+
+
+@SHRINKING_TIME
+@EXAMPLES
+@given(scenario=scenarios("Adagrad"))
+def test_adagrad_matches_torch_to_rounding_after_every_step(scenario: Scenario) -> None:
     run_against_torch(scenario)

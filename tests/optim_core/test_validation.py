@@ -90,6 +90,43 @@ INVALID_HYPERPARAMETERS: dict[str, list[tuple[str, Any, str]]] = {
         ("alpha", NAN, "Invalid alpha value: nan"),
         ("alpha", INF, "Invalid alpha value: inf"),
     ],
+    "sgd": [
+        ("lr", -1.0, "Invalid learning rate: -1.0"),
+        ("lr", NAN, "Invalid learning rate: nan"),
+        ("momentum", -0.5, "Invalid momentum value: -0.5"),
+        ("momentum", INF, "Invalid momentum value: inf"),
+        ("weight_decay", -1.0, "Invalid weight_decay value: -1.0"),
+        ("dampening", NAN, "Invalid dampening value: nan"),
+        ("dampening", -INF, "Invalid dampening value: -inf"),
+        # With the default momentum, 0.
+        ("nesterov", True, "Nesterov momentum requires a momentum and zero dampening"),
+    ],
+    "adam": [
+        ("lr", -1.0, "Invalid learning rate: -1.0"),
+        ("lr", INF, "Invalid learning rate: inf"),
+        ("eps", -1.0, "Invalid epsilon value: -1.0"),
+        ("betas", (1.0, 0.999), "Invalid beta parameter at index 0: 1.0"),
+        ("betas", (-0.1, 0.999), "Invalid beta parameter at index 0: -0.1"),
+        ("betas", (0.9, 1.0), "Invalid beta parameter at index 1: 1.0"),
+        ("betas", (0.9, NAN), "Invalid beta parameters: 0.9, nan"),
+        ("betas", (0.9,), "betas must be a pair of numbers"),
+        ("weight_decay", -1.0, "Invalid weight_decay value: -1.0"),
+        ("weight_decay", NAN, "Invalid weight_decay value: nan"),
+    ],
+    "adamw": [
+        ("lr", -1.0, "Invalid learning rate: -1.0"),
+        ("betas", (0.9, 1.5), "Invalid beta parameter at index 1: 1.5"),
+        ("weight_decay", -0.01, "Invalid weight_decay value: -0.01"),
+        ("decoupled_weight_decay", False, "decoupled_weight_decay must be true"),
+    ],
+    "adagrad": [
+        ("lr", -1.0, "Invalid learning rate: -1.0"),
+        ("lr_decay", -1.0, "Invalid lr_decay value: -1.0"),
+        ("lr_decay", NAN, "Invalid lr_decay value: nan"),
+        ("eps", -1.0, "Invalid epsilon value: -1.0"),
+        ("weight_decay", INF, "Invalid weight_decay value: inf"),
+        ("initial_accumulator_value", -1.0, "Invalid initial_accumulator_value value: -1.0"),
+    ],
 }
 INVALID_HYPERPARAMETER_CASES = [
     pytest.param(kind, key, value, message, id=f"{kind}-{message}")
@@ -110,6 +147,20 @@ BOUNDARY_HYPERPARAMETERS: dict[str, list[dict[str, Any]]] = {
         {"weight_decay": 0.0},
         {"alpha": 0.0},
     ],
+    "sgd": [
+        {"lr": 0.0},
+        {"momentum": 0.9, "nesterov": True},
+        {"momentum": 0.9, "dampening": -1.0},
+        {"fused": True},
+    ],
+    "adam": [
+        {"betas": (0.0, 0.0)},
+        {"betas": (0, 0.5)},
+        {"eps": 0.0, "amsgrad": True},
+        {"decoupled_weight_decay": True, "weight_decay": 1.0},
+    ],
+    "adamw": [{"weight_decay": 0.0}, {"betas": (0.5, 0.5)}],
+    "adagrad": [{"lr_decay": 0.0, "initial_accumulator_value": 0.0, "eps": 1e-10}],
 }
 NON_FLOAT_DTYPES = [np.int64, np.int32, np.uint8, np.bool_, np.float16, np.complex64, np.complex128]
 
@@ -252,6 +303,17 @@ def test_constructor_accepts_boundary_hyperparameters(kind: str, hyperparameters
     opt = _make(kind, _initial_params(), **hyperparameters)
     opt.step(_grads(opt, seed=0))
     assert all(np.isfinite(value).all() for value in opt.params.values())
+
+
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if "fused" in ALGORITHMS[kind].defaults])
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [("differentiable", "`fused` does not support `differentiable`"), ("foreach", "cannot be `True` together")],
+)
+def test_fused_with_differentiable_or_foreach_is_rejected_as_torch_rejects_it(
+    kind: str, other: str, message: str
+) -> None:
+    _assert_rejected(lambda: _make(kind, _initial_params(), fused=True, **{other: True}), re.escape(message))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -512,9 +574,17 @@ def test_load_state_dict_with_unknown_state_key_is_rejected_and_changes_nothing(
     _assert_load_rejected(opt, state_dict, re.escape("bogus_buffer"))
 
 
+def _required_state_keys(kind: str) -> list[str]:
+    """The keys a state entry of a param trained with ``TRAINING_HYPERPARAMETERS`` must have (SGD's entry has
+    no step, and may lack its buffer as torch's may: the next step starts it from the gradient)."""
+    spec = ALGORITHMS[kind]
+    hyperparams = spec.parse({**spec.defaults, **TRAINING_HYPERPARAMETERS[kind]})
+    return [*(("step",) if spec.step_in_state else ()), *sorted(spec.required_state_arrays(hyperparams))]
+
+
 @pytest.mark.parametrize(
     ("kind", "key"),
-    [(kind, key) for kind in KINDS for key in ("step", *ARRAY_STATE_KEYS[kind])],
+    [(kind, key) for kind in KINDS for key in _required_state_keys(kind)],
 )
 def test_load_state_dict_with_missing_state_key_is_rejected_and_changes_nothing(kind: str, key: str) -> None:
     opt = _trained(kind)

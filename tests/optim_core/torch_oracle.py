@@ -3,8 +3,8 @@
 Builds a torch optimizer from the same named params, groups and hyperparameters that optim_core takes, steps it
 with optim_core's grads dict, converts state dicts both ways between torch's layout (int keys, tensors, a float32
 scalar "step") and optim_core's JSON one, and compares an optim_core optimizer with a torch one: Rprop bit for bit,
-RMSprop within the brief's tolerances, widened only where a running bound on rounding error says the computation is
-ill-conditioned (TorchTwin keeps that bound).
+the others (RMSprop, SGD, Adam, AdamW, Adagrad) within the brief's tolerances, widened only where a running bound on
+rounding error says the computation is ill-conditioned (TorchTwin keeps that bound).
 
 Importing this module needs torch; test modules that must run without torch import it only where torch is present.
 """
@@ -17,14 +17,19 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from optim_core import RMSprop, Rprop
+from optim_core import SGD, Adagrad, Adam, AdamW, RMSprop, Rprop
 
-OptimizerName = Literal["Rprop", "RMSprop"]
+OptimizerName = Literal["Rprop", "RMSprop", "SGD", "Adam", "AdamW", "Adagrad"]
 FloatArray = npt.NDArray[np.floating[Any]]
+CoreOptimizer = Rprop | RMSprop | SGD | Adam | AdamW | Adagrad
 
-_TORCH_CLASSES: dict[OptimizerName, type[torch.optim.Rprop] | type[torch.optim.RMSprop]] = {
+_TORCH_CLASSES: dict[OptimizerName, type[torch.optim.Optimizer]] = {
     "Rprop": torch.optim.Rprop,
     "RMSprop": torch.optim.RMSprop,
+    "SGD": torch.optim.SGD,
+    "Adam": torch.optim.Adam,
+    "AdamW": torch.optim.AdamW,
+    "Adagrad": torch.optim.Adagrad,
 }
 
 
@@ -44,7 +49,8 @@ def build_torch_optimizer(
         }
         for group in groups
     ]
-    return _TORCH_CLASSES[name](torch_groups, **defaults, foreach=False)
+    optimizer: torch.optim.Optimizer = _TORCH_CLASSES[name](torch_groups, **defaults, foreach=False)  # type: ignore[call-arg]
+    return optimizer
 
 
 def _flat_named_params(optimizer: torch.optim.Optimizer) -> list[tuple[str, torch.Tensor]]:
@@ -122,13 +128,16 @@ BIT_FOR_BIT = Tolerance(rtol=0.0, atol=0.0)
 # out. Measured against a plain non-FMA numpy RMSprop (optim_core as of this writing) over 4,000 random
 # test_torch_parity runs, the worst error used 10% of this tolerance in float32 and 2% in float64; yet a 1e-6
 # relative error in eps, or 1e-4 in momentum, still fails it.
+# SGD, Adam, AdamW and Adagrad are held to the same tolerances and the same factor over their own bounds (below, beside
+# RMSprop's): torch fuses their multiply-adds too (add with alpha, lerp, addcmul), and its square roots are not
+# correctly rounded (about one float32 root in six is an ulp off), which each bound charges as two unit roundoffs.
 RMSPROP_FLOAT64 = Tolerance(rtol=1e-12, atol=1e-14)
 RMSPROP_FLOAT32 = Tolerance(rtol=1e-5, atol=1e-6)
 RMSPROP_DRIFT_FACTOR = 4.0
 
 
 def tolerance_for(optimizer: torch.optim.Optimizer, dtype: torch.dtype) -> Tolerance:
-    """The agreement the API brief demands: Rprop bit for bit; RMSprop to the rounding of its dtype."""
+    """The agreement the API brief demands: Rprop bit for bit; the others to the rounding of their dtype."""
     if isinstance(optimizer, torch.optim.Rprop):
         return BIT_FOR_BIT
     return RMSPROP_FLOAT64 if dtype == torch.float64 else RMSPROP_FLOAT32
@@ -165,7 +174,7 @@ def _without_foreach(group: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def assert_agrees_with_torch(
-    ours: Rprop | RMSprop, theirs: torch.optim.Optimizer, drift: Mapping[tuple[str, str], FloatArray]
+    ours: CoreOptimizer, theirs: torch.optim.Optimizer, drift: Mapping[tuple[str, str], FloatArray]
 ) -> None:
     """optim_core's params and whole state_dict, structure and values, agree with torch's.
 
@@ -222,8 +231,9 @@ def assert_agrees_with_torch(
 class TorchTwin:
     """A torch optimizer run beside an optim_core one from the same state: steps it and compares the two.
 
-    For RMSprop it also keeps, per param and state array, the bound from _rmsprop_rounding_bounds; it starts at zero,
-    so create the twin when both optimizers hold identical values (at construction, or right after a state load).
+    For the optimizers not compared bit for bit it also keeps, per param and state array, the bound from their
+    _*_rounding_bounds; it starts at zero, so create the twin when both optimizers hold identical values (at
+    construction, or right after a state load).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
@@ -231,18 +241,21 @@ class TorchTwin:
         self._drift: dict[tuple[str, str], FloatArray] = {}
 
     def step(self, grads: Mapping[str, npt.ArrayLike]) -> None:
-        if isinstance(self.optimizer, torch.optim.RMSprop):
+        rounding_bounds = next(
+            (bounds for kind, bounds in _ROUNDING_BOUNDS.items() if isinstance(self.optimizer, kind)), None
+        )
+        if rounding_bounds is not None:
             for group in self.optimizer.param_groups:
                 for param_name, param in zip(group["param_names"], group["params"], strict=True):
                     if param_name not in grads:
                         continue
                     bounds = {key: bound for (name, key), bound in self._drift.items() if name == param_name}
                     grad = np.asarray(grads[param_name], dtype=np.float64)
-                    new_bounds = _rmsprop_rounding_bounds(group, param, self.optimizer.state[param], grad, bounds)
+                    new_bounds = rounding_bounds(group, param, self.optimizer.state.get(param, {}), grad, bounds)
                     self._drift.update({(param_name, key): bound for key, bound in new_bounds.items()})
         step_torch(self.optimizer, grads)
 
-    def assert_agrees(self, ours: Rprop | RMSprop) -> None:
+    def assert_agrees(self, ours: CoreOptimizer) -> None:
         assert_agrees_with_torch(ours, self.optimizer, self._drift)
 
 
@@ -307,3 +320,164 @@ def _rmsprop_rounding_bounds(
         update, e_update = lr * ratio, lr * e_ratio
     new_bounds["param"] = carried("param") + e_update + 2 * u * (np.abs(p) + np.abs(update))
     return new_bounds
+
+
+Bounds = dict[str, FloatArray]
+
+
+class _Before:
+    """torch's values of one param before a step, in float64, and the bounds carried into it (zero where none)."""
+
+    def __init__(
+        self, param: torch.Tensor, state: Mapping[str, torch.Tensor], bounds: Mapping[str, FloatArray]
+    ) -> None:
+        self.zeros = np.zeros(tuple(param.shape))
+        self.u = 2.0**-24 if param.dtype == torch.float32 else 2.0**-53  # unit roundoff
+        self.param = param.detach().numpy().astype(np.float64)
+        self._state = state
+        self._bounds = bounds
+
+    def has(self, key: str) -> bool:
+        return key in self._state
+
+    def state(self, key: str, initial: float = 0.0) -> FloatArray:
+        # No state yet: torch starts the buffer at ``initial``.
+        return self._state[key].numpy().astype(np.float64) if key in self._state else self.zeros + initial
+
+    def carried(self, key: str) -> FloatArray:
+        return self._bounds.get(key, self.zeros)
+
+
+def _decayed_grad(
+    before: _Before, grad: FloatArray, maximize: bool, weight_decay: float
+) -> tuple[FloatArray, FloatArray]:
+    """grad.add(param, alpha=weight_decay) after maximize's negation, and its bound (one rounding per operation)."""
+    g = (-grad if maximize else grad) + weight_decay * before.param
+    if not weight_decay:
+        return g, before.zeros
+    return g, weight_decay * before.carried("param") + before.u * (weight_decay * np.abs(before.param) + np.abs(g))
+
+
+def _root_bound(before: _Before, value: FloatArray, e_value: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """sqrt(value) and its bound: the propagated error, and two unit roundoffs for torch's root, which is not
+    correctly rounded."""
+    root = np.sqrt(value)
+    # |sqrt(x + d) - sqrt(x)| <= d / (sqrt(x + d) + sqrt(x)), which stays finite at x = 0.
+    denominator = np.sqrt(value + e_value) + root
+    e_root = np.divide(e_value, denominator, out=before.zeros.copy(), where=denominator > 0) + 2 * before.u * root
+    return root, e_root
+
+
+def _sgd_rounding_bounds(
+    group: Mapping[str, Any],
+    param: torch.Tensor,
+    state: Mapping[str, torch.Tensor],
+    grad: FloatArray,
+    bounds: Mapping[str, FloatArray],
+) -> Bounds:
+    """SGD's first-order bounds, as _rmsprop_rounding_bounds takes RMSprop's."""
+    before = _Before(param, state, bounds)
+    u, p = before.u, before.param
+    lr, momentum, dampening = float(group["lr"]), float(group["momentum"]), float(group["dampening"])
+    g, e_g = _decayed_grad(before, grad, group["maximize"], float(group["weight_decay"]))
+    new_bounds: Bounds = {}
+    direction, e_direction = g, e_g
+    if momentum != 0:
+        buffer: FloatArray
+        e_buffer: FloatArray
+        if before.has("momentum_buffer"):
+            old = before.state("momentum_buffer")
+            buffer = momentum * old + (1 - dampening) * g
+            e_buffer = (
+                momentum * before.carried("momentum_buffer")
+                + abs(1 - dampening) * e_g
+                + 3 * u * (momentum * np.abs(old) + abs(1 - dampening) * np.abs(g))
+            )
+        else:
+            buffer, e_buffer = g, e_g
+        new_bounds["momentum_buffer"] = e_buffer
+        if group["nesterov"]:
+            direction = g + momentum * buffer
+            e_direction = e_g + momentum * e_buffer + 2 * u * (np.abs(g) + momentum * np.abs(buffer))
+        else:
+            direction, e_direction = buffer, e_buffer
+    new_bounds["param"] = before.carried("param") + lr * e_direction + 2 * u * (np.abs(p) + lr * np.abs(direction))
+    return new_bounds
+
+
+def _adam_rounding_bounds(
+    group: Mapping[str, Any],
+    param: torch.Tensor,
+    state: Mapping[str, torch.Tensor],
+    grad: FloatArray,
+    bounds: Mapping[str, FloatArray],
+) -> Bounds:
+    """Adam's and AdamW's first-order bounds, as _rmsprop_rounding_bounds takes RMSprop's."""
+    before = _Before(param, state, bounds)
+    u, p = before.u, before.param
+    lr, eps, weight_decay = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+    beta1, beta2 = (float(beta) for beta in group["betas"])
+    e_p = before.carried("param")
+    if weight_decay and group["decoupled_weight_decay"]:
+        p = p * (1 - lr * weight_decay)
+        e_p = abs(1 - lr * weight_decay) * e_p + u * np.abs(p)
+        g, e_g = _decayed_grad(before, grad, group["maximize"], 0.0)
+    else:
+        g, e_g = _decayed_grad(before, grad, group["maximize"], weight_decay)
+    step = float(state["step"]) + 1 if "step" in state else 1.0
+    old_exp_avg = before.state("exp_avg")
+    exp_avg = old_exp_avg + (1 - beta1) * (g - old_exp_avg)
+    e_exp_avg = beta1 * before.carried("exp_avg") + (1 - beta1) * e_g + 4 * u * (np.abs(old_exp_avg) + np.abs(g))
+    exp_avg_sq = beta2 * before.state("exp_avg_sq") + (1 - beta2) * g * g
+    e_exp_avg_sq = beta2 * before.carried("exp_avg_sq") + 2 * (1 - beta2) * np.abs(g) * e_g + 4 * u * exp_avg_sq
+    new_bounds: Bounds = {"exp_avg": e_exp_avg, "exp_avg_sq": e_exp_avg_sq}
+    second, e_second = exp_avg_sq, e_exp_avg_sq
+    if group["amsgrad"]:
+        second = np.maximum(before.state("max_exp_avg_sq"), exp_avg_sq)
+        e_second = new_bounds["max_exp_avg_sq"] = np.maximum(before.carried("max_exp_avg_sq"), e_exp_avg_sq)
+    step_size = lr / (1 - beta1**step)
+    correction = (1 - beta2**step) ** 0.5
+    root, e_root = _root_bound(before, second, e_second)
+    denominator = root / correction + eps
+    e_denominator = e_root / correction + u * root / correction + u * denominator
+    ratio = step_size * exp_avg / denominator
+    e_ratio = (
+        step_size * e_exp_avg / denominator
+        + step_size * np.abs(exp_avg) * e_denominator / denominator**2
+        + 2 * u * np.abs(ratio)
+    )
+    new_bounds["param"] = e_p + e_ratio + 2 * u * (np.abs(p) + np.abs(ratio))
+    return new_bounds
+
+
+def _adagrad_rounding_bounds(
+    group: Mapping[str, Any],
+    param: torch.Tensor,
+    state: Mapping[str, torch.Tensor],
+    grad: FloatArray,
+    bounds: Mapping[str, FloatArray],
+) -> Bounds:
+    """Adagrad's first-order bounds, as _rmsprop_rounding_bounds takes RMSprop's."""
+    before = _Before(param, state, bounds)
+    u, p = before.u, before.param
+    lr, lr_decay, eps = float(group["lr"]), float(group["lr_decay"]), float(group["eps"])
+    g, e_g = _decayed_grad(before, grad, group["maximize"], float(group["weight_decay"]))
+    step = float(state["step"]) + 1
+    rate = lr / (1 + (step - 1) * lr_decay)
+    total = before.state("sum") + g * g
+    e_total = before.carried("sum") + 2 * np.abs(g) * e_g + 2 * u * total
+    root, e_root = _root_bound(before, total, e_total)
+    std = root + eps
+    e_std = e_root + u * std
+    ratio = rate * g / std
+    e_ratio = rate * e_g / std + rate * np.abs(g) * e_std / std**2 + 2 * u * np.abs(ratio)
+    return {"sum": e_total, "param": before.carried("param") + e_ratio + 2 * u * (np.abs(p) + np.abs(ratio))}
+
+
+_ROUNDING_BOUNDS: dict[type[torch.optim.Optimizer], Any] = {
+    torch.optim.RMSprop: _rmsprop_rounding_bounds,
+    torch.optim.SGD: _sgd_rounding_bounds,
+    torch.optim.Adam: _adam_rounding_bounds,  # AdamW is torch's Adam with decoupled_weight_decay
+    torch.optim.Adagrad: _adagrad_rounding_bounds,
+}
+"""Each optimizer compared to rounding, and the function that bounds the rounding of its step."""
