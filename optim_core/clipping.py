@@ -52,6 +52,7 @@ def checked_clipping(max_norm: object, norm_type: object) -> tuple[float, float]
     return float(max_norm), float(norm_type)
 
 
+@np.errstate(over="ignore", invalid="ignore")  # as torch's: a p-th power past the range makes the norm infinite
 def _norm(values: np.ndarray, norm_type: float) -> float:
     flat = np.asarray(values, dtype=np.float64).ravel()
     if flat.size == 0:

@@ -349,7 +349,7 @@ def request_schemas(*, default_dtype: str = "float32") -> dict[str, Schema]:
         "description": "Every contribution a step of its own, refused when more than `max_staleness` steps stale.",
         "properties": {
             "mode": {"const": "async"},
-            "max_staleness": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}]},
+            "max_staleness": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_STEP}, {"type": "null"}]},
             "staleness_weighting": {"enum": ["none", "inverse"]},
         },
         "required": ["mode"],

@@ -15,6 +15,8 @@ from typing import Any
 from service.sessions.errors import InvalidRequest
 
 MAX_WORKERS = 1024
+MAX_STEP = 2**53 - 1
+"""The largest step counter (``wire/json_arrays.MAX_STEP``), and so the largest useful ``max_staleness``."""
 MAX_TIMEOUT_SECONDS = 86_400.0
 MAX_WEIGHT = 1e15
 """The largest weight: a total of a thousand of them stays far inside a double's exact integers."""
@@ -87,7 +89,7 @@ def checked_aggregation(settings: object) -> dict[str, Any] | None:
         }
     if mode == "async":
         _check_keys(settings, ("mode", "max_staleness", "staleness_weighting"))
-        max_staleness = _integer(settings, "max_staleness", None, 0, None)
+        max_staleness = _integer(settings, "max_staleness", None, 0, MAX_STEP)
         weighting = settings.get("staleness_weighting", "none")
         if weighting not in ("none", "inverse"):
             raise InvalidRequest(

@@ -56,12 +56,21 @@ class PreparedGrads:
 
 
 def prepared_grads(
-    grads: Mapping[str, np.ndarray], *, dtype: str, clip_settings: dict[str, Any] | None, nonfinite: str
+    grads: Mapping[str, np.ndarray],
+    *,
+    dtype: str,
+    clip_settings: dict[str, Any] | None,
+    nonfinite: str,
+    shapes: Mapping[str, list[int]] | None = None,
 ) -> PreparedGrads:
     """The gradients to step with: unchanged when the session has neither setting; else cast to the params'
     dtype, checked for non-finite values ("skip": ``skipped``), and clipped."""
     if clip_settings is None and nonfinite == "reject":
         return PreparedGrads(grads)
+    if shapes is not None and any(
+        name not in shapes or list(grad.shape) != shapes[name] for name, grad in grads.items()
+    ):
+        return PreparedGrads(grads)  # the optimizer refuses them, naming the param: a skip would hide that
     with np.errstate(over="ignore", invalid="ignore"):
         casted = {name: np.asarray(grad, dtype=dtype) for name, grad in grads.items()}
     if not all(all_finite(grad) for grad in casted.values()):

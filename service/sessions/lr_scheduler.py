@@ -89,11 +89,17 @@ def started(
 
 
 def _loaded(setting: Mapping[str, Any], state_dict: object, loc: tuple[str | int, ...]) -> Schedule:
+    """The schedule of ``setting`` with ``state_dict`` loaded, which must be of as many groups as the session's."""
     schedule = parse_schedule(setting["config"])
     try:
         schedule.load_state_dict(_from_json(state_dict, loc=loc))
     except OptimCoreError as error:
         raise InvalidRequest((*loc, *error.loc), error.message) from None
+    groups = len(setting["group_keys"])
+    if len(schedule.last_lr) != groups:
+        raise InvalidRequest(
+            loc, f"this state_dict is of {len(schedule.last_lr)} param groups; the session has {groups}"
+        )
     return schedule
 
 

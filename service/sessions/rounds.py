@@ -27,7 +27,7 @@ from service.sessions.gradient_settings import prepared_grads
 from service.sessions.idempotency import Retention
 from service.sessions.lr_scheduler import advance_optimizer
 from service.sessions.optimizers import core_error, summary_groups
-from service.sessions.step_metrics import kept_metrics, step_metrics
+from service.sessions.step_metrics import finite_or_null, kept_metrics, step_metrics
 from service.store import Contribution, LockedSession, MetricsKept, Quotas, RoundRecord, RoundsKept, SessionMeta
 
 ROUNDS_KEPT = 1000
@@ -143,10 +143,15 @@ class RoundCloser:
             raise core_error(error, "body") from None
         state = optimizer.state_dict_arrays(copy=False)["state"]
         params = optimizer.params
-        if not all(all_finite(array) for array in params.values()):
+        arrays = [
+            *params.values(),
+            *(value for entry in state.values() for key, value in entry.items() if key != "step"),
+        ]
+        if not all(all_finite(np.asarray(array)) for array in arrays):
             raise InvalidRequest(
                 ("body", "grads"),
-                "this round's step would make params infinite or NaN (an overflow); it was not applied",
+                "this round's step would make params or optimizer state infinite or NaN (an overflow); "
+                "it was not applied",
             )
         new_meta = replace(
             meta, step=meta.step + 1, version=meta.version + 1, updated_at=now, stored_bytes=array_bytes(params, state)
@@ -157,7 +162,7 @@ class RoundCloser:
         opened = min(c.created_at for c in everyone)
         metrics = step_metrics(telemetry, _round_loss(everyone))
         if prepared.clip is not None:
-            metrics["clip"] = prepared.clip
+            metrics["clip"] = finite_or_null(prepared.clip)
         metrics["round"] = {
             "contributors": len(everyone),
             "total_weight": sum(c.weight for c in sorted(everyone, key=lambda c: c.worker)),

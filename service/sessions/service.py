@@ -60,6 +60,7 @@ from service.sessions.rounds import (
 from service.sessions.sign_grads import sign_grads_cast
 from service.sessions.step_metrics import (
     MAX_METRICS_PAGE,
+    finite_or_null,
     history_item,
     kept_metrics,
     replayed_metrics,
@@ -664,7 +665,11 @@ class Sessions:
         _require_match(expected_versions, locked.meta.version)
         optimizer = self._optimizer(locked)
         prepared = prepared_grads(
-            grads, dtype=locked.meta.dtype, clip_settings=locked.meta.clip_grad_norm, nonfinite=locked.meta.nonfinite
+            grads,
+            dtype=locked.meta.dtype,
+            clip_settings=locked.meta.clip_grad_norm,
+            nonfinite=locked.meta.nonfinite,
+            shapes=locked.meta.shapes,
         )
         if prepared.skipped:
             self._observer.step_skipped()
@@ -698,7 +703,7 @@ class Sessions:
             )
         metrics = step_metrics(telemetry, loss)
         if prepared.clip is not None:
-            metrics["clip"] = prepared.clip
+            metrics["clip"] = finite_or_null(prepared.clip)
         schedule = advance_optimizer(locked.meta.lr_scheduler, optimizer)
         if schedule is not None:
             meta = replace(meta, param_groups=summary_groups(optimizer), lr_scheduler=schedule)
@@ -781,6 +786,12 @@ class Sessions:
     def close_due_round(self, *, caller: Caller, session_id: str, step: int) -> bool:
         """Close the synchronous session's round ``step`` if it is due (its timeout passed with enough
         contributions); whether this call closed it."""
+        try:
+            return self._close_due_round(caller, session_id, step)
+        except QuotaGuardFailed as refused:
+            raise self._quota_refusal(refused, caller) from None
+
+    def _close_due_round(self, caller: Caller, session_id: str, step: int) -> bool:
         with self._held(session_id) as locked:
             _check_access(locked.meta, caller)
             aggregation = locked.meta.aggregation

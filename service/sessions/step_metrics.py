@@ -15,6 +15,11 @@ MAX_METRICS_PAGE = 10_000
 """The most items one page of a session's metrics holds."""
 
 
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every number that is not finite, however deep, as None (JSON has no infinity)."""
+    return _finite_or_null(value)
+
+
 def _finite_or_null(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None

@@ -215,3 +215,10 @@ def test_a_contribution_with_a_bad_gradient_is_422_and_is_not_stored(
 
     assert_names_field(response, 422, "w")
     _unchanged(client, session_id, before)
+
+
+def test_a_max_staleness_past_the_largest_step_is_refused(client: TestClient) -> None:
+    body = {"optimizer": "rprop", "params": {"w": [1.0]}, "aggregation": {"mode": "async", "max_staleness": 1e30}}
+    response = send(client, "POST", "/v1/sessions", body)
+    assert response.status_code == 422
+    assert "max_staleness" in response.text

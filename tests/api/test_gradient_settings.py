@@ -159,3 +159,11 @@ def test_bad_settings_are_refused_naming_the_field_and_change_nothing(
     assert_problem(send(client, "PATCH", f"/v1/sessions/{created.id}", settings), 422, loc)
     summary = ok(client.get(f"/v1/sessions/{created.id}"))
     assert (summary["clip_grad_norm"], summary["nonfinite"]) == (None, "reject")
+
+
+def test_a_total_norm_past_the_dtypes_range_is_null_in_the_answer_not_a_failure(client: TestClient) -> None:
+    # norm_type 1000: 4**1000 overflows float64 on the way to the norm, which is then infinite.
+    clip = {"max_norm": 1.0, "norm_type": 1000}
+    created = create_session(client, {"optimizer": "rprop", "params": {"w": [1.0, 2.0]}, "clip_grad_norm": clip})
+    answer = ok(step(client, created.id, {"w": [3.0, 4.0]}))
+    assert answer["metrics"]["clip"]["total_norm"] is None

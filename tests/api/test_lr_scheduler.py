@@ -149,3 +149,13 @@ def test_bad_arguments_are_refused_naming_them_and_change_nothing(
     assert_problem(send(client, "PATCH", f"/v1/sessions/{created.id}", {"lr_scheduler": config}), 422, loc)
     assert ok(client.get(f"/v1/sessions/{created.id}"))["lr_scheduler"] is None
     assert np.isclose(ok(client.get(f"/v1/sessions/{created.id}"))["param_groups"][0]["lr"], 0.01)
+
+
+def test_a_state_dict_of_another_number_of_groups_is_refused(client: TestClient) -> None:
+    config, _ = SCHEDULES[0]
+    created = _create(client, config)
+    view = ok(client.get(f"/v1/sessions/{created.id}/lr_scheduler"))
+    three = {**view["state_dict"], "base_lrs": [0.1, 0.05, 0.01], "_last_lr": [0.1, 0.05, 0.01]}
+    response = send(client, "PUT", f"/v1/sessions/{created.id}/lr_scheduler", {"state_dict": three})
+    assert_problem(response, 422, ["body", "state_dict"])
+    assert ok(step(client, created.id, {"w": [1.0, 1.0], "b": [1.0]}))["step"] == 1
