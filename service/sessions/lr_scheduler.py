@@ -20,6 +20,24 @@ from service.sessions.optimizers import core_error
 Groups = list[dict[str, Any]]
 
 
+MAX_INTEGER = 2**53 - 1
+"""The largest integer a schedule's argument or counter may be: JSON's exact integers (and the step counter's)."""
+
+
+def _bounded(value: Any, loc: tuple[str | int, ...]) -> None:
+    """Refuse an integer past ``MAX_INTEGER`` anywhere in a config or state, naming where."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and abs(value) > MAX_INTEGER:
+        raise InvalidRequest(loc, f"{value} is past the largest whole number taken here, {MAX_INTEGER}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _bounded(item, (*loc, key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _bounded(item, (*loc, index))
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Counter | dict):
         return {str(key): _jsonable(item) for key, item in value.items()}
@@ -78,6 +96,7 @@ def started(
     group's lr, and the lrs of step 0), and the groups it leaves."""
     if not isinstance(config, dict):
         raise InvalidRequest(loc, "lr_scheduler must be an object {name, ...torch's arguments}, or null")
+    _bounded(config, loc)
     try:
         schedule = parse_schedule(config)
         work = _work_groups(groups)
@@ -91,6 +110,7 @@ def started(
 def _loaded(setting: Mapping[str, Any], state_dict: object, loc: tuple[str | int, ...]) -> Schedule:
     """The schedule of ``setting`` with ``state_dict`` loaded, which must be of as many groups as the session's."""
     schedule = parse_schedule(setting["config"])
+    _bounded(state_dict, loc)
     try:
         schedule.load_state_dict(_from_json(state_dict, loc=loc))
     except OptimCoreError as error:
@@ -111,6 +131,7 @@ def restored(checkpoint: object, groups: Groups, *, loc: tuple[str, ...] = ("bod
     config = checkpoint.get("config")
     if not isinstance(config, dict):
         raise InvalidRequest((*loc, "config"), "the schedule's config: {name, ...torch's arguments}")
+    _bounded(config, (*loc, "config"))
     try:
         parse_schedule(config)
     except OptimCoreError as error:

@@ -993,12 +993,14 @@ class Sessions:
     ) -> SessionMeta:
         with self._held(session_id) as locked:
             _check_access(locked.meta, caller)
-            _require_match(expected_versions, locked.meta.version)
             optimizer = self._optimizer(locked)
             try:
                 optimizer.load_state_dict(state_dict)  # type: ignore[arg-type]
             except OptimCoreError as error:
                 raise core_error(error, "body") from None
+            # After the body is checked: a malformed body is 422 whatever If-Match says. The optimizer, changed
+            # by the load, is not put back into the cache when this refuses.
+            _require_match(expected_versions, locked.meta.version)
             meta = replace(
                 locked.meta,
                 param_groups=summary_groups(optimizer),

@@ -159,3 +159,9 @@ def test_a_state_dict_of_another_number_of_groups_is_refused(client: TestClient)
     response = send(client, "PUT", f"/v1/sessions/{created.id}/lr_scheduler", {"state_dict": three})
     assert_problem(response, 422, ["body", "state_dict"])
     assert ok(step(client, created.id, {"w": [1.0, 1.0], "b": [1.0]}))["step"] == 1
+
+
+def test_a_whole_number_past_two_to_the_53_is_refused_not_stored(client: TestClient) -> None:
+    body = {"optimizer": "rprop", "params": {"w": [1.0]}, "lr_scheduler": {"name": "StepLR", "step_size": 10**30}}
+    assert_problem(send(client, "POST", "/v1/sessions", body), 422, ["body", "lr_scheduler", "step_size"])
+    assert ok(client.get("/v1/sessions"))["items"] is not None
