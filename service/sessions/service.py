@@ -462,7 +462,6 @@ class Sessions:
             changes["nonfinite"] = checked_nonfinite(settings["nonfinite"])
         with self._held(session_id) as locked:
             _check_access(locked.meta, caller)
-            _require_match(expected_versions, locked.meta.version)
             groups = locked.meta.param_groups
             if hyperparameters is not None or param_groups is not None:
                 groups = _merged_groups(locked.meta, hyperparameters, param_groups)
@@ -470,6 +469,8 @@ class Sessions:
                 changes["lr_scheduler"] = None
                 if settings["lr_scheduler"] is not None:
                     changes["lr_scheduler"], groups = started(settings["lr_scheduler"], groups)
+            # After the body is checked: a malformed body is 422 whatever If-Match says.
+            _require_match(expected_versions, locked.meta.version)
             meta = replace(
                 locked.meta, param_groups=groups, version=locked.meta.version + 1, updated_at=_now(), **changes
             )
