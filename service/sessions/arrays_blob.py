@@ -6,11 +6,13 @@ algorithm keeps one: SGD does not) travels in the metadata. Params and state
 together restore the optimizer exactly.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import orjson
 
+from optim_core.checks import all_finite
 from service.buffers import Buffers
 from service.wire.safetensors_file import dump_buffers, read
 
@@ -48,3 +50,15 @@ def unpack(blob: bytes) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]
             index, key = name.removeprefix(STATE).split("/", 1)
             state.setdefault(index, {})[key] = value
     return params, state
+
+
+def array_bytes(params: Mapping[str, np.ndarray], state: dict[str, dict[str, Any]]) -> int:
+    """The bytes of a session's arrays, params and optimizer state: what its tenant's byte quota counts."""
+    arrays = [*params.values(), *(value for entry in state.values() for key, value in entry.items() if key != "step")]
+    return sum(np.asarray(array).nbytes for array in arrays)
+
+
+def arrays_finite(params: Mapping[str, np.ndarray], state: dict[str, dict[str, Any]]) -> bool:
+    """Whether every one of a session's arrays, params and optimizer state, is finite."""
+    arrays = [*params.values(), *(value for entry in state.values() for key, value in entry.items() if key != "step")]
+    return all(all_finite(array) for array in arrays)

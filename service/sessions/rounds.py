@@ -10,7 +10,7 @@ Idempotency-Key (``idempotency.py``).
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -21,7 +21,7 @@ from optim_core import OptimCoreError, Optimizer
 from optim_core.aggregation import weighted_mean
 from optim_core.checks import all_finite
 from service.sessions.aggregation import Contribution as ContributionFields
-from service.sessions.arrays_blob import pack, pack_buffers, unpack
+from service.sessions.arrays_blob import array_bytes, arrays_finite, pack, pack_buffers, unpack
 from service.sessions.errors import ContributionChanged, InvalidRequest, RoundMovedOn
 from service.sessions.gradient_settings import prepared_grads
 from service.sessions.idempotency import Retention
@@ -122,7 +122,6 @@ class RoundCloser:
         optimizer: Optimizer[Any, Any],
         quotas: Quotas,
         now: datetime,
-        array_bytes: Callable[[Mapping[str, np.ndarray], dict[str, dict[str, Any]]], int],
     ) -> Closed:
         """Apply the round's step to ``optimizer``: the stored ``contributions`` (with their gradients) and
         ``fresh``, the one this request brings (not stored: the round closes with it)."""
@@ -143,11 +142,7 @@ class RoundCloser:
             raise core_error(error, "body") from None
         state = optimizer.state_dict_arrays(copy=False)["state"]
         params = optimizer.params
-        arrays = [
-            *params.values(),
-            *(value for entry in state.values() for key, value in entry.items() if key != "step"),
-        ]
-        if not all(all_finite(np.asarray(array)) for array in arrays):
+        if not arrays_finite(params, state):
             raise InvalidRequest(
                 ("body", "grads"),
                 "this round's step would make params or optimizer state infinite or NaN (an overflow); "

@@ -23,11 +23,10 @@ import orjson
 
 from optim_core import ALGORITHMS, OptimCoreError, Optimizer
 from optim_core.aggregation import staleness_scaled
-from optim_core.checks import all_finite
 from service.buffers import Buffers
 from service.sessions.aggregation import Contribution as ContributionFields
 from service.sessions.aggregation import checked_aggregation, checked_contribution
-from service.sessions.arrays_blob import pack, pack_buffers, unpack
+from service.sessions.arrays_blob import array_bytes, arrays_finite, pack, pack_buffers, unpack
 from service.sessions.cache import OptimizerCache
 from service.sessions.errors import (
     IdempotencyKeyInFlight,
@@ -155,12 +154,6 @@ def _packed(optimizer: Optimizer[Any, Any]) -> Buffers:
     return pack_buffers(optimizer.params, optimizer.state_dict_arrays(copy=False)["state"])
 
 
-def _array_bytes(params: Mapping[str, np.ndarray], state: dict[str, dict[str, Any]]) -> int:
-    """The bytes of a session's arrays, params and optimizer state: what its tenant's byte quota counts."""
-    arrays = [*params.values(), *(value for entry in state.values() for key, value in entry.items() if key != "step")]
-    return sum(np.asarray(array).nbytes for array in arrays)
-
-
 def _check_access(meta: SessionMeta, caller: Caller, *, summary_only: bool = False) -> None:
     """The session is the caller's tenant's; an admin key may also read other tenants' summaries."""
     if meta.tenant == caller.tenant:
@@ -172,11 +165,6 @@ def _check_access(meta: SessionMeta, caller: Caller, *, summary_only: bool = Fal
             f"session {meta.id!r} belongs to tenant {meta.tenant!r}: an admin key lists every tenant's sessions "
             "and reads their summaries, and changes or reads the arrays of its own tenant's only"
         )
-
-
-def _finite(params: Mapping[str, np.ndarray], state: dict[str, dict[str, Any]]) -> bool:
-    arrays = [*params.values(), *(value for entry in state.values() for key, value in entry.items() if key != "step")]
-    return all(all_finite(array) for array in arrays)
 
 
 def _torch_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -362,7 +350,7 @@ class Sessions:
             created_at=now,
             updated_at=now,
             tenant=caller.tenant,
-            stored_bytes=_array_bytes(built.params, built.state_dict_arrays(copy=False)["state"]),
+            stored_bytes=array_bytes(built.params, built.state_dict_arrays(copy=False)["state"]),
             aggregation=aggregating,
             clip_grad_norm=clipping,
             nonfinite=policy,
@@ -684,7 +672,7 @@ class Sessions:
             raise core_error(error, "body") from None
         state = optimizer.state_dict_arrays(copy=False)["state"]
         params = optimizer.params
-        if not _finite(params, state):
+        if not arrays_finite(params, state):
             # The optimizer is not put back: the next step restores it from storage.
             raise InvalidRequest(
                 ("body", "grads"),
@@ -695,7 +683,7 @@ class Sessions:
             step=locked.meta.step + 1,
             version=locked.meta.version + 1,
             updated_at=_now(),
-            stored_bytes=_array_bytes(params, state),
+            stored_bytes=array_bytes(params, state),
         )
         record = None
         if idempotency_key is not None:
@@ -772,7 +760,6 @@ class Sessions:
             optimizer=self._optimizer(locked),
             quotas=caller.quotas,
             now=now,
-            array_bytes=_array_bytes,
         )
         outcome = StepOutcome(
             step=closed.step,
@@ -809,7 +796,6 @@ class Sessions:
                 optimizer=self._optimizer(locked),
                 quotas=caller.quotas,
                 now=now,
-                array_bytes=_array_bytes,
             )
             version = locked.meta.version
         self._recent_rounds.remember(closed.meta, closed.contributors, closed.params, closed.metrics)
@@ -1007,7 +993,7 @@ class Sessions:
                 param_groups=summary_groups(optimizer),
                 version=locked.meta.version + 1,
                 updated_at=_now(),
-                stored_bytes=_array_bytes(optimizer.params, optimizer.state_dict_arrays(copy=False)["state"]),
+                stored_bytes=array_bytes(optimizer.params, optimizer.state_dict_arrays(copy=False)["state"]),
             )
             locked.save(meta, _packed(optimizer), quotas=caller.quotas)
         self._cache.put(session_id, meta.version, optimizer)
