@@ -41,9 +41,10 @@ def negotiate(accept: str | None, offered: Sequence[str] = ARRAY_TYPES) -> str:
     """The offered media type the Accept header prefers (ties go to the first offered); else 406.
 
     Each offered type takes the quality of the most specific range matching it
-    (``type/subtype`` over ``type/*`` over ``*/*``), as RFC 9110 says.
+    (``type/subtype`` over ``type/*`` over ``*/*``), as RFC 9110 says. No Accept header means any
+    type; one present but empty lists no acceptable type, so it is 406 like any other that matches none.
     """
-    if not accept or not accept.strip():
+    if accept is None:
         return offered[0]
     ranges = [_parse_range(entry) for entry in accept.split(",") if entry.strip()]
     best, best_quality = None, 0.0

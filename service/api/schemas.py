@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from optim_core import ALGORITHMS, NAMES
 from service.sessions.aggregation import MAX_WEIGHT, MAX_WORKERS, WORKER_ID
@@ -104,6 +104,14 @@ class StepRequest(Strict):
         allow_inf_nan=False,
         description="How much the contribution counts (its examples, say); 1 by default.",
     )
+
+    @field_validator("grads")
+    @classmethod
+    def not_empty(cls, grads: dict[str, NumericArray]) -> dict[str, NumericArray]:
+        """Checked with the body, before any precondition (If-Match) is: the core says the same."""
+        if not grads:
+            raise ValueError("grads is empty; a step needs at least one gradient")
+        return grads
 
     @model_validator(mode="after")
     def contribution_complete(self) -> "StepRequest":

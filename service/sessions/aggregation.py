@@ -34,15 +34,13 @@ class Contribution:
     weight: float = 1.0
 
 
-def _integer(settings: dict[str, Any], key: str, default: int | None, low: int, high: int | None) -> int | None:
+def _integer(settings: dict[str, Any], key: str, default: int | None, low: int, high: int) -> int:
+    """The integer at ``key`` (or ``default`` when absent), from ``low`` to ``high``; null is refused."""
     value = settings.get(key, default)
-    if value is None:
-        return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
-        raise InvalidRequest((*LOC, key), f"{key} must be an integer {bound}, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidRequest((*LOC, key), f"{key} must be an integer from {low} to {high}, not {value!r}")
     return value
 
 
@@ -64,9 +62,7 @@ def checked_aggregation(settings: object) -> dict[str, Any] | None:
         if "workers" not in settings:
             raise InvalidRequest((*LOC, "workers"), "a synchronous session needs workers")
         workers = _integer(settings, "workers", None, 1, MAX_WORKERS)
-        assert workers is not None
         min_workers = _integer(settings, "min_workers", workers, 1, MAX_WORKERS)
-        assert min_workers is not None
         if min_workers > workers:
             raise InvalidRequest((*LOC, "min_workers"), f"min_workers ({min_workers}) is more than workers ({workers})")
         timeout = settings.get("timeout_s")
@@ -89,7 +85,8 @@ def checked_aggregation(settings: object) -> dict[str, Any] | None:
         }
     if mode == "async":
         _check_keys(settings, ("mode", "max_staleness", "staleness_weighting"))
-        max_staleness = _integer(settings, "max_staleness", None, 0, MAX_STEP)
+        given = settings.get("max_staleness")
+        max_staleness = None if given is None else _integer(settings, "max_staleness", None, 0, MAX_STEP)
         weighting = settings.get("staleness_weighting", "none")
         if weighting not in ("none", "inverse"):
             raise InvalidRequest(

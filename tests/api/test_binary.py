@@ -228,7 +228,13 @@ def test_a_tensor_of_a_dtype_numpy_lacks_is_422_naming_it_and_changes_nothing(
     assert checkpoint(module_client, session.id) == before
 
 
-NOT_ACCEPTABLE = ["text/html", "application/xml", "image/*", "application/json;q=0, application/vnd.safetensors;q=0"]
+NOT_ACCEPTABLE = [
+    "text/html",
+    "application/xml",
+    "image/*",
+    "application/json;q=0, application/vnd.safetensors;q=0",
+    "",
+]
 # The endpoints that answer with arrays, in JSON or safetensors: (method, url, body kind, body format).
 ARRAY_ENDPOINTS = [
     pytest.param(method, url, kind, content_type, id=f"{method} {url} {content_type or ''}".strip())
@@ -272,7 +278,7 @@ def test_an_accept_naming_nothing_an_array_endpoint_speaks_is_406_and_changes_no
     _assert_unchanged(module_client, session, before, count)
 
 
-@pytest.mark.parametrize("accept", [SAFETENSORS, "text/html"])
+@pytest.mark.parametrize("accept", [SAFETENSORS, "text/html", ""])
 def test_an_accept_naming_nothing_a_json_only_endpoint_speaks_is_406_and_changes_nothing(
     module_client: TestClient, session: Created, accept: str
 ) -> None:

@@ -192,6 +192,29 @@ def test_if_match_takes_the_etag_of_either_representation(client: TestClient, se
     assert checkpoint(client, session.id) == before
 
 
+MALFORMED_WRITES = [
+    pytest.param("POST", "/step", {"grads": {}}, id="step-without-grads"),
+    pytest.param("PATCH", "", {"hyperparameters": {"lr": -1.0}}, id="patch-negative-lr"),
+    pytest.param("PATCH", "", {"lr_scheduler": {"name": "StepLR", "step_size": 0}}, id="patch-bad-schedule"),
+    pytest.param("PUT", "/state_dict", {"state": {}, "param_groups": []}, id="state-dict-without-groups"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), MALFORMED_WRITES)
+def test_a_malformed_write_is_422_even_with_a_stale_if_match(
+    client: TestClient, session: Created, method: str, path: str, body: dict[str, Any]
+) -> None:
+    """The body is checked before the precondition: a request that could never succeed says why (RFC 9110
+    leaves the order to the server; the OpenAPI document promises 422 for a body against its schema)."""
+    ok(step(client, session.id, GRADS))
+    before = checkpoint(client, session.id)
+
+    answer = send(client, method, f"{session.url}{path}", body, headers={"If-Match": '"1"'})
+
+    assert_problem(answer, 422)
+    assert checkpoint(client, session.id) == before
+
+
 def test_a_step_answered_in_safetensors_gives_an_etag_the_next_step_s_if_match_takes(
     client: TestClient, session: Created
 ) -> None:
