@@ -11,6 +11,9 @@ from typing import TypeVar
 from optim_core.errors import InvalidHyperparameterError, Loc
 
 T = TypeVar("T")
+LARGEST_WHOLE = 2**53 - 1
+"""The largest whole argument (a count of steps, a milestone): the largest integer every float, and so
+every JSON reader, holds exactly."""
 REQUIRED: object = object()
 """The default of an argument torch requires."""
 
@@ -28,6 +31,18 @@ def is_finite_real(value: object) -> bool:
         return math.isfinite(value)  # type: ignore[arg-type]
     except OverflowError:
         return False
+
+
+def as_whole(value: object) -> int | None:
+    """``value`` as an int when it is a whole number: an int (not a bool), or a float with no fraction
+    (``3.0``, as JSON Schema counts integers); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 class Arguments:
@@ -61,11 +76,12 @@ class Arguments:
         return InvalidHyperparameterError(f"{self.schedule} {message}", loc=(*self.loc, key, *index))
 
     def whole(self, key: str, *, minimum: int, default: object = REQUIRED) -> int:
-        """A whole number (an int, not a bool) >= ``minimum``."""
+        """A whole number (``as_whole``) from ``minimum`` to ``LARGEST_WHOLE``, as an int."""
         value = self.value(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise self.refuse(key, f"{key} must be a whole number >= {minimum}, got {value!r}")
-        return value
+        whole = as_whole(value)
+        if whole is None or not minimum <= whole <= LARGEST_WHOLE:
+            raise self.refuse(key, f"{key} must be a whole number from {minimum} to {LARGEST_WHOLE}, got {value!r}")
+        return whole
 
     def real(
         self,
@@ -107,14 +123,19 @@ class Arguments:
         return value
 
     def whole_list(self, key: str, *, minimum: int) -> tuple[int, ...]:
-        """A list of whole numbers >= ``minimum``, in the order given."""
+        """A list of whole numbers as ``whole`` reads them, in the order given."""
         value = self.value(key)
         if not isinstance(value, (list, tuple)):
             raise self.refuse(key, f"{key} must be a list of whole numbers, got {value!r}")
+        wholes = []
         for index, item in enumerate(value):
-            if not isinstance(item, int) or isinstance(item, bool) or item < minimum:
-                raise self.refuse(key, f"{key}[{index}] must be a whole number >= {minimum}, got {item!r}", index)
-        return tuple(value)
+            whole = as_whole(item)
+            if whole is None or not minimum <= whole <= LARGEST_WHOLE:
+                raise self.refuse(
+                    key, f"{key}[{index}] must be a whole number from {minimum} to {LARGEST_WHOLE}, got {item!r}", index
+                )
+            wholes.append(whole)
+        return tuple(wholes)
 
 
 def _real(

@@ -6,7 +6,7 @@ in torch. With :math:`\eta_e` the lr after ``e`` steps:
 - ``StepLR``: :math:`\eta_e = \gamma\,\eta_{e-1}` when ``e`` is a multiple of ``step_size``,
   else :math:`\eta_{e-1}`. Defaults: ``gamma=0.1``.
 - ``MultiStepLR``: :math:`\eta_e = \gamma^{n}\,\eta_{e-1}` where ``e`` appears ``n`` times in
-  ``milestones`` (a milestone may repeat). Defaults: ``gamma=0.1``.
+  ``milestones`` (in any order; a milestone may repeat). Defaults: ``gamma=0.1``.
 - ``ExponentialLR``: :math:`\eta_e = \gamma\,\eta_{e-1}`.
 
 >>> from optim_core.lr_schedules import parse_schedule
@@ -83,12 +83,9 @@ class MultiStepLR(LRScheduler):
 
     @classmethod
     def from_arguments(cls, args: Arguments) -> Self:
-        milestones = args.whole_list("milestones", minimum=0)
-        for index in range(1, len(milestones)):
-            if milestones[index] < milestones[index - 1]:
-                raise args.refuse("milestones", f"milestones must not decrease, got {list(milestones)!r}", index)
+        # torch counts the milestones (a Counter), so their order is free, as it is there.
         return cls(
-            milestones=milestones,
+            milestones=args.whole_list("milestones", minimum=0),
             gamma=args.real("gamma", default=DEFAULT_GAMMA, rule=GAMMA_RULE, holds=_positive),
             loc=args.loc,
         )

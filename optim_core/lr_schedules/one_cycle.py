@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Self
 
 from optim_core.errors import InvalidHyperparameterError, InvalidStateDictError, Loc, ScheduleStepError
-from optim_core.lr_schedules.arguments import Arguments
+from optim_core.lr_schedules.arguments import LARGEST_WHOLE, Arguments
 from optim_core.lr_schedules.groups import Group, require_betas, require_reals
 from optim_core.lr_schedules.one_cycle_phases import (
     annealing_cos,
@@ -128,6 +128,11 @@ class OneCycleLR(LRScheduler):
             total_steps = None
             epochs = args.whole("epochs", minimum=1)
             steps_per_epoch = args.whole("steps_per_epoch", minimum=1)
+            if epochs * steps_per_epoch > LARGEST_WHOLE:
+                raise args.refuse(
+                    "epochs",
+                    f"epochs * steps_per_epoch must be at most {LARGEST_WHOLE}, got {epochs * steps_per_epoch}",
+                )
         else:
             raise args.refuse("total_steps", "requires total_steps, or epochs and steps_per_epoch")
         settings = OneCycleSettings(

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from optim_core import ALGORITHMS
-from optim_core.lr_schedules import NAMES as SCHEDULE_NAMES
 from optim_core.spec import AlgorithmSpec
+from service.api.lr_scheduler_schemas import lr_scheduler_schemas
 from service.sessions.aggregation import MAX_TIMEOUT_SECONDS, MAX_WEIGHT, MAX_WORKERS, WORKER_ID
 from service.sessions.optimizers import DTYPES
 from service.sessions.service import PARAM_NAME
@@ -137,19 +137,15 @@ CLIP_GRAD_NORM_SCHEMA: Schema = {
     "description": "Clip each step's gradients by their global norm first, as torch.nn.utils.clip_grad_norm_ "
     "(norm_type 2.0 by default); null for none.",
 }
-LR_SCHEDULER_SCHEMA: Schema = {
-    "anyOf": [
-        {
-            "type": "object",
-            "properties": {"name": {"enum": list(SCHEDULE_NAMES)}},
-            "required": ["name"],
-            "additionalProperties": True,
-        },
-        {"type": "null"},
-    ],
-    "description": "An LR schedule advanced after every step: torch's class name and its own arguments (no "
-    "optimizer, last_epoch or verbose); SequentialLR's schedulers are configs of the others.",
-}
+
+
+def _lr_scheduler(config: str) -> Schema:
+    return {
+        "anyOf": [ref(config), {"type": "null"}],
+        "description": "An LR schedule advanced after every step; null for none.",
+    }
+
+
 NONFINITE_SCHEMA: Schema = {
     "enum": ["reject", "skip"],
     "description": "A step with a non-finite gradient: refused (422), or answered unchanged and not applied.",
@@ -157,6 +153,8 @@ NONFINITE_SCHEMA: Schema = {
 
 
 def _create(spec: AlgorithmSpec[Any, Any], dtype: str, *, default_dtype: str) -> Schema:
+    has_momentum = "momentum" in spec.defaults or "betas" in spec.defaults
+    config = "LRSchedulerConfig" if has_momentum else "LRSchedulerConfigWithoutMomentum"
     dtype_schema: Schema = {"const": dtype, "description": f"Default: {default_dtype}."}
     return {
         "type": "object",
@@ -191,12 +189,13 @@ def _create(spec: AlgorithmSpec[Any, Any], dtype: str, *, default_dtype: str) ->
             "nonfinite": NONFINITE_SCHEMA,
             "lr_scheduler": {
                 "anyOf": [
-                    LR_SCHEDULER_SCHEMA["anyOf"][0],
+                    ref(config),
                     {
                         "type": "object",
-                        "description": "A checkpoint's schedule, as it was.",
+                        "description": "A checkpoint's schedule, as it was: its state_dict and group_keys (one "
+                        "object per param group) as GET .../checkpoint answers them, fitting the config.",
                         "properties": {
-                            "config": {"type": "object"},
+                            "config": ref(config),
                             "state_dict": {"type": "object"},
                             "group_keys": {"type": "array", "items": {"type": "object"}},
                         },
@@ -205,7 +204,7 @@ def _create(spec: AlgorithmSpec[Any, Any], dtype: str, *, default_dtype: str) ->
                     },
                     {"type": "null"},
                 ],
-                "description": LR_SCHEDULER_SCHEMA["description"],
+                "description": "An LR schedule advanced after every step, or a checkpoint's; null for none.",
             },
         },
         "required": ["optimizer", "params"] if dtype == default_dtype else ["optimizer", "params", "dtype"],
@@ -230,7 +229,7 @@ def _patch() -> Schema:
     settings = {
         "clip_grad_norm": CLIP_GRAD_NORM_SCHEMA,
         "nonfinite": NONFINITE_SCHEMA,
-        "lr_scheduler": LR_SCHEDULER_SCHEMA,
+        "lr_scheduler": _lr_scheduler("LRSchedulerConfig"),
     }
     return {
         "type": "object",
@@ -266,7 +265,8 @@ def request_schemas(*, default_dtype: str = "float32") -> dict[str, Schema]:
             "type": "string",
             "pattern": f"^{PARAM_NAME.pattern}$",
             "description": "1 to 256 characters, none of them a control character.",
-        }
+        },
+        **lr_scheduler_schemas(),
     }
     for dtype in DTYPES:
         schemas[f"Number_{dtype}"] = _number(dtype)

@@ -14,18 +14,20 @@ from typing import Any
 
 from optim_core import OptimCoreError, Optimizer
 from optim_core.lr_schedules import Schedule, parse_schedule
+from optim_core.lr_schedules.arguments import LARGEST_WHOLE
 from service.sessions.errors import InvalidRequest
 from service.sessions.optimizers import core_error
 
 Groups = list[dict[str, Any]]
 
 
-MAX_INTEGER = 2**53 - 1
+MAX_INTEGER = LARGEST_WHOLE
 """The largest integer a schedule's argument or counter may be: JSON's exact integers (and the step counter's)."""
 
 
 def _bounded(value: Any, loc: tuple[str | int, ...]) -> None:
-    """Refuse an integer past ``MAX_INTEGER`` anywhere in a config or state, naming where."""
+    """Refuse an integer past ``MAX_INTEGER`` anywhere in a parsed config (whose only ints are its whole
+    arguments) or a state, naming where."""
     if isinstance(value, bool):
         return
     if isinstance(value, int) and abs(value) > MAX_INTEGER:
@@ -96,9 +98,9 @@ def started(
     group's lr, and the lrs of step 0), and the groups it leaves."""
     if not isinstance(config, dict):
         raise InvalidRequest(loc, "lr_scheduler must be an object {name, ...torch's arguments}, or null")
-    _bounded(config, loc)
     try:
         schedule = parse_schedule(config)
+        _bounded(schedule.config, loc)
         work = _work_groups(groups)
         schedule.start(work)
     except OptimCoreError as error:
@@ -131,9 +133,8 @@ def restored(checkpoint: object, groups: Groups, *, loc: tuple[str, ...] = ("bod
     config = checkpoint.get("config")
     if not isinstance(config, dict):
         raise InvalidRequest((*loc, "config"), "the schedule's config: {name, ...torch's arguments}")
-    _bounded(config, (*loc, "config"))
     try:
-        parse_schedule(config)
+        _bounded(parse_schedule(config).config, (*loc, "config"))
     except OptimCoreError as error:
         raise InvalidRequest((*loc, "config", *error.loc[1:]), error.message) from None
     group_keys = checkpoint.get("group_keys")

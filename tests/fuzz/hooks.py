@@ -6,9 +6,19 @@ words too, so that the check that valid requests are accepted tests everything e
 
 - arrays are rectangular: nested lists are cut to the shortest at each depth;
 - a pair is in order: ``step_sizes`` is sorted;
+- a flag's companions agree with it, in a group as it inherits from the body's hyperparameters:
+  SGD's ``nesterov`` with a momentum over 0 and no dampening, ``fused`` with neither
+  ``differentiable`` nor ``foreach``;
 - each param of a create body is in exactly one param group: the groups are dealt the body's params;
 - a create body's ``state_dict`` fits its params: left out (a checkpoint posted back, by the
   checkpoint -> create link, sends real ones);
+- an LR schedule's config keeps the rules its descriptions state: SequentialLR's milestones increase,
+  number one fewer than its schedulers, and leave a OneCycleLR inside it enough steps; a per-group
+  list has one value per group; the lrs a schedule sets are finite (OneCycleLR's, and MultiStepLR's
+  at a milestone 0), and none of OneCycleLR's phases is empty; a
+  checkpoint's schedule is left out (the checkpoint -> create link sends real ones);
+- a synchronous aggregation's ``min_workers`` is at most its ``workers``, and below them comes with a
+  ``timeout_s``;
 - a list's ``cursor`` is one the server issued: left out (the next-page link sends real ones);
 - an ``Idempotency-Key`` names one request: suffixed with a digest of the request.
 
@@ -21,13 +31,17 @@ its document, to be checked against the same schema.
 import hashlib
 import itertools
 import json
+import math
 from typing import Any
 
 import numpy as np
 import schemathesis
 from schemathesis import Case, GenerationMode, HookContext
+from schemathesis.core import NOT_SET
+from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from optim_client.safetensors_codec import SafetensorsCodec, decode_safetensors
+from optim_core.lr_schedules.one_cycle_phases import empty_phase_reached, schedule_phases
 
 MAX_IDEMPOTENCY_KEY = 255
 SAFETENSORS = "application/vnd.safetensors"
@@ -88,6 +102,34 @@ def _ordered_pairs(group: Any) -> Any:
     return group
 
 
+def _companions(settings: Any, inherited: dict[str, Any]) -> Any:
+    """``settings`` (a group's, or the hyperparameters) with the keys its flags need beside them."""
+    if not isinstance(settings, dict):
+        return settings
+    effective, honoured = {**inherited, **settings}, dict(settings)
+    if effective.get("nesterov") is True:
+        momentum = effective.get("momentum")
+        if not isinstance(momentum, (int, float)) or momentum <= 0:
+            honoured["momentum"] = 0.9
+        if effective.get("dampening", 0) != 0:
+            honoured["dampening"] = 0.0
+    if effective.get("fused") is True:
+        if effective.get("differentiable") is True:
+            honoured["differentiable"] = False
+        if effective.get("foreach") is True:
+            honoured["foreach"] = None
+    return honoured
+
+
+def _honour_settings(hyperparameters: Any, groups: Any) -> tuple[Any, Any]:
+    """The hyperparameters and groups with their pairs in order and their flags' companions."""
+    hyperparameters = _companions(_ordered_pairs(hyperparameters), {})
+    inherited = hyperparameters if isinstance(hyperparameters, dict) else {}
+    if isinstance(groups, list):
+        groups = [_companions(_ordered_pairs(group), inherited) for group in groups]
+    return hyperparameters, groups
+
+
 def _dealt_groups(groups: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
     """The groups, with the params dealt out to them in turn (groups left without one are dropped)."""
     dealt = [{**group, "params": names[index :: len(groups)]} for index, group in enumerate(groups)]
@@ -97,20 +139,77 @@ def _dealt_groups(groups: list[dict[str, Any]], names: list[str]) -> list[dict[s
 def _honour_create(body: dict[str, Any]) -> dict[str, Any]:
     body = {**body, "params": _rectangular_map(body.get("params"))}
     body.pop("state_dict", None)
+    hyperparameters, groups = _honour_settings(body.get("hyperparameters"), body.get("param_groups"))
     if "hyperparameters" in body:
-        body["hyperparameters"] = _ordered_pairs(body["hyperparameters"])
-    groups = body.get("param_groups")
+        body["hyperparameters"] = hyperparameters
     if isinstance(groups, list) and groups and isinstance(body["params"], dict):
-        body["param_groups"] = _dealt_groups([_ordered_pairs(group) for group in groups], list(body["params"]))
+        body["param_groups"] = _dealt_groups(groups, list(body["params"]))
+    aggregation = body.get("aggregation")
+    if isinstance(aggregation, dict) and aggregation.get("mode") == "sync":
+        body["aggregation"] = _honour_sync(aggregation)
+    schedule = body.get("lr_scheduler")
+    if isinstance(schedule, dict) and "config" in schedule:
+        body.pop("lr_scheduler")
+    elif isinstance(schedule, dict):
+        group_count = len(body["param_groups"]) if isinstance(body.get("param_groups"), list) else 1
+        body["lr_scheduler"] = _honour_schedule(schedule, group_count)
     return body
+
+
+def _honour_sync(aggregation: dict[str, Any]) -> dict[str, Any]:
+    aggregation = dict(aggregation)
+    workers = aggregation["workers"]
+    if aggregation.get("min_workers", workers) > workers:
+        aggregation["min_workers"] = workers
+    if aggregation.get("min_workers", workers) < workers and aggregation.get("timeout_s") is None:
+        aggregation["timeout_s"] = 5.0
+    return aggregation
+
+
+def _honour_schedule(config: dict[str, Any], group_count: int) -> dict[str, Any]:
+    if config.get("name") == "OneCycleLR":
+        return _honour_one_cycle(config, group_count)
+    if config.get("name") == "MultiStepLR" and 0 in config["milestones"] and config.get("gamma", 0.1) > 1:
+        return {**config, "gamma": 0.5}  # decaying at the start, a gamma over 1 could overflow an lr
+    if config.get("name") != "SequentialLR" or not isinstance(config.get("schedulers"), list):
+        return config
+    schedulers = [_honour_schedule(child, group_count) for child in config["schedulers"]]
+    milestones = sorted(config.get("milestones", []))[: len(schedulers) - 1]
+    schedulers = schedulers[: len(milestones) + 1]
+    for index, milestone in enumerate(milestones):
+        child = schedulers[index]
+        if child.get("name") == "OneCycleLR":
+            begins = milestones[index - 1] if index else 0
+            steps = child.get("total_steps") or child.get("epochs", 1) * child.get("steps_per_epoch", 1)
+            child = {key: value for key, value in child.items() if key not in ("epochs", "steps_per_epoch")}
+            schedulers[index] = {**child, "total_steps": max(steps, milestone - begins)}
+    return {**config, "schedulers": schedulers, "milestones": milestones}
+
+
+def _honour_one_cycle(config: dict[str, Any], group_count: int) -> dict[str, Any]:
+    config = dict(config)
+    for key in ("max_lr", "base_momentum", "max_momentum"):
+        if isinstance(config.get(key), list):
+            config[key] = list(itertools.islice(itertools.cycle(config[key]), group_count))
+    peaks = config["max_lr"] if isinstance(config["max_lr"], list) else [config["max_lr"]]
+    with np.errstate(over="ignore"):
+        lowest = [peak / config.get("div_factor", 25.0) / config.get("final_div_factor", 1e4) for peak in peaks]
+        highest = [peak / config.get("div_factor", 25.0) for peak in peaks]
+    if not all(math.isfinite(lr) for lr in (*lowest, *highest)):
+        config["div_factor"], config["final_div_factor"] = 25.0, 1e4
+    total_steps = config.get("total_steps") or config["epochs"] * config["steps_per_epoch"]
+    phases = schedule_phases(total_steps, config.get("pct_start", 0.3), config.get("three_phase", False))
+    if empty_phase_reached(phases, total_steps) is not None:
+        config["pct_start"] = 0.3
+    return config
 
 
 def _honour_patch(body: dict[str, Any]) -> dict[str, Any]:
     body = dict(body)
-    if isinstance(body.get("hyperparameters"), dict):
-        body["hyperparameters"] = _ordered_pairs(body["hyperparameters"])
-    if isinstance(body.get("param_groups"), list):
-        body["param_groups"] = [_ordered_pairs(group) for group in body["param_groups"]]
+    hyperparameters, groups = _honour_settings(body.get("hyperparameters"), body.get("param_groups"))
+    for key, value in (("hyperparameters", hyperparameters), ("param_groups", groups)):
+        if key in body:
+            body[key] = value
     return body
 
 
@@ -175,6 +274,24 @@ def _lists(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _lists(item) for key, item in value.items()}
     return value
+
+
+def _link_bodies_as_json() -> None:
+    """A body a link gives whole (``merge_body: false``) reaches schemathesis' case without a media type,
+    and for an operation that reads two (JSON and safetensors) schemathesis then raises "Can not detect
+    appropriate media type" inside its stateful phase. A link's body is a JSON document, so such a case
+    is sent as JSON; any other case keeps schemathesis' choice."""
+    choose = OpenApiSchema._case_media_type
+
+    def media_type(self: OpenApiSchema, operation: Any, body: Any, chosen: str | None) -> str | None:
+        if chosen is None and body is not NOT_SET and len(operation.get_request_payload_content_types()) > 1:
+            return "application/json"
+        return choose(self, operation, body, chosen)
+
+    OpenApiSchema._case_media_type = media_type  # type: ignore[method-assign,assignment]
+
+
+_link_bodies_as_json()
 
 
 @schemathesis.hook

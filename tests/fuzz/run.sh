@@ -4,8 +4,10 @@
 # links), and checks for server errors, answers the document does not describe, valid requests the
 # server refuses and invalid ones it accepts. Exits non-zero on any failure.
 #
-#   tests/fuzz/run.sh                           # the CI run: seed 1, 50 examples per operation (about a minute)
+#   tests/fuzz/run.sh                           # the CI run: seed 1, 50 examples per operation
 #   OPTIM_FUZZ_SEED=7 OPTIM_FUZZ_MAX_EXAMPLES=200 tests/fuzz/run.sh
+#   tests/fuzz/run.sh --phases coverage --include-method POST --include-path /v1/sessions
+#                                               # any further arguments go to schemathesis run
 #   OPTIM_FUZZ_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/optim_fuzz tests/fuzz/run.sh
 #                                               # on an empty PostgreSQL database instead of a fresh SQLite file
 #
@@ -44,10 +46,10 @@ done
 healthy || { echo "the server did not start:"; cat "$workdir/server.log"; exit 1; }
 
 status=0
-SCHEMATHESIS_HOOKS=tests.fuzz.hooks PYTHONPATH=. timeout 600 "$BIN/schemathesis" \
+SCHEMATHESIS_HOOKS=tests.fuzz.hooks PYTHONPATH=. timeout 1500 "$BIN/schemathesis" \
     --config-file tests/fuzz/schemathesis.toml run "$OPTIM_FUZZ_URL/openapi.json" \
     --seed "$OPTIM_FUZZ_SEED" --max-examples "$OPTIM_FUZZ_MAX_EXAMPLES" --checks all \
-    --report junit,pytest --report-dir "$reports" --no-color || status=$?
+    --report junit,pytest --report-dir "$reports" --no-color "$@" || status=$?
 if grep -q "Traceback" "$workdir/server.log"; then
     echo "the server logged errors:" && grep -B2 -A30 "Traceback" "$workdir/server.log" | head -200
     status=1
